@@ -1,0 +1,1 @@
+"""softiou's benchmark: ``python -m bench --help``."""

@@ -1,0 +1,49 @@
+// Torch-free interface of the CPU kernels.
+//
+// The work is cut into items: item = n * chunks_per_sample + k covers the pixels
+// [k * chunk, min(M, (k + 1) * chunk)) of sample n. The cut depends only on the shape, never on
+// the number of threads, and every item writes its own partial sums, which the glue adds in item
+// order: the statistics are bitwise identical for any thread count.
+#pragma once
+
+#include <cstdint>
+
+#include "../kernel_args.h"
+
+namespace softiou {
+namespace cpu {
+
+// Pixels a tile holds: the tile loops run over this many lanes, so they vectorise.
+constexpr int kTile = 64;
+
+struct ItemError {
+  InputError code = InputError::kNone;
+  double value = 0.0;  // the offending value
+};
+
+// stats: partials is [items][C][3] in the accumulation dtype; scratch holds scratch_elems(C)
+// accumulation-dtype values; errors[item] receives the first bad value of each item.
+using StatsFn = void (*)(const KernelArgs& a, int64_t chunk, int64_t item_begin, int64_t item_end,
+                         void* partials, void* scratch, ItemError* errors);
+// backward: writes a.grad_x for the items' pixels.
+using BackwardFn = void (*)(const KernelArgs& a, int64_t chunk, int64_t item_begin,
+                            int64_t item_end, void* scratch, ItemError* errors);
+
+struct KernelTable {
+  StatsFn stats;
+  BackwardFn backward;
+  const char* isa;
+};
+
+inline int64_t scratch_elems(int64_t C) { return 6 * C * kTile; }
+
+// One table per instruction set, each compiled from kernels_impl.h.
+namespace baseline {
+const KernelTable& table();
+}
+namespace avx2 {
+const KernelTable& table();
+}
+
+}  // namespace cpu
+}  // namespace softiou

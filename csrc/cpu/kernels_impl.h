@@ -1,0 +1,586 @@
+// The CPU kernels: one pass over input, target and weight for the statistics, one pass for the
+// gradient. Included once per instruction set by kernels_baseline.cpp and kernels_avx2.cpp,
+// which define SOFTIOU_CPU_NS (and SOFTIOU_MATH_NS) so that each copy has its own symbols.
+//
+// Layout of the work: a tile is kTile consecutive pixels of one sample and all its C classes,
+// staged in small buffers [C][kTile] that stay in L1. Every loop below runs over the kTile lanes
+// with branch-free arithmetic, so the compiler turns it into SIMD code; the softmax over the
+// classes is a loop over the buffer rows. The integer class map is read per pixel and compared
+// with the class index: it is never expanded.
+//
+// Only this project's own inline functions are used here (no std:: templates), so that nothing
+// compiled for AVX2 can be merged by the linker into the baseline build.
+#ifndef SOFTIOU_CPU_NS
+#error "define SOFTIOU_CPU_NS before including kernels_impl.h"
+#endif
+
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+#include "../kernel_args.h"
+#include "../softiou_math.h"
+#include "kernels.h"
+
+namespace softiou {
+namespace cpu {
+namespace SOFTIOU_CPU_NS {
+namespace {
+
+using namespace ::softiou::SOFTIOU_MATH_NS;
+
+// ------------------------------------------------------------------------------------------
+// Storage types and conversions to and from the accumulation type A.
+// ------------------------------------------------------------------------------------------
+struct f16 {
+  uint16_t bits;
+};
+struct bf16 {
+  uint16_t bits;
+};
+
+inline float bits_to_float(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, sizeof(f));
+  return f;
+}
+inline uint32_t float_to_bits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof(u));
+  return u;
+}
+
+// IEEE half -> float, exact, branch-free (F. Giesen's method).
+inline float half_to_float(uint16_t h) {
+  uint32_t o = uint32_t(h & 0x7fffu) << 13;
+  uint32_t e = o & 0x0f800000u;
+  o += 0x38000000u;
+  o = e == 0x0f800000u ? o + 0x38000000u : o;  // Inf / NaN
+  float normal = bits_to_float(o);
+  float subnormal = bits_to_float(o + 0x00800000u) - bits_to_float(0x38800000u);
+  float f = e == 0u ? subnormal : normal;
+  return bits_to_float(float_to_bits(f) | (uint32_t(h & 0x8000u) << 16));
+}
+
+// float -> IEEE half, round to nearest even.
+inline uint16_t float_to_half(float f) {
+  uint32_t x = float_to_bits(f);
+  uint32_t sign = x & 0x80000000u;
+  x ^= sign;
+  uint32_t inf_nan = x > 0x7f800000u ? 0x7e00u : 0x7c00u;
+  uint32_t sub = float_to_bits(bits_to_float(x) + 0.5f) - 0x3f000000u;
+  uint32_t norm = (x + 0xc8000fffu + ((x >> 13) & 1u)) >> 13;
+  uint32_t o = x >= 0x47800000u ? inf_nan : (x < 0x38800000u ? sub : norm);
+  return uint16_t(o | (sign >> 16));
+}
+
+inline float bf16_to_float(uint16_t b) { return bits_to_float(uint32_t(b) << 16); }
+
+inline uint16_t float_to_bf16(float f) {
+  uint32_t x = float_to_bits(f);
+  uint32_t rounded = (x + 0x7fffu + ((x >> 16) & 1u)) >> 16;
+  return uint16_t(f != f ? 0x7fc0u : rounded);
+}
+
+template <class A>
+inline A to_acc(float v) { return A(v); }
+template <class A>
+inline A to_acc(double v) { return A(v); }
+template <class A>
+inline A to_acc(f16 v) { return A(half_to_float(v.bits)); }
+template <class A>
+inline A to_acc(bf16 v) { return A(bf16_to_float(v.bits)); }
+template <class A>
+inline A to_acc(bool v) { return v ? A(1) : A(0); }
+
+template <class S>
+struct Store;
+template <>
+struct Store<float> {
+  template <class A>
+  static float from(A v) { return float(v); }
+};
+template <>
+struct Store<double> {
+  template <class A>
+  static double from(A v) { return double(v); }
+};
+template <>
+struct Store<f16> {
+  template <class A>
+  static f16 from(A v) { return f16{float_to_half(float(v))}; }
+};
+template <>
+struct Store<bf16> {
+  template <class A>
+  static bf16 from(A v) { return bf16{float_to_bf16(float(v))}; }
+};
+
+template <class TT>
+constexpr bool is_integer_target() { return false; }
+template <>
+constexpr bool is_integer_target<uint8_t>() { return true; }
+template <>
+constexpr bool is_integer_target<int32_t>() { return true; }
+template <>
+constexpr bool is_integer_target<int64_t>() { return true; }
+
+inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+inline void note(ItemError& err, InputError code, double value) {
+  if (err.code == InputError::kNone) {
+    err.code = code;
+    err.value = value;
+  }
+}
+
+// Reads C rows of cnt pixels (row stride sC, pixel stride sM) into buf[C][kTile] as A; lanes past
+// cnt are set to zero.
+template <class A, class S>
+inline void load_rows(const S* base, int64_t C, int64_t sC, int64_t sM, int cnt, A* buf) {
+  for (int64_t c = 0; c < C; ++c) {
+    const S* row = base + c * sC;
+    A* out = buf + c * kTile;
+    if (sM == 1 && cnt == kTile) {
+      for (int t = 0; t < kTile; ++t) out[t] = to_acc<A>(row[t]);
+    } else {
+      for (int t = 0; t < kTile; ++t) out[t] = t < cnt ? to_acc<A>(row[t * sM]) : A(0);
+    }
+  }
+}
+
+// Everything the statistics and the gradient of one tile need.
+template <class A>
+struct Tile {
+  A* X;    // [C][kTile] input, then the probabilities
+  A* R;    // [C][kTile] the raw input (backward only)
+  A* Yb;   // [C][kTile] per-element target (dense or integer per element)
+  A* Vb;   // [C][kTile] per-element validity 0/1
+  A* D;    // [C][kTile] dp/dx for sigmoid (backward only)
+  A w[kTile];        // pixel weight
+  A pv[kTile];       // pixel validity 0/1 (class map: ignore_index and the tail)
+  int32_t cls[kTile];  // class map value, -1 where not valid
+  A aux[kTile];      // softmax maximum, then the dot product in the backward
+  A sum[kTile];
+};
+
+template <class A, class S, class TT, bool CLASS_MAP>
+struct Kernel {
+  using acc_type = A;
+  const KernelArgs& a;
+  const int64_t C;
+  const A sharp;
+  const bool from_logits;
+  const bool use_min;
+
+  explicit Kernel(const KernelArgs& args)
+      : a(args), C(args.C), sharp(A(args.sharpness)), from_logits(args.from_logits),
+        use_min(args.min_intersection) {}
+
+  // Loads one tile (sample n, pixels [m, m + cnt)) and turns the input into probabilities.
+  // With backward = true it also keeps the raw input in R and the sigmoid slope in D.
+  // The input checks are OR-reduced flags in the vectorised loops; only a tile that fails one is
+  // scanned again, in scalar code, to report the first offending value.
+  void prepare(Tile<A>& tl, int64_t n, int64_t m, int cnt, bool backward, ItemError& err) const {
+    // pixel weight
+    const A* wp = static_cast<const A*>(a.w);
+    if (wp == nullptr) {
+      for (int t = 0; t < kTile; ++t) tl.w[t] = A(1);
+    } else {
+      const A* row = wp + n * a.w_sN + m * a.w_sM;
+      if (a.w_sM == 1 && cnt == kTile) {
+        for (int t = 0; t < kTile; ++t) tl.w[t] = row[t];
+      } else {
+        for (int t = 0; t < kTile; ++t) tl.w[t] = t < cnt ? row[t * a.w_sM] : A(1);
+      }
+      bool bad = false;
+      for (int t = 0; t < kTile; ++t) bad |= tl.w[t] < A(0);
+      if (bad) {
+        for (int t = 0; t < kTile; ++t)
+          if (tl.w[t] < A(0)) note(err, InputError::kNegativeWeight, double(tl.w[t]));
+      }
+    }
+
+    // target
+    const TT* tp = static_cast<const TT*>(a.t) + n * a.t_sN + m * a.t_sM;
+    if constexpr (CLASS_MAP) {
+      int64_t raw[kTile];
+      if (a.t_sM == 1 && cnt == kTile) {
+        for (int t = 0; t < kTile; ++t) raw[t] = int64_t(tp[t]);
+      } else {
+        for (int t = 0; t < kTile; ++t) raw[t] = t < cnt ? int64_t(tp[t * a.t_sM]) : int64_t(-1);
+      }
+      const int64_t ign = a.has_ignore ? a.ignore_index : int64_t(-1);
+      bool bad = false;
+      for (int t = 0; t < kTile; ++t) {
+        const int64_t v = raw[t];
+        const bool in_range = v >= 0 && v < C;
+        const bool ignored = (a.has_ignore && v == ign) || t >= cnt;
+        bad |= !in_range && !ignored;
+        tl.cls[t] = in_range && !ignored ? int32_t(v) : int32_t(-1);
+        tl.pv[t] = in_range && !ignored ? A(1) : A(0);
+      }
+      if (bad) {
+        for (int t = 0; t < cnt; ++t) {
+          const int64_t v = raw[t];
+          if (!(a.has_ignore && v == ign) && (v < 0 || v >= C))
+            note(err, InputError::kClassIndex, double(v));
+        }
+      }
+    } else {
+      for (int t = 0; t < kTile; ++t) tl.pv[t] = t < cnt ? A(1) : A(0);
+      const int64_t ign = a.has_ignore ? a.ignore_index : int64_t(-1);
+      for (int64_t c = 0; c < C; ++c) {
+        const TT* row = tp + c * a.t_sC;
+        A* y = tl.Yb + c * kTile;
+        A* v = tl.Vb + c * kTile;
+        bool bad = false;
+        if constexpr (is_integer_target<TT>()) {
+          for (int t = 0; t < kTile; ++t) {
+            const int64_t iv = t < cnt ? int64_t(row[t * a.t_sM]) : int64_t(0);
+            const bool ignored = (a.has_ignore && iv == ign) || t >= cnt;
+            const bool binary = iv == 0 || iv == 1;
+            bad |= !binary && !ignored;
+            v[t] = binary && !ignored ? A(1) : A(0);
+            y[t] = binary && !ignored ? A(iv) : A(0);
+          }
+          if (bad) {
+            for (int t = 0; t < cnt; ++t) {
+              const int64_t iv = int64_t(row[t * a.t_sM]);
+              if (!(a.has_ignore && iv == ign) && iv != 0 && iv != 1)
+                note(err, InputError::kBinaryTarget, double(iv));
+            }
+          }
+        } else {
+          load_rows<A>(row, 1, 0, a.t_sM, cnt, y);
+          for (int t = 0; t < kTile; ++t) {
+            bad |= outside_unit_interval(y[t]);
+            v[t] = tl.pv[t];
+          }
+          if (bad) {
+            for (int t = 0; t < cnt; ++t)
+              if (outside_unit_interval(y[t])) note(err, InputError::kDenseTarget, double(y[t]));
+          }
+        }
+      }
+    }
+
+    // input
+    const S* xp = static_cast<const S*>(a.x) + n * a.x_sN + m * a.x_sM;
+    const bool fused_softmax = a.prob == Prob::kSoftmax && from_logits;
+    if (fused_softmax) {  // one pass: load, l = a*x, running maximum
+      A* mx = tl.aux;
+      for (int t = 0; t < kTile; ++t) mx[t] = neg_inf<A>();
+      for (int64_t c = 0; c < C; ++c) {
+        const S* row = xp + c * a.x_sC;
+        A* x = tl.X + c * kTile;
+        if (a.x_sM == 1 && cnt == kTile) {
+          for (int t = 0; t < kTile; ++t) {
+            x[t] = softmax_arg(to_acc<A>(row[t]), sharp, true);
+            mx[t] = max_(mx[t], x[t]);
+          }
+        } else {
+          for (int t = 0; t < kTile; ++t) {
+            x[t] = t < cnt ? softmax_arg(to_acc<A>(row[t * a.x_sM]), sharp, true) : A(0);
+            mx[t] = max_(mx[t], x[t]);
+          }
+        }
+      }
+    } else {
+      load_rows<A>(xp, C, a.x_sC, a.x_sM, cnt, tl.X);
+      if (!from_logits) {
+        bool bad = false;
+        for (int64_t i = 0; i < C * kTile; ++i) bad |= outside_unit_interval(tl.X[i]);
+        if (bad) {
+          for (int64_t i = 0; i < C * kTile; ++i)
+            if (outside_unit_interval(tl.X[i]))
+              note(err, InputError::kProbability, double(tl.X[i]));
+        }
+      }
+      // the softmax backward of the probability form needs x (dl/dx = a/x)
+      if (backward && a.prob == Prob::kSoftmax) std::memcpy(tl.R, tl.X, sizeof(A) * C * kTile);
+    }
+
+    switch (a.prob) {
+      case Prob::kSoftmax: {
+        A* mx = tl.aux;
+        if (!fused_softmax) {  // probabilities with a != 1: l = a*log(x), log() stays scalar
+          for (int t = 0; t < kTile; ++t) mx[t] = neg_inf<A>();
+          for (int64_t c = 0; c < C; ++c) {
+            A* x = tl.X + c * kTile;
+            for (int t = 0; t < kTile; ++t) {
+              x[t] = softmax_arg(x[t], sharp, false);
+              mx[t] = max_(mx[t], x[t]);
+            }
+          }
+        }
+        A* s = tl.sum;
+        for (int t = 0; t < kTile; ++t) s[t] = A(0);
+        for (int64_t c = 0; c < C; ++c) {
+          A* x = tl.X + c * kTile;
+          for (int t = 0; t < kTile; ++t) {
+            x[t] = softmax_exp(x[t], mx[t]);
+            s[t] += x[t];
+          }
+        }
+        for (int t = 0; t < kTile; ++t) s[t] = softmax_inv_sum(s[t]);
+        for (int64_t c = 0; c < C; ++c) {
+          A* x = tl.X + c * kTile;
+          for (int t = 0; t < kTile; ++t) x[t] *= s[t];
+        }
+        break;
+      }
+      case Prob::kSigmoid: {
+        for (int64_t c = 0; c < C; ++c) {
+          A* x = tl.X + c * kTile;
+          A* d = backward ? tl.D + c * kTile : nullptr;
+          if (from_logits) {
+            for (int t = 0; t < kTile; ++t) {
+              A p, slope;
+              sigmoid_and_slope(sigmoid_arg(x[t], sharp, true), p, slope);
+              if (backward) d[t] = slope * sigmoid_arg_dx(x[t], sharp, true);
+              x[t] = p;
+            }
+          } else {
+            for (int t = 0; t < kTile; ++t) {
+              A p, slope;
+              sigmoid_and_slope(sigmoid_arg(x[t], sharp, false), p, slope);
+              if (backward) d[t] = slope * sigmoid_arg_dx(x[t], sharp, false);
+              x[t] = p;
+            }
+          }
+        }
+        break;
+      }
+      case Prob::kIdentity:
+        break;
+    }
+  }
+
+  // validity and target of element (c, t)
+  inline A valid(const Tile<A>& tl, int64_t c, int t) const {
+    return CLASS_MAP ? tl.pv[t] : tl.Vb[c * kTile + t];
+  }
+  inline A target(const Tile<A>& tl, int64_t c, int t) const {
+    return CLASS_MAP ? (tl.cls[t] == int32_t(c) ? A(1) : A(0)) : tl.Yb[c * kTile + t];
+  }
+
+  void stats(int64_t chunk, int64_t ib, int64_t ie, A* partials, A* scratch,
+             ItemError* errors) const {
+    const int64_t K = (a.M + chunk - 1) / chunk;
+    Tile<A> tl;
+    tl.X = scratch;
+    tl.Yb = tl.X + C * kTile;
+    tl.Vb = tl.Yb + C * kTile;
+    tl.R = nullptr;
+    tl.D = nullptr;
+    A* accI = tl.Vb + C * kTile;
+    A* accP = accI + C * kTile;
+    A* accY = accP + C * kTile;
+    for (int64_t item = ib; item < ie; ++item) {
+      const int64_t n = item / K, k = item % K;
+      const int64_t m_begin = k * chunk, m_end = min64(a.M, m_begin + chunk);
+      for (int64_t i = 0; i < C * kTile; ++i) accI[i] = accP[i] = accY[i] = A(0);
+      ItemError err;
+      for (int64_t m = m_begin; m < m_end; m += kTile) {
+        const int cnt = int(min64(kTile, m_end - m));
+        prepare(tl, n, m, cnt, false, err);
+        if constexpr (CLASS_MAP) {
+          // y is one-hot: P takes every class, I and Y only the target class of each pixel,
+          // added pixel by pixel (min(p, y) = p*y when y is 0 or 1)
+          for (int64_t c = 0; c < C; ++c) {
+            const A* p = tl.X + c * kTile;
+            A* ap = accP + c * kTile;
+            for (int t = 0; t < kTile; ++t) ap[t] += tl.pv[t] != A(0) ? tl.w[t] * p[t] : A(0);
+          }
+          for (int t = 0; t < kTile; ++t) {
+            const int32_t c = tl.cls[t];
+            if (c >= 0) {
+              accI[c] += tl.w[t] * tl.X[c * kTile + t];
+              accY[c] += tl.w[t];
+            }
+          }
+        } else {
+          for (int64_t c = 0; c < C; ++c) {
+            const A* p = tl.X + c * kTile;
+            const A* y = tl.Yb + c * kTile;
+            const A* v = tl.Vb + c * kTile;
+            A* ai = accI + c * kTile;
+            A* ap = accP + c * kTile;
+            A* ay = accY + c * kTile;
+            for (int t = 0; t < kTile; ++t) {
+              const bool ok = v[t] != A(0);
+              const A w = tl.w[t];
+              ai[t] += ok ? w * intersection(p[t], y[t], use_min) : A(0);
+              ap[t] += ok ? w * p[t] : A(0);
+              ay[t] += ok ? w * y[t] : A(0);
+            }
+          }
+        }
+      }
+      // fixed-order reduction of the lanes
+      A* out = partials + item * C * 3;
+      for (int64_t c = 0; c < C; ++c) {
+        A sP = A(0);
+        for (int t = 0; t < kTile; ++t) sP += accP[c * kTile + t];
+        out[c * 3 + 1] = sP;
+        if constexpr (CLASS_MAP) {
+          out[c * 3 + 0] = accI[c];
+          out[c * 3 + 2] = accY[c];
+        } else {
+          A sI = A(0), sY = A(0);
+          for (int t = 0; t < kTile; ++t) {
+            sI += accI[c * kTile + t];
+            sY += accY[c * kTile + t];
+          }
+          out[c * 3 + 0] = sI;
+          out[c * 3 + 2] = sY;
+        }
+      }
+      errors[item] = err;
+    }
+  }
+
+  void backward(int64_t chunk, int64_t ib, int64_t ie, A* scratch, ItemError* errors) const {
+    const int64_t K = (a.M + chunk - 1) / chunk;
+    Tile<A> tl;
+    tl.X = scratch;
+    tl.R = tl.X + C * kTile;
+    tl.Yb = tl.R + C * kTile;
+    tl.Vb = tl.Yb + C * kTile;
+    tl.D = tl.Vb + C * kTile;
+    A* G = tl.D + C * kTile;
+    const A* gs = static_cast<const A*>(a.grad_stats);
+    S* gx = static_cast<S*>(a.grad_x);
+    for (int64_t item = ib; item < ie; ++item) {
+      const int64_t n = item / K, k = item % K;
+      const int64_t m_begin = k * chunk, m_end = min64(a.M, m_begin + chunk);
+      ItemError err;
+      for (int64_t m = m_begin; m < m_end; m += kTile) {
+        const int cnt = int(min64(kTile, m_end - m));
+        prepare(tl, n, m, cnt, true, err);
+        A* dot = tl.aux;
+        for (int t = 0; t < kTile; ++t) dot[t] = A(0);
+        // g = dL/dp, and for the softmax sum_c p_c g_c
+        for (int64_t c = 0; c < C; ++c) {
+          const A gI = gs[(n * C + c) * 3 + 0], gP = gs[(n * C + c) * 3 + 1];
+          const A* p = tl.X + c * kTile;
+          A* g = G + c * kTile;
+          for (int t = 0; t < kTile; ++t) {
+            const bool ok = valid(tl, c, t) != A(0);
+            g[t] = ok ? tl.w[t] * grad_p(p[t], target(tl, c, t), gI, gP, use_min) : A(0);
+            dot[t] += p[t] * g[t];
+          }
+        }
+        // dL/dx through the activation
+        for (int64_t c = 0; c < C; ++c) {
+          const A* p = tl.X + c * kTile;
+          const A* g = G + c * kTile;
+          const A* r = tl.R + c * kTile;
+          const A* d = tl.D + c * kTile;
+          A* dx = tl.Yb + c * kTile;  // the target row is no longer needed: stage dx there
+          switch (a.prob) {
+            case Prob::kSoftmax:
+              for (int t = 0; t < kTile; ++t)
+                dx[t] = softmax_arg_dx(r[t], sharp, from_logits) * p[t] * (g[t] - dot[t]);
+              break;
+            case Prob::kSigmoid:
+              for (int t = 0; t < kTile; ++t) dx[t] = g[t] * d[t];
+              break;
+            case Prob::kIdentity:
+              for (int t = 0; t < kTile; ++t) dx[t] = g[t];
+              break;
+          }
+          S* out = gx + n * a.g_sN + c * a.g_sC + m * a.g_sM;
+          if (a.g_sM == 1 && cnt == kTile) {
+            for (int t = 0; t < kTile; ++t) out[t] = Store<S>::from(dx[t]);
+          } else {
+            for (int t = 0; t < cnt; ++t) out[t * a.g_sM] = Store<S>::from(dx[t]);
+          }
+        }
+      }
+      errors[item] = err;
+    }
+  }
+};
+
+// ------------------------------------------------------------------------------------------
+// Type dispatch. Dense targets arrive as the input dtype, the accumulation dtype or bool (the
+// glue converts the rest); integer targets as uint8, int32 or int64.
+// ------------------------------------------------------------------------------------------
+template <class S, class A, class F>
+void with_target(const KernelArgs& a, F&& f) {
+  switch (a.t_dtype) {
+    case DType::kUInt8:
+      if (a.class_map) f(Kernel<A, S, uint8_t, true>(a)); else f(Kernel<A, S, uint8_t, false>(a));
+      return;
+    case DType::kInt32:
+      if (a.class_map) f(Kernel<A, S, int32_t, true>(a)); else f(Kernel<A, S, int32_t, false>(a));
+      return;
+    case DType::kInt64:
+      if (a.class_map) f(Kernel<A, S, int64_t, true>(a)); else f(Kernel<A, S, int64_t, false>(a));
+      return;
+    case DType::kBool:
+      f(Kernel<A, S, bool, false>(a));
+      return;
+    case DType::kFloat32:
+      f(Kernel<A, S, float, false>(a));
+      return;
+    case DType::kFloat64:
+      f(Kernel<A, S, double, false>(a));
+      return;
+    case DType::kFloat16:
+      f(Kernel<A, S, f16, false>(a));
+      return;
+    case DType::kBFloat16:
+      f(Kernel<A, S, bf16, false>(a));
+      return;
+  }
+}
+
+template <class F>
+void with_kernel(const KernelArgs& a, F&& f) {
+  switch (a.x_dtype) {
+    case DType::kFloat32:
+      with_target<float, float>(a, f);
+      return;
+    case DType::kFloat64:
+      with_target<double, double>(a, f);
+      return;
+    case DType::kFloat16:
+      with_target<f16, float>(a, f);
+      return;
+    case DType::kBFloat16:
+      with_target<bf16, float>(a, f);
+      return;
+    default:
+      return;
+  }
+}
+
+void stats_entry(const KernelArgs& a, int64_t chunk, int64_t ib, int64_t ie, void* partials,
+                 void* scratch, ItemError* errors) {
+  with_kernel(a, [&](const auto& k) {
+    using A = typename std::decay<decltype(k)>::type::acc_type;
+    k.stats(chunk, ib, ie, static_cast<A*>(partials), static_cast<A*>(scratch), errors);
+  });
+}
+
+void backward_entry(const KernelArgs& a, int64_t chunk, int64_t ib, int64_t ie, void* scratch,
+                    ItemError* errors) {
+  with_kernel(a, [&](const auto& k) {
+    using A = typename std::decay<decltype(k)>::type::acc_type;
+    k.backward(chunk, ib, ie, static_cast<A*>(scratch), errors);
+  });
+}
+
+}  // namespace
+
+const KernelTable& table() {
+  static const KernelTable t{&stats_entry, &backward_entry, SOFTIOU_CPU_ISA_NAME};
+  return t;
+}
+
+}  // namespace SOFTIOU_CPU_NS
+}  // namespace cpu
+}  // namespace softiou

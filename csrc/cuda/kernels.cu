@@ -1,0 +1,61 @@
+// softiou CUDA kernels: the launch plans and the dtype dispatch (torch-free). The kernels are in
+// kernels.cuh, instantiated per input dtype by kernels_<dtype>.cu.
+#include "kernels.cuh"
+
+namespace softiou {
+namespace cuda {
+namespace detail {
+// instantiated in kernels_f32.cu, kernels_f64.cu, kernels_f16.cu, kernels_bf16.cu
+#define SOFTIOU_DECLARE(S)                                                                        \
+  extern template cudaError_t run_input<S, true>(const KernelArgs&, void*, void*, void*, int,     \
+                                                 cudaStream_t);                                   \
+  extern template cudaError_t run_input<S, false>(const KernelArgs&, void*, void*, void*, int,    \
+                                                  cudaStream_t);
+SOFTIOU_DECLARE(float)
+SOFTIOU_DECLARE(double)
+SOFTIOU_DECLARE(__half)
+SOFTIOU_DECLARE(__nv_bfloat16)
+#undef SOFTIOU_DECLARE
+
+template <bool FWD>
+cudaError_t run(const KernelArgs& a, void* partials, void* pixel, void* out, int device,
+                cudaStream_t stream) {
+  switch (a.x_dtype) {
+    case DType::kFloat32: return run_input<float, FWD>(a, partials, pixel, out, device, stream);
+    case DType::kFloat64: return run_input<double, FWD>(a, partials, pixel, out, device, stream);
+    case DType::kFloat16: return run_input<__half, FWD>(a, partials, pixel, out, device, stream);
+    case DType::kBFloat16:
+      return run_input<__nv_bfloat16, FWD>(a, partials, pixel, out, device, stream);
+    default: return cudaErrorInvalidValue;
+  }
+}
+}  // namespace detail
+
+using namespace detail;
+
+Plan plan_stats(const KernelArgs& a, int device) {
+  const Launch L = plan_launch(a, device, true);
+  Plan p;
+  p.partial_elems = a.N * L.blocks_per_row * kWarps * a.C * 3;
+  p.pixel_elems = pixel_mode(a) && needs_prepass(a) ? a.N * a.M * 3 : 0;
+  return p;
+}
+
+Plan plan_backward(const KernelArgs& a, int device) {
+  (void)device;
+  Plan p;
+  p.pixel_elems = pixel_mode(a) && needs_prepass(a) ? a.N * a.M * 3 : 0;
+  return p;
+}
+
+cudaError_t launch_stats(const KernelArgs& a, void* partials, void* pixel, void* out, int device,
+                         cudaStream_t stream) {
+  return run<true>(a, partials, pixel, out, device, stream);
+}
+
+cudaError_t launch_backward(const KernelArgs& a, void* pixel, int device, cudaStream_t stream) {
+  return run<false>(a, nullptr, pixel, nullptr, device, stream);
+}
+
+}  // namespace cuda
+}  // namespace softiou

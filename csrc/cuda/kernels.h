@@ -1,0 +1,33 @@
+// Torch-free interface of the CUDA kernels (csrc/cuda/kernels.cu). The torch glue is
+// softiou_cuda.cpp; this header and kernels.cu compile with nvcc alone, without PyTorch.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "../kernel_args.h"
+
+namespace softiou {
+namespace cuda {
+
+// How a call is cut into launches. Depends only on the shape, the dtypes and the device's
+// multiprocessor count, so the reduction order (and every bit of the result) is the same
+// run to run.
+struct Plan {
+  int64_t partial_elems = 0;  // workspace of partial sums, in accumulation-dtype elements
+  int64_t pixel_elems = 0;    // per-pixel workspace (softmax over more classes than registers hold)
+};
+
+// Statistics: writes out[N][C][3] (accumulation dtype). `partials` and `pixel` must hold
+// plan.partial_elems and plan.pixel_elems accumulation-dtype elements.
+Plan plan_stats(const KernelArgs& a, int device);
+cudaError_t launch_stats(const KernelArgs& a, void* partials, void* pixel, void* out,
+                         int device, cudaStream_t stream);
+
+// Gradient: writes a.grad_x. `pixel` must hold plan_backward(a).pixel_elems elements.
+Plan plan_backward(const KernelArgs& a, int device);
+cudaError_t launch_backward(const KernelArgs& a, void* pixel, int device, cudaStream_t stream);
+
+}  // namespace cuda
+}  // namespace softiou

@@ -1,0 +1,76 @@
+// Torch-free description of one softiou kernel call, shared by the CPU and CUDA kernels.
+//
+// The torch glue (op_common.h) turns tensors into this struct: the input is viewed as [N, C, M]
+// (M = the flattened spatial extent) with three strides, so contiguous, channels_last and most
+// sliced tensors are read in place without a copy.
+#pragma once
+
+#include <cstdint>
+
+namespace softiou {
+
+enum class DType : int32_t {
+  kFloat32 = 0,
+  kFloat64 = 1,
+  kFloat16 = 2,
+  kBFloat16 = 3,
+  kBool = 4,
+  kUInt8 = 5,
+  kInt32 = 6,
+  kInt64 = 7,
+};
+
+// How the probabilities p are made from the input (SPEC section 2).
+enum class Prob : int32_t {
+  kSoftmax = 0,   // multiclass: p = softmax(l) over C, l = a*x (logits) or a*log(x) (probabilities, a != 1)
+  kSigmoid = 1,   // binary/multilabel: p = sigmoid(z), z = a*x (logits) or a*logit(x) (probabilities, a != 1)
+  kIdentity = 2,  // probabilities with sharpness 1: p = x
+};
+
+// Why a kernel rejected its input (SPEC section 7). The CPU kernels report the first one;
+// the CUDA kernels raise a device-side assert.
+enum class InputError : int32_t {
+  kNone = 0,
+  kClassIndex = 1,    // class map value outside [0, C) and not ignore_index
+  kBinaryTarget = 2,  // integer binary/multilabel target not in {0, 1} and not ignore_index
+  kDenseTarget = 3,   // dense target outside [0, 1]
+  kNegativeWeight = 4,
+  kProbability = 5,   // from_logits=False and an input value outside [0, 1]
+};
+
+struct KernelArgs {
+  // input [N, C, M]
+  const void* x = nullptr;
+  DType x_dtype = DType::kFloat32;
+  int64_t x_sN = 0, x_sC = 0, x_sM = 0;
+
+  // target: class map [N, M] (class_map = true; t_sC unused) or per element [N, C, M]
+  const void* t = nullptr;
+  DType t_dtype = DType::kInt64;
+  int64_t t_sN = 0, t_sC = 0, t_sM = 0;
+  bool class_map = false;
+
+  // per-pixel weight [N, M] stored in the accumulation dtype (float, or double for float64 input);
+  // nullptr means weight 1
+  const void* w = nullptr;
+  int64_t w_sN = 0, w_sM = 0;
+
+  int64_t N = 0, C = 0, M = 0;
+
+  Prob prob = Prob::kSoftmax;
+  bool from_logits = true;
+  double sharpness = 1.0;
+  bool min_intersection = false;  // t = min(p, y) instead of p*y
+  bool has_ignore = false;
+  int64_t ignore_index = 0;
+
+  // backward only: grad of the statistics [N, C, 3] (contiguous, accumulation dtype) and the
+  // gradient of the input [N, C, M] (input dtype, strides g_s*)
+  const void* grad_stats = nullptr;
+  void* grad_x = nullptr;
+  int64_t g_sN = 0, g_sC = 0, g_sM = 0;
+};
+
+inline bool accumulates_in_double(const KernelArgs& a) { return a.x_dtype == DType::kFloat64; }
+
+}  // namespace softiou

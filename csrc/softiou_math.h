@@ -1,0 +1,169 @@
+// softiou per-element math: the one source of truth shared by the CPU and CUDA kernels
+// (and mirrored line by line in triton_kernels/kernels.py). SPEC sections 2 and 3.
+//
+// Every function is a host/device inline template over the accumulation type T (float, or
+// double for float64 input). They are branch-free selects, so the CPU tile loops that call them
+// auto-vectorise.
+//
+// The functions live in an anonymous namespace inside SOFTIOU_MATH_NS: the CPU kernels are
+// compiled once per instruction set (baseline and AVX2) and each copy must keep its own
+// inline functions instead of letting the linker merge them across instruction sets.
+#pragma once
+
+#if defined(__CUDACC__)
+#define SOFTIOU_HD __host__ __device__ __forceinline__
+#else
+#define SOFTIOU_HD inline __attribute__((always_inline))
+#endif
+
+#ifndef SOFTIOU_MATH_NS
+#define SOFTIOU_MATH_NS math
+#endif
+
+#include <cstdint>
+#include <cstring>
+
+namespace softiou {
+namespace SOFTIOU_MATH_NS {
+namespace {
+
+// ---------------------------------------------------------------------------------------------
+// Elementary functions. The kernels only need e^z for z <= 0 (softmax subtracts the maximum,
+// sigmoid uses e^-|z|), so no overflow handling is needed. NaN propagates.
+// ---------------------------------------------------------------------------------------------
+#if defined(__CUDA_ARCH__)
+SOFTIOU_HD float exp_nonpos(float z) { return expf(z); }
+SOFTIOU_HD double exp_nonpos(double z) { return exp(z); }
+SOFTIOU_HD float log_(float x) { return logf(x); }
+SOFTIOU_HD double log_(double x) { return log(x); }
+SOFTIOU_HD float log1p_(float x) { return log1pf(x); }
+SOFTIOU_HD double log1p_(double x) { return log1p(x); }
+#else
+// Cody-Waite reduction and the Cephes degree-6 polynomial: within 2 ulp of expf, and written
+// with plain float arithmetic and integer bit moves so that loops calling it vectorise.
+SOFTIOU_HD float exp_nonpos(float z) {
+  const float lo = -87.0f;  // e^-87 is the smallest normal float range we keep; below is 0
+  float zc = z < lo ? lo : z;  // NaN passes (the comparison is false)
+  const float magic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to the nearest integer
+  float t = zc * 1.44269504088896341f + magic;
+  float n = t - magic;
+  float r = zc - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  float y = p * r * r + r + 1.0f;
+  int32_t e = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &e, sizeof(scale));
+  float res = y * scale;
+  return z < lo ? 0.0f : res;
+}
+SOFTIOU_HD double exp_nonpos(double z) { return __builtin_exp(z); }
+SOFTIOU_HD float log_(float x) { return __builtin_logf(x); }
+SOFTIOU_HD double log_(double x) { return __builtin_log(x); }
+SOFTIOU_HD float log1p_(float x) { return __builtin_log1pf(x); }
+SOFTIOU_HD double log1p_(double x) { return __builtin_log1p(x); }
+#endif
+
+template <class T>
+SOFTIOU_HD T neg_inf() {
+  return T(-__builtin_huge_valf());
+}
+
+template <class T>
+SOFTIOU_HD T max_(T a, T b) {
+  return b > a ? b : a;  // keeps a when b is NaN, takes NaN from a
+}
+
+// ---------------------------------------------------------------------------------------------
+// SPEC section 3: the intersection term t(p, y) and its derivative in p.
+// product: t = p*y.  min: t = min(p, y), with d/dp = 1/2 at p == y so that p == y everywhere
+// gives an exactly zero gradient.
+// ---------------------------------------------------------------------------------------------
+template <class T>
+SOFTIOU_HD T intersection(T p, T y, bool use_min) {
+  return use_min ? (p > y ? y : p) : p * y;  // a NaN p propagates
+}
+
+template <class T>
+SOFTIOU_HD T intersection_dp(T p, T y, bool use_min) {
+  return use_min ? (p < y ? T(1) : (p > y ? T(0) : T(0.5))) : y;
+}
+
+// dL/dp for one element, from the gradients of the loss with respect to I and P of its
+// (sample, class) pair. Y does not depend on p. The caller multiplies by the pixel weight.
+template <class T>
+SOFTIOU_HD T grad_p(T p, T y, T gI, T gP, bool use_min) {
+  return gI * intersection_dp(p, y, use_min) + gP;
+}
+
+// ---------------------------------------------------------------------------------------------
+// SPEC section 2, binary / multilabel: p = sigmoid(z) with z = a*x for logits, or
+// z = a*(log x - log(1-x)) for probabilities (which is x^a / (x^a + (1-x)^a)).
+// ---------------------------------------------------------------------------------------------
+template <class T>
+SOFTIOU_HD T sigmoid_arg(T x, T a, bool from_logits) {
+  return from_logits ? a * x : a * (log_(x) - log1p_(-x));
+}
+
+// p = sigmoid(z) and dp/dz = e/(1+e)^2 with e = e^-|z| (exact on both tails).
+template <class T>
+SOFTIOU_HD void sigmoid_and_slope(T z, T& p, T& dp_dz) {
+  T az = z < T(0) ? -z : z;
+  T e = exp_nonpos(-az);
+  T inv = T(1) / (T(1) + e);
+  p = z < T(0) ? e * inv : inv;
+  dp_dz = e * inv * inv;
+}
+
+// dz/dx: a for logits; a / (x (1 - x)) for probabilities, taken as 0 at x = 0 or 1 where the
+// probability is saturated (the exact derivative there is 0 for a > 1 and infinite for a < 1).
+template <class T>
+SOFTIOU_HD T sigmoid_arg_dx(T x, T a, bool from_logits) {
+  T d = x * (T(1) - x);
+  return from_logits ? a : (d > T(0) ? a / d : T(0));
+}
+
+// ---------------------------------------------------------------------------------------------
+// SPEC section 2, multiclass: p = softmax(l) over the classes with l = a*x for logits, or
+// l = a*log(x) for probabilities (p_c = x_c^a / sum_k x_k^a). The kernels compute
+//   m = max_c l_c,  e_c = e^(l_c - m),  S = sum_c e_c,  p_c = e_c / S
+// and the backward  dL/dx_c = dl_c/dx_c * p_c * (g_c - sum_k p_k g_k).
+// ---------------------------------------------------------------------------------------------
+template <class T>
+SOFTIOU_HD T softmax_arg(T x, T a, bool from_logits) {
+  return from_logits ? a * x : a * log_(x);
+}
+
+// e^(l - m); a class with l = -inf (probability 0) contributes 0 even when every class is -inf.
+template <class T>
+SOFTIOU_HD T softmax_exp(T l, T m) {
+  return l == neg_inf<T>() ? T(0) : exp_nonpos(l - m);
+}
+
+// 1/S, and 0 for an all-zero probability row (so p = 0 there instead of 0/0).
+template <class T>
+SOFTIOU_HD T softmax_inv_sum(T s) {
+  return s == T(0) ? T(0) : T(1) / s;
+}
+
+template <class T>
+SOFTIOU_HD T softmax_arg_dx(T x, T a, bool from_logits) {
+  return from_logits ? a : (x > T(0) ? a / x : T(0));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Input checks (SPEC section 7), as predicates on one value.
+// ---------------------------------------------------------------------------------------------
+template <class T>
+SOFTIOU_HD bool outside_unit_interval(T v) {
+  return v < T(0) || v > T(1);
+}
+
+}  // namespace
+}  // namespace SOFTIOU_MATH_NS
+}  // namespace softiou

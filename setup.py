@@ -1,0 +1,62 @@
+"""Builds softiou_cuda._C: the C++ operators, the CPU kernels, and the CUDA kernels where CUDA is
+available (or FORCE_CUDA=1). The Triton kernels in triton_kernels/ install as the subpackage
+softiou_cuda.triton_kernels (not as a top-level triton_kernels, which would shadow the unrelated
+package of that name on PyPI).
+
+    pip install --no-build-isolation -e .
+"""
+
+import glob
+import os
+
+from setuptools import setup
+
+import torch
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def want_cuda() -> bool:
+    if os.environ.get("FORCE_CUDA", "0") == "1":
+        return True
+    if os.environ.get("SOFTIOU_NO_CUDA", "0") == "1":
+        return False
+    return torch.version.cuda is not None and CUDA_HOME is not None and torch.cuda.is_available()
+
+
+def extension():
+    sources = ["csrc/ops.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
+    # -fopenmp: at::parallel_for is an inline template whose OpenMP pragma is compiled here; the
+    # extension then shares torch's libgomp.so.1 (same soname, loaded once).
+    # -fno-trapping-math: lets the kernels' branch-free selects vectorise (results unchanged).
+    cxx = ["-O3", "-fno-trapping-math", "-fopenmp", "-Wall", "-Wno-unknown-pragmas"]
+    link = ["-fopenmp"]
+    macros = []
+    if want_cuda():
+        sources += sorted(glob.glob("csrc/cuda/*.cpp")) + sorted(glob.glob("csrc/cuda/*.cu"))
+        macros.append(("SOFTIOU_WITH_CUDA", None))
+        nvcc = ["-O3", "-lineinfo", "--expt-relaxed-constexpr", "-std=c++17"]
+        return CUDAExtension("softiou_cuda._C", sources, define_macros=macros,
+                             extra_compile_args={"cxx": cxx, "nvcc": nvcc},
+                             extra_link_args=link)
+    return CppExtension("softiou_cuda._C", sources, define_macros=macros,
+                        extra_compile_args={"cxx": cxx}, extra_link_args=link)
+
+
+setup(
+    name="softiou",
+    version="0.1.0",
+    description="Fused soft IoU (Jaccard), Dice and Tversky losses as PyTorch operators",
+    packages=["softiou_cuda", "softiou_cuda.triton_kernels"],
+    package_dir={"softiou_cuda": "softiou_cuda", "softiou_cuda.triton_kernels": "triton_kernels"},
+    ext_modules=[extension()],
+    cmdclass={"build_ext": BuildExtension},
+    python_requires=">=3.9",
+    install_requires=["torch"],
+    extras_require={
+        "triton": ["triton"],
+        "test": ["pytest", "hypothesis"],
+        "demo": ["tqdm", "matplotlib"],
+    },
+)

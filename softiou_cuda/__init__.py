@@ -1,0 +1,22 @@
+"""softiou: the soft IoU (Jaccard), Dice and Tversky losses as fused PyTorch operators.
+
+    import softiou_cuda
+    loss = softiou_cuda.soft_iou_loss(logits, class_map)            # function
+    criterion = softiou_cuda.SoftIoULoss("multiclass", ignore_index=255)
+    torch.ops.softiou.loss(logits, class_map)                         # the operator
+
+See SPEC.md for the semantics and the README for every option.
+"""
+
+from . import ops  # loads the compiled operators and registers autograd / fake kernels
+from . import reference
+from .api import SoftDiceLoss, SoftIoULoss, SoftTverskyLoss, soft_iou_loss
+from .backends import available as available_backends
+from .interval import IntervalIoULoss, interval_iou_loss
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "soft_iou_loss", "SoftIoULoss", "SoftDiceLoss", "SoftTverskyLoss", "interval_iou_loss",
+    "IntervalIoULoss", "available_backends", "reference", "ops", "__version__",
+]

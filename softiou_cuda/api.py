@@ -1,0 +1,129 @@
+"""The user API: ``soft_iou_loss`` and the ``SoftIoULoss`` module (and their Dice/Tversky cousins)."""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+
+from . import backends, ops, reference
+
+__all__ = ["soft_iou_loss", "SoftIoULoss", "SoftDiceLoss", "SoftTverskyLoss"]
+
+
+def soft_iou_loss(input: torch.Tensor, target: torch.Tensor,
+                  weight: Optional[torch.Tensor] = None, *, mode: str = "multiclass",
+                  from_logits: bool = True, sharpness: float = 1.0, intersection: str = "product",
+                  metric: str = "jaccard", alpha: float = 0.5, beta: float = 0.5,
+                  gamma: float = 1.0, log_loss: bool = False, smooth: float = 0.0,
+                  eps: float = 1e-7, class_weight: Optional[torch.Tensor] = None,
+                  classes: Optional[Sequence[int]] = None, include_background: bool = True,
+                  ignore_index: Optional[int] = None, per_image: bool = True,
+                  absent: str = "include", reduction: str = "mean", process_group=None,
+                  backend: str = "auto") -> torch.Tensor:
+    """Soft IoU (Jaccard), Dice or Tversky loss, fused (see SPEC.md and the README).
+
+    Args:
+        input: logits (or probabilities with ``from_logits=False``), ``[N, C, *spatial]``;
+            binary mode also takes ``[N, *spatial]``. float32/float64/float16/bfloat16.
+        target: integer class map ``[N, *spatial]`` (multiclass), integer 0/1 tensor shaped like
+            the input (binary/multilabel), or a dense float/half/bool tensor shaped like the input.
+        weight: optional per-pixel weights ``[N, *spatial]``, >= 0.
+        mode: ``"binary"``, ``"multiclass"`` (softmax over C) or ``"multilabel"`` (sigmoid per C).
+        from_logits: apply softmax/sigmoid to the input (else it holds probabilities).
+        sharpness: ``a`` in ``softmax(a*x)`` / ``sigmoid(a*x)`` / ``x^a`` normalisation; > 0.
+        intersection: ``"product"`` (p*y) or ``"min"`` (min(p, y), exact for soft labels).
+        metric: ``"jaccard"``, ``"dice"`` or ``"tversky"`` (with ``alpha``, ``beta``).
+        gamma: focal exponent on each pair's loss.
+        log_loss: ``-log(score)`` instead of ``1 - score``.
+        smooth, eps: additive smoothing, and the clamp of the denominators.
+        class_weight: ``[C]`` weights of each class's loss, as in ``F.cross_entropy``.
+        classes: class indices that enter the loss (the softmax still spans all C).
+        include_background: ``False`` drops class 0.
+        ignore_index: integer target value whose pixels are left out entirely.
+        per_image: one score per (image, class) (default) or per class over the batch.
+        absent: ``"include"`` every selected pair, or ``"exclude"`` pairs with no target pixel.
+        reduction: ``"mean"``, ``"sum"`` or ``"none"`` (``[N, C]``, or ``[C]`` pooled).
+        process_group: with ``per_image=False``, sum the statistics over the ranks of this
+            ``torch.distributed`` group (differentiably): the IoU of the global batch.
+        backend: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"triton"`` or ``"reference"``.
+    """
+    if not isinstance(input, torch.Tensor):
+        raise TypeError(f"input must be a torch.Tensor, got {type(input).__name__}")
+    name = backends.resolve(backend, input.device)
+    if process_group is not None and per_image:
+        raise ValueError("process_group needs per_image=False: the statistics summed over ranks "
+                         "are those of the whole batch")
+    return ops.fused_loss(
+        backends.stats_function(name), input, target, weight, mode=mode,
+        from_logits=from_logits, sharpness=sharpness, intersection=intersection, metric=metric,
+        alpha=alpha, beta=beta, gamma=gamma, log_loss=log_loss, smooth=smooth, eps=eps,
+        class_weight=class_weight, classes=classes, include_background=include_background,
+        ignore_index=ignore_index, per_image=per_image, absent=absent, reduction=reduction,
+        process_group=process_group)
+
+
+class SoftIoULoss(torch.nn.Module):
+    """Module form of :func:`soft_iou_loss`; the options are fixed at construction.
+
+    ``forward(input, target, weight=None)``. ``class_weight`` is kept as a buffer (it follows
+    ``.to(device)``) and checked once here.
+    """
+
+    def __init__(self, mode: str = "multiclass", *, from_logits: bool = True,
+                 sharpness: float = 1.0, intersection: str = "product", metric: str = "jaccard",
+                 alpha: float = 0.5, beta: float = 0.5, gamma: float = 1.0,
+                 log_loss: bool = False, smooth: float = 0.0, eps: float = 1e-7,
+                 class_weight=None, classes: Optional[Sequence[int]] = None,
+                 include_background: bool = True, ignore_index: Optional[int] = None,
+                 per_image: bool = True, absent: str = "include", reduction: str = "mean",
+                 process_group=None, backend: str = "auto"):
+        super().__init__()
+        if class_weight is not None:
+            class_weight = torch.as_tensor(class_weight, dtype=torch.float32)
+            if class_weight.dim() != 1 or not torch.isfinite(class_weight).all() \
+                    or (class_weight < 0).any():
+                raise ValueError("class_weight must be a 1-D tensor of finite weights >= 0; got "
+                                 f"{class_weight.tolist()}")
+        self.register_buffer("class_weight", class_weight)
+        if backend not in backends.BACKENDS:
+            raise ValueError(f"backend must be one of {backends.BACKENDS}; got {backend!r}")
+        self.options = dict(
+            mode=mode, from_logits=from_logits, sharpness=sharpness, intersection=intersection,
+            metric=metric, alpha=alpha, beta=beta, gamma=gamma, log_loss=log_loss, smooth=smooth,
+            eps=eps, classes=None if classes is None else list(classes),
+            include_background=include_background, ignore_index=ignore_index,
+            per_image=per_image, absent=absent, reduction=reduction)
+        # the options are checked now (with the number of classes checked at the first call)
+        for name, allowed in (("mode", reference.MODES), ("intersection", reference.INTERSECTIONS),
+                              ("metric", reference.METRICS), ("absent", reference.ABSENT),
+                              ("reduction", reference.REDUCTIONS)):
+            reference._choice(name, self.options[name], allowed)
+        self.process_group = process_group
+        self.backend = backend
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor,
+                weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return soft_iou_loss(input, target, weight, class_weight=self.class_weight,
+                             process_group=self.process_group, backend=self.backend,
+                             **self.options)
+
+    def extra_repr(self) -> str:
+        shown = {k: v for k, v in self.options.items() if v is not None}
+        return ", ".join(f"{k}={v!r}" for k, v in shown.items()) + f", backend={self.backend!r}"
+
+
+class SoftDiceLoss(SoftIoULoss):
+    """:class:`SoftIoULoss` with ``metric="dice"``."""
+
+    def __init__(self, mode: str = "multiclass", **kwargs):
+        super().__init__(mode, metric="dice", **kwargs)
+
+
+class SoftTverskyLoss(SoftIoULoss):
+    """:class:`SoftIoULoss` with ``metric="tversky"`` (``alpha`` weighs false positives,
+    ``beta`` false negatives)."""
+
+    def __init__(self, mode: str = "multiclass", alpha: float = 0.5, beta: float = 0.5,
+                 **kwargs):
+        super().__init__(mode, metric="tversky", alpha=alpha, beta=beta, **kwargs)

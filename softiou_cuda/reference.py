@@ -1,0 +1,369 @@
+"""The executable form of ``SPEC.md``: the soft IoU / Dice / Tversky loss in plain PyTorch.
+
+This module is the oracle every backend is tested against. It is written to be read next to the
+SPEC, one function per section, and computes everything the obvious way (it builds the one-hot
+target the fused kernels never build).
+
+The fused backends replace only :func:`statistics` (section 3). Input checks (sections 1 and 7)
+and the scores and reduction (sections 4 and 5) are the functions below for every backend.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ._ties import tie_min
+
+MODES = ("binary", "multiclass", "multilabel")
+INTERSECTIONS = ("product", "min")
+METRICS = ("jaccard", "dice", "tversky")
+ABSENT = ("include", "exclude")
+REDUCTIONS = ("mean", "sum", "none")
+INPUT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+CLASS_MAP_DTYPES = (torch.int64, torch.int32, torch.uint8)
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float64 input accumulates in float64, every other dtype in float32 (SPEC section 3)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _choice(name: str, value, allowed) -> None:
+    if not isinstance(value, str) or value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# Section 1. Inputs
+# --------------------------------------------------------------------------------------------
+def normalize_inputs(input: torch.Tensor, target: torch.Tensor,
+                     weight: Optional[torch.Tensor], mode: str):
+    """Checks shapes, dtypes and devices, and returns ``(x, t, w)``.
+
+    ``x`` is ``[N, C, *S]`` (binary ``[N, *S]`` input becomes ``[N, 1, *S]``); ``t`` is the class
+    map ``[N, *S]`` (multiclass, integer) or ``[N, C, *S]``; ``w`` is ``[N, *S]`` or None.
+    All are views of the arguments.
+    """
+    _choice("mode", mode, MODES)
+    for name, value in (("input", input), ("target", target)):
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if input.dtype not in INPUT_DTYPES:
+        raise ValueError(f"input must be float32, float64, float16 or bfloat16; got {input.dtype}")
+    if target.device != input.device:
+        raise ValueError(f"target is on {target.device} but input is on {input.device}")
+    integer = target.dtype in CLASS_MAP_DTYPES
+    if not (integer or target.dtype.is_floating_point or target.dtype == torch.bool):
+        raise ValueError("target must be an integer class map (int64, int32, uint8) or a dense "
+                         f"float/half/bool tensor; got {target.dtype}")
+    if target.requires_grad:
+        raise ValueError("target requires grad, but softiou does not differentiate with respect "
+                         "to the target; pass target.detach()")
+
+    if mode == "binary":
+        # [N, 1, *S] is read as one channel; anything else as [N, *S]
+        x = input if input.dim() >= 3 and input.shape[1] == 1 else input.unsqueeze(1)
+        if input.dim() < 2:
+            raise ValueError(f"binary input must be [N, *spatial] or [N, 1, *spatial]; got shape "
+                             f"{tuple(input.shape)}")
+    else:
+        x = input
+        if input.dim() < 3:
+            raise ValueError(f"{mode} input must be [N, C, *spatial] with at least one spatial "
+                             f"dim; got shape {tuple(input.shape)}")
+        if mode == "multiclass" and input.shape[1] < 2:
+            raise ValueError(f"multiclass mode needs C >= 2 classes; got input shape "
+                             f"{tuple(input.shape)} (use mode='binary' for one channel)")
+    N, S = x.shape[0], tuple(x.shape[2:])
+    map_shape = (N, *S)
+
+    if mode == "multiclass" and integer:
+        if tuple(target.shape) != map_shape:
+            raise ValueError(f"target class map must have shape [N, *spatial] = {map_shape}; got "
+                             f"{tuple(target.shape)}")
+        t = target
+    elif mode == "binary" and tuple(target.shape) == map_shape:
+        t = target.unsqueeze(1)
+    elif tuple(target.shape) == tuple(x.shape):
+        t = target
+    else:
+        shapes = f"{tuple(x.shape)}" + (f" or {map_shape}" if mode == "binary" else "")
+        raise ValueError(f"target must have shape {shapes} for {mode} input of shape "
+                         f"{tuple(input.shape)}; got {tuple(target.shape)}")
+
+    w = None
+    if weight is not None:
+        if not isinstance(weight, torch.Tensor):
+            raise TypeError(f"weight must be a torch.Tensor, got {type(weight).__name__}")
+        if weight.device != input.device:
+            raise ValueError(f"weight is on {weight.device} but input is on {input.device}")
+        if not weight.dtype.is_floating_point:
+            raise ValueError(f"weight must be a floating tensor; got {weight.dtype}")
+        if weight.requires_grad:
+            raise ValueError("weight requires grad, but softiou does not differentiate with "
+                             "respect to the pixel weights; pass weight.detach()")
+        if tuple(weight.shape) == map_shape:
+            w = weight
+        elif tuple(weight.shape) == (N, 1, *S):
+            w = weight.squeeze(1)
+        else:
+            raise ValueError(f"weight must have shape [N, *spatial] = {map_shape}; got "
+                             f"{tuple(weight.shape)}")
+    return x, t, w
+
+
+def check_options(num_classes: int, device: torch.device, *, mode: str, from_logits: bool,
+                  sharpness: float, intersection: str, metric: str, alpha: float, beta: float,
+                  gamma: float, log_loss: bool, smooth: float, eps: float,
+                  class_weight: Optional[torch.Tensor], classes: Optional[Sequence[int]],
+                  include_background: bool, ignore_index: Optional[int], per_image: bool,
+                  absent: str, reduction: str) -> None:
+    """Section 7 for the options: every bad value raises a ValueError naming the argument."""
+    _choice("mode", mode, MODES)
+    _choice("intersection", intersection, INTERSECTIONS)
+    _choice("metric", metric, METRICS)
+    _choice("absent", absent, ABSENT)
+    _choice("reduction", reduction, REDUCTIONS)
+    for name, value in (("from_logits", from_logits), ("log_loss", log_loss),
+                        ("include_background", include_background), ("per_image", per_image)):
+        if not isinstance(value, bool):
+            raise ValueError(f"{name} must be a bool; got {value!r}")
+
+    def number(name, value, ok, what):
+        if not isinstance(value, (int, float)) or isinstance(value, bool) \
+                or not math.isfinite(value) or not ok(value):
+            raise ValueError(f"{name} must be {what}; got {value!r}")
+
+    number("sharpness", sharpness, lambda v: v > 0, "a finite number > 0")
+    number("alpha", alpha, lambda v: v >= 0, "a finite number >= 0")
+    number("beta", beta, lambda v: v >= 0, "a finite number >= 0")
+    number("gamma", gamma, lambda v: v > 0, "a finite number > 0")
+    number("smooth", smooth, lambda v: v >= 0, "a finite number >= 0")
+    number("eps", eps, lambda v: v > 0, "a finite number > 0")
+    if ignore_index is not None and (not isinstance(ignore_index, int)
+                                     or isinstance(ignore_index, bool)):
+        raise ValueError(f"ignore_index must be an int or None; got {ignore_index!r}")
+    if classes is not None:
+        listed = list(classes)
+        if not listed or not all(isinstance(c, int) and not isinstance(c, bool) for c in listed):
+            raise ValueError(f"classes must be a non-empty sequence of class indices; got "
+                             f"{classes!r}")
+        if any(c < 0 or c >= num_classes for c in listed):
+            raise ValueError(f"classes must be indices in [0, {num_classes}); got {listed}")
+        if len(set(listed)) != len(listed):
+            raise ValueError(f"classes must not repeat a class; got {listed}")
+    if not include_background and num_classes == 1:
+        raise ValueError("include_background=False drops class 0, the only class of this input")
+    if class_weight is not None:
+        if not isinstance(class_weight, torch.Tensor) or not class_weight.dtype.is_floating_point:
+            raise ValueError("class_weight must be a floating tensor of shape [C]")
+        if tuple(class_weight.shape) != (num_classes,):
+            raise ValueError(f"class_weight must have shape [C] = ({num_classes},); got "
+                             f"{tuple(class_weight.shape)}")
+        if class_weight.device != device:
+            raise ValueError(f"class_weight is on {class_weight.device} but input is on {device}")
+
+
+# --------------------------------------------------------------------------------------------
+# Section 2. Probabilities
+# --------------------------------------------------------------------------------------------
+def probabilities(x: torch.Tensor, mode: str, from_logits: bool = True,
+                  sharpness: float = 1.0, compute_dtype: Optional[torch.dtype] = None
+                  ) -> torch.Tensor:
+    """``p`` of ``x = [N, C, *S]`` in the accumulation dtype (or ``compute_dtype``)."""
+    x = x.to(compute_dtype or accumulation_dtype(x.dtype))
+    a = sharpness
+    if mode == "multiclass":
+        if from_logits:
+            return torch.softmax(a * x, dim=1)
+        if a == 1:
+            return x
+        xa = x ** a
+        return xa / xa.sum(dim=1, keepdim=True)
+    if from_logits:
+        return torch.sigmoid(a * x)
+    if a == 1:
+        return x
+    xa = x ** a
+    return xa / (xa + (1 - x) ** a)
+
+
+# --------------------------------------------------------------------------------------------
+# Section 3. Per-(sample, class) statistics
+# --------------------------------------------------------------------------------------------
+def dense_target(t: torch.Tensor, mode: str, num_classes: int, ignore_index: Optional[int],
+                 dtype: torch.dtype, check_values: bool = True):
+    """``(y, valid)``: the target as ``[N, C, *S]`` floats and a mask that broadcasts to it."""
+    if t.dtype in CLASS_MAP_DTYPES:
+        t = t.long()
+        valid = t != ignore_index if ignore_index is not None else torch.ones_like(t, dtype=torch.bool)
+        kept = torch.where(valid, t, 0)
+        note = f" and not ignore_index={ignore_index}" if ignore_index is not None else ""
+        if mode == "multiclass":  # class map [N, *S] -> one-hot [N, C, *S]
+            if check_values:
+                bad = valid & ((t < 0) | (t >= num_classes))
+                if bad.any():
+                    raise ValueError(f"target holds class index {t[bad][0].item()}, outside "
+                                     f"[0, {num_classes}){note}")
+            y = F.one_hot(kept, num_classes).movedim(-1, 1).to(dtype)
+            return y, valid.unsqueeze(1)
+        if check_values:
+            bad = valid & (t != 0) & (t != 1)
+            if bad.any():
+                raise ValueError(f"binary/multilabel integer target holds {t[bad][0].item()}, "
+                                 f"expected 0 or 1{note}")
+        return kept.to(dtype), valid
+    y = t.to(dtype)
+    if check_values:
+        bad = (y < 0) | (y > 1)
+        if bad.any():
+            raise ValueError(f"dense target holds {y[bad][0].item()}, outside [0, 1]")
+    return y, torch.ones((), dtype=torch.bool, device=t.device)
+
+
+def statistics_normalized(x: torch.Tensor, t: torch.Tensor, w: Optional[torch.Tensor],
+                          mode: str, from_logits: bool = True, sharpness: float = 1.0,
+                          intersection: str = "product", ignore_index: Optional[int] = None,
+                          check_values: bool = True,
+                          compute_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """``[N, C, 3]`` holding ``I, P, Y`` of already normalized inputs (see normalize_inputs).
+
+    ``compute_dtype`` overrides the SPEC's accumulation dtype: the tests use it to measure this
+    formulation's own error in low precision."""
+    acc = compute_dtype or accumulation_dtype(x.dtype)
+    if check_values and not from_logits:
+        bad = (x < 0) | (x > 1)
+        if bad.any():
+            raise ValueError(f"input holds {x[bad][0].item()}, outside [0, 1], with "
+                             "from_logits=False")
+    p = probabilities(x, mode, from_logits, sharpness, acc)
+    y, valid = dense_target(t, mode, x.shape[1], ignore_index, acc, check_values)
+    if w is None:
+        w = torch.ones((), dtype=acc, device=x.device)
+    else:
+        if check_values and (w < 0).any():
+            raise ValueError(f"weight holds {w[w < 0][0].item()}, expected weights >= 0")
+        w = w.to(acc).unsqueeze(1)
+    inter = p * y if intersection == "product" else tie_min(p, y)
+    dims = tuple(range(2, x.dim()))
+    zero = torch.zeros((), dtype=acc, device=x.device)
+    I = torch.where(valid, w * inter, zero).sum(dims)
+    P = torch.where(valid, w * p, zero).sum(dims)
+    Y = torch.where(valid, w * y, zero).sum(dims)
+    return torch.stack([I, P, Y], dim=-1)
+
+
+def statistics(input: torch.Tensor, target: torch.Tensor, weight: Optional[torch.Tensor] = None,
+               *, mode: str = "multiclass", from_logits: bool = True, sharpness: float = 1.0,
+               intersection: str = "product", ignore_index: Optional[int] = None,
+               check_values: bool = True) -> torch.Tensor:
+    """Section 3: ``[N, C, 3]`` holding ``I, P, Y`` per (sample, class)."""
+    x, t, w = normalize_inputs(input, target, weight, mode)
+    _choice("intersection", intersection, INTERSECTIONS)
+    return statistics_normalized(x, t, w, mode, from_logits, sharpness, intersection,
+                                 ignore_index, check_values)
+
+
+# --------------------------------------------------------------------------------------------
+# Sections 4 and 5. Scores and loss
+# --------------------------------------------------------------------------------------------
+def all_reduce_statistics(stats: torch.Tensor, process_group) -> torch.Tensor:
+    """Sums ``stats`` over the ranks of ``process_group``, differentiably: the backward sums the
+    gradients of all ranks, so with DistributedDataParallel's averaging every rank's parameters
+    get the gradient of the loss of the global batch."""
+    import torch.distributed.nn.functional as dist_fn
+    return dist_fn.all_reduce(stats, group=process_group)
+
+
+def scores(I: torch.Tensor, P: torch.Tensor, Y: torch.Tensor, *, metric: str = "jaccard",
+           alpha: float = 0.5, beta: float = 0.5, smooth: float = 0.0,
+           eps: float = 1e-7) -> torch.Tensor:
+    """Section 4: the score of each pair; an empty target with an empty prediction scores 1."""
+    s = smooth
+    if metric == "jaccard":
+        num, den = I + s, P + Y - I + s
+    elif metric == "dice":
+        num, den = 2 * I + s, P + Y + s
+    else:
+        num, den = I + s, I + alpha * (P - I) + beta * (Y - I) + s
+    both_zero = (num == 0) & (den == 0)
+    return torch.where(both_zero, torch.ones_like(num), num / den.clamp_min(eps))
+
+
+def loss_from_stats(stats: torch.Tensor, *, metric: str = "jaccard", alpha: float = 0.5,
+                    beta: float = 0.5, gamma: float = 1.0, log_loss: bool = False,
+                    smooth: float = 0.0, eps: float = 1e-7,
+                    class_weight: Optional[torch.Tensor] = None,
+                    classes: Optional[Sequence[int]] = None, include_background: bool = True,
+                    per_image: bool = True, absent: str = "include", reduction: str = "mean",
+                    process_group=None) -> torch.Tensor:
+    """Sections 4 and 5: the loss from the ``[N, C, 3]`` statistics."""
+    if not per_image:
+        stats = stats.sum(dim=0)  # [C, 3]: one score per class over the batch
+        if process_group is not None:
+            stats = all_reduce_statistics(stats, process_group)
+    I, P, Y = stats.unbind(-1)
+    score = scores(I, P, Y, metric=metric, alpha=alpha, beta=beta, smooth=smooth, eps=eps)
+    loss = -torch.log(score.clamp_min(eps)) if log_loss else 1 - score
+    if gamma != 1:
+        # loss**gamma, with a zero (not infinite) derivative where the loss is 0
+        tiny = torch.finfo(loss.dtype).tiny
+        loss = torch.where(loss > 0, loss.clamp_min(tiny) ** gamma, torch.zeros_like(loss))
+
+    num_classes = stats.shape[-2]
+    keep = torch.ones(num_classes, dtype=torch.bool, device=stats.device)
+    if classes is not None:
+        keep = torch.zeros_like(keep)
+        keep[list(classes)] = True
+    if not include_background:
+        keep[0] = False
+    w = keep.to(loss.dtype)
+    if class_weight is not None:
+        w = w * class_weight.to(loss.dtype)
+    w = w.expand_as(loss)
+    if absent == "exclude":
+        w = torch.where(Y > 0, w, torch.zeros_like(w))
+
+    weighted = w * loss
+    if reduction == "none":
+        return weighted
+    total = weighted.sum()
+    if reduction == "sum":
+        return total
+    wsum = w.sum()
+    # no kept pair: 0, still connected to the graph
+    return total / torch.where(wsum > 0, wsum, torch.ones_like(wsum))
+
+
+def soft_iou_loss(input: torch.Tensor, target: torch.Tensor, weight: Optional[torch.Tensor] = None,
+                  *, mode: str = "multiclass", from_logits: bool = True, sharpness: float = 1.0,
+                  intersection: str = "product", metric: str = "jaccard", alpha: float = 0.5,
+                  beta: float = 0.5, gamma: float = 1.0, log_loss: bool = False,
+                  smooth: float = 0.0, eps: float = 1e-7,
+                  class_weight: Optional[torch.Tensor] = None,
+                  classes: Optional[Sequence[int]] = None, include_background: bool = True,
+                  ignore_index: Optional[int] = None, per_image: bool = True,
+                  absent: str = "include", reduction: str = "mean", process_group=None,
+                  check_values: bool = True,
+                  compute_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """The whole SPEC in eager PyTorch (the oracle). ``check_values=False`` skips the data checks
+    of section 7 (they synchronise with the device), as the benchmark's eager baseline does;
+    ``compute_dtype`` computes everything in another dtype (see statistics_normalized)."""
+    x, t, w = normalize_inputs(input, target, weight, mode)
+    check_options(x.shape[1], x.device, mode=mode, from_logits=from_logits, sharpness=sharpness,
+                  intersection=intersection, metric=metric, alpha=alpha, beta=beta, gamma=gamma,
+                  log_loss=log_loss, smooth=smooth, eps=eps, class_weight=class_weight,
+                  classes=classes, include_background=include_background,
+                  ignore_index=ignore_index, per_image=per_image, absent=absent,
+                  reduction=reduction)
+    stats = statistics_normalized(x, t, w, mode, from_logits, sharpness, intersection,
+                                  ignore_index, check_values, compute_dtype)
+    return loss_from_stats(stats, metric=metric, alpha=alpha, beta=beta, gamma=gamma,
+                           log_loss=log_loss, smooth=smooth, eps=eps, class_weight=class_weight,
+                           classes=classes, include_background=include_background,
+                           per_image=per_image, absent=absent, reduction=reduction,
+                           process_group=process_group)

@@ -1,0 +1,53 @@
+"""Test configuration: the devices and backends to run on, and hypothesis profiles.
+
+Every backend-level test is parametrised over ``(device, backend)`` for the fused backends that
+can run here: ``cpu`` (C++), ``triton`` on the CPU through Triton's interpreter where no GPU is
+present, and ``cuda`` and ``triton`` on a GPU.
+"""
+
+import os
+
+import torch
+
+# Triton reads TRITON_INTERPRET when it is imported: decide before anything imports it.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+import softiou_cuda  # noqa: E402
+
+settings.register_profile(
+    "default", max_examples=int(os.environ.get("SOFTIOU_HYPOTHESIS_EXAMPLES", "40")),
+    deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
+settings.load_profile("default")
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def fused_backends(device):
+    return [b for b in softiou_cuda.available_backends(device) if b != "reference"]
+
+
+CASES = [(d, b) for d in DEVICES for b in fused_backends(d)]
+CASE_IDS = [f"{d}-{b}" for d, b in CASES]
+
+
+def is_interpreted(device, backend):
+    return backend == "triton" and device == "cpu"
+
+
+@pytest.fixture(params=CASES, ids=CASE_IDS)
+def case(request):
+    """(device, backend) of every fused backend available here."""
+    return request.param
+
+
+def pytest_report_header(config):
+    lines = [f"softiou: torch {torch.__version__}, extension={softiou_cuda.ops.HAS_EXTENSION}, "
+             f"cpu isa={softiou_cuda.ops.cpu_isa()}, cuda kernels={softiou_cuda.ops.has_cuda_kernels()}"]
+    if torch.cuda.is_available():
+        lines.append(f"softiou: GPU {torch.cuda.get_device_name()}")
+    lines.append(f"softiou: cases {CASE_IDS}")
+    return lines

@@ -1,0 +1,180 @@
+"""The operators as PyTorch operators: torch.library.opcheck, gradcheck in float64, and
+torch.compile(fullgraph=True) against eager."""
+
+import pytest
+import torch
+
+import softiou_cuda
+from conftest import CASES, DEVICES, is_interpreted
+from helpers import make_inputs
+
+pytestmark = pytest.mark.skipif(not softiou_cuda.ops.HAS_EXTENSION,
+                                reason="the C++ extension is not built")
+
+OPCHECK_INPUTS = [
+    ("multiclass", "map-int64", dict(), False, None),
+    ("multiclass", "map-uint8", dict(intersection="min"), True, 255),
+    ("multiclass", "soft-float", dict(from_logits=False, sharpness=2.0), True, None),
+    ("binary", "int64", dict(), True, -1),
+    ("multilabel", "bool", dict(sharpness=0.5, intersection="min"), False, None),
+]
+OPCHECK_IDS = [f"{m}-{k}" for m, k, *_ in OPCHECK_INPUTS]
+
+
+def _stats_args(mode, kind, options, weighted, ignore, device, dtype=torch.float32, shape=(2, 4, 5, 7)):
+    x, t, w = make_inputs(mode, kind, dtype, device, shape=shape,
+                          from_logits=options.get("from_logits", True), weight=weighted,
+                          ignore_index=ignore)
+    if t.dim() == x.dim() - 1 and mode != "multiclass":
+        t = t.unsqueeze(1)
+    return (x, t, w, mode, options.get("from_logits", True), float(options.get("sharpness", 1.0)),
+            options.get("intersection", "product"), ignore)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mode,kind,options,weighted,ignore", OPCHECK_INPUTS, ids=OPCHECK_IDS)
+def test_opcheck_stats(device, mode, kind, options, weighted, ignore):
+    args = _stats_args(mode, kind, options, weighted, ignore, device)
+    torch.library.opcheck(torch.ops.softiou.stats.default, args)
+    # a channels_last input keeps its layout through the backward op
+    x = args[0].detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+    torch.library.opcheck(torch.ops.softiou.stats.default, (x,) + args[1:])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mode,kind,options,weighted,ignore", OPCHECK_INPUTS, ids=OPCHECK_IDS)
+def test_opcheck_stats_backward(device, mode, kind, options, weighted, ignore):
+    args = _stats_args(mode, kind, options, weighted, ignore, device)
+    x = args[0].detach()
+    grad = torch.randn(x.shape[0], x.shape[1], 3, device=device)
+    torch.library.opcheck(torch.ops.softiou.stats_backward.default, (grad, x) + args[1:])
+
+
+LOSS_KWARGS = [
+    dict(),
+    dict(metric="dice", per_image=False, reduction="none"),
+    dict(metric="tversky", alpha=0.3, beta=0.7, gamma=2.0, log_loss=True, smooth=1.0),
+    dict(classes=[1, 2], absent="exclude", reduction="sum", include_background=False),
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kwargs", LOSS_KWARGS, ids=range(len(LOSS_KWARGS)))
+def test_opcheck_loss(device, kwargs):
+    x, t, w = make_inputs("multiclass", "map-int64", torch.float32, device, weight=True,
+                          ignore_index=-1)
+    cw = torch.tensor([1.0, 2.0, 0.5, 1.0], device=device)
+    torch.library.opcheck(torch.ops.softiou.loss.default, (x, t, w),
+                          dict(kwargs, class_weight=cw, ignore_index=-1))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="triton_op on a GPU (the interpreter "
+                    "runs kernels eagerly and cannot be traced)")
+@pytest.mark.parametrize("mode,kind,options,weighted,ignore", OPCHECK_INPUTS, ids=OPCHECK_IDS)
+def test_opcheck_triton_ops(mode, kind, options, weighted, ignore):
+    from softiou_cuda.triton_kernels import ops as tops
+    args = _stats_args(mode, kind, options, weighted, ignore, "cuda")
+    torch.library.opcheck(tops.triton_stats, args)
+    grad = torch.randn(args[0].shape[0], args[0].shape[1], 3, device="cuda")
+    torch.library.opcheck(tops.triton_stats_backward, (grad, args[0].detach()) + args[1:])
+
+
+GRADCHECK_INPUTS = [
+    ("multiclass", "map-int64", dict(), True, -1),
+    ("multiclass", "soft-float", dict(intersection="min"), True, None),
+    ("multiclass", "soft-float", dict(from_logits=False, sharpness=1.7), False, None),
+    ("multiclass", "map-int32", dict(from_logits=False), False, None),
+    ("binary", "soft-float", dict(intersection="min", sharpness=0.6), True, None),
+    ("multilabel", "int64", dict(from_logits=False, sharpness=2.5), True, -1),
+    ("multilabel", "float", dict(from_logits=False), False, None),
+]
+
+
+@pytest.mark.parametrize("device,backend", CASES, ids=[f"{d}-{b}" for d, b in CASES])
+@pytest.mark.parametrize("mode,kind,options,weighted,ignore", GRADCHECK_INPUTS,
+                         ids=[f"{m}-{k}-{i}" for i, (m, k, *_) in enumerate(GRADCHECK_INPUTS)])
+def test_gradcheck_stats(device, backend, mode, kind, options, weighted, ignore):
+    """The statistics op's backward against finite differences, float64."""
+    shape = (2, 3, 3, 4) if is_interpreted(device, backend) else (2, 4, 5, 6)
+    args = _stats_args(mode, kind, options, weighted, ignore, device, torch.float64, shape)
+    stats_fn = softiou_cuda.backends.stats_function(backend)
+    assert torch.autograd.gradcheck(lambda x: stats_fn(x, *args[1:]), (args[0],), eps=1e-6,
+                                    atol=1e-7, rtol=1e-5)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_gradcheck_loss_op(device):
+    x, t, w = make_inputs("multiclass", "map-int64", torch.float64, device, weight=True)
+    assert torch.autograd.gradcheck(
+        lambda x: torch.ops.softiou.loss(x, t, w, metric="dice", gamma=1.5, log_loss=True),
+        (x,), eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+def test_loss_op_is_the_api_loss():
+    x, t, w = make_inputs("multiclass", "map-int64", torch.float64, "cpu", weight=True,
+                          ignore_index=-1)
+    opts = dict(metric="tversky", alpha=0.2, beta=0.9, classes=[0, 2], ignore_index=-1,
+                per_image=False, reduction="none")
+    a = torch.ops.softiou.loss(x, t, w, **opts)
+    b = softiou_cuda.soft_iou_loss(x, t, w, backend="cpu", **opts)
+    assert torch.equal(a, b)
+    # binary input without a channel dim goes through the op too
+    xb = torch.randn(3, 7, dtype=torch.float64)
+    tb = (torch.rand(3, 7) > 0.5).long()
+    assert torch.equal(torch.ops.softiou.loss(xb, tb, mode="binary"),
+                       softiou_cuda.soft_iou_loss(xb, tb, mode="binary", backend="cpu"))
+
+
+class TinyNet(torch.nn.Module):
+    def __init__(self, classes=4):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, classes, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+def _compiled_vs_eager(device, backend, use_op):
+    """A training step's forward compiled with fullgraph=True (no graph break) against eager:
+    the same loss and the same parameter gradients (the backward graph holds the fused
+    backward op)."""
+    torch.manual_seed(0)
+    net = TinyNet().to(device)
+    img = torch.randn(2, 3, 16, 16, device=device)
+    target = torch.randint(0, 4, (2, 16, 16), device=device)
+    weight = torch.rand(2, 16, 16, device=device)
+
+    def forward(model):
+        logits = model(img)
+        if use_op:
+            loss = torch.ops.softiou.loss(logits, target, weight, ignore_index=3, metric="dice")
+        else:
+            loss = softiou_cuda.soft_iou_loss(logits, target, weight, ignore_index=3,
+                                              metric="dice", backend=backend)
+        return loss + 0.1 * torch.nn.functional.cross_entropy(logits, target)
+
+    def grads_of(loss):
+        net.zero_grad()
+        loss.backward()
+        return [p.grad.clone() for p in net.parameters()]
+
+    eager_loss = forward(net)
+    eager_grads = grads_of(eager_loss)
+    torch._dynamo.reset()
+    loss = torch.compile(forward, fullgraph=True)(net)
+    grads = grads_of(loss)
+    torch.testing.assert_close(loss, eager_loss, rtol=1e-5, atol=1e-6)
+    for g, e in zip(grads, eager_grads):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("device,backend",
+                         [(d, b) for d, b in CASES if not is_interpreted(d, b)],
+                         ids=[f"{d}-{b}" for d, b in CASES if not is_interpreted(d, b)])
+def test_compile_fullgraph_matches_eager(device, backend):
+    _compiled_vs_eager(device, backend, use_op=False)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_compile_fullgraph_loss_op(device):
+    _compiled_vs_eager(device, "auto", use_op=True)

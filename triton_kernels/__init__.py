@@ -1,0 +1,1 @@
+"""Triton implementation of the softiou kernels (installed as softiou_cuda.triton_kernels)."""

@@ -1,0 +1,225 @@
+"""The softiou kernels in Triton. They mirror csrc/softiou_math.h function by function (the names
+in the comments) and are tested against the same reference (softiou_cuda.reference).
+
+pixel_kernel   multiclass: a program owns a [BLOCK_C, BLOCK_M] tile (all classes of BLOCK_M
+               pixels of one sample) and loops over its chunk of pixels; softmax over axis 0.
+row_kernel     binary / multilabel: elementwise over a (sample, class) row.
+reduce_kernel  the fixed-order second stage over the programs' partial sums.
+
+Deterministic: the forward accumulates elementwise into a register tile across its loop and
+reduces it once at the end; the partials are added in program order by reduce_kernel. No atomics.
+Invalid values (class index out of range, dense target outside [0, 1], negative weight,
+probability input outside [0, 1]) make the statistics NaN: Triton has no always-on device assert.
+"""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _intersection(p, y, USE_MIN: tl.constexpr):  # softiou_math.h: intersection
+    if USE_MIN:
+        return tl.where(p > y, y, p)
+    else:
+        return p * y
+
+
+@triton.jit
+def _intersection_dp(p, y, USE_MIN: tl.constexpr):  # softiou_math.h: intersection_dp
+    if USE_MIN:
+        return tl.where(p < y, 1.0, tl.where(p > y, 0.0, 0.5))
+    else:
+        return y
+
+
+@triton.jit
+def _outside_unit_interval(v):  # softiou_math.h: outside_unit_interval
+    return (v < 0) | (v > 1)
+
+
+@triton.jit
+def pixel_kernel(x_ptr, t_ptr, w_ptr, gs_ptr, out_ptr, gx_ptr,
+                 C, M, chunk, n_chunks,
+                 sxn, sxc, sxm, stn, stc, stm, swn, swm, sgn, sgc, sgm,
+                 sharp, ignore,
+                 FWD: tl.constexpr, CLASS_MAP: tl.constexpr, HAS_W: tl.constexpr,
+                 HAS_IGNORE: tl.constexpr, SOFTMAX: tl.constexpr, FROM_LOGITS: tl.constexpr,
+                 USE_MIN: tl.constexpr, ACC: tl.constexpr,
+                 BLOCK_C: tl.constexpr, BLOCK_M: tl.constexpr):
+    pid = tl.program_id(0)
+    n = (pid // n_chunks).to(tl.int64)
+    k = (pid % n_chunks).to(tl.int64)
+    c = tl.arange(0, BLOCK_C)
+    cmask = c < C
+    c64 = c.to(tl.int64)
+    m_begin = k * chunk
+    m_end = tl.minimum(m_begin + chunk, M)
+    accI = tl.zeros([BLOCK_C, BLOCK_M], ACC)
+    accP = tl.zeros([BLOCK_C, BLOCK_M], ACC)
+    accY = tl.zeros([BLOCK_C, BLOCK_M], ACC)
+    nbad = tl.zeros([BLOCK_M], tl.int32)
+    if not FWD:
+        gI = tl.load(gs_ptr + (n * C + c64) * 3, mask=cmask, other=0.0).to(ACC)
+        gP = tl.load(gs_ptr + (n * C + c64) * 3 + 1, mask=cmask, other=0.0).to(ACC)
+    for m0 in range(m_begin, m_end, BLOCK_M):
+        m = m0 + tl.arange(0, BLOCK_M).to(tl.int64)
+        mmask = m < m_end
+        mask2 = cmask[:, None] & mmask[None, :]
+        x = tl.load(x_ptr + n * sxn + c64[:, None] * sxc + m[None, :] * sxm, mask=mask2,
+                    other=0.0).to(ACC)
+        if not FROM_LOGITS:
+            nbad += tl.sum((_outside_unit_interval(x) & mask2).to(tl.int32), axis=0)
+        # probabilities (softmax_arg, softmax_exp, softmax_inv_sum)
+        if SOFTMAX:
+            if FROM_LOGITS:
+                l = sharp * x
+            else:
+                l = sharp * tl.log(x)
+            l = tl.where(cmask[:, None], l, float("-inf"))
+            mx = tl.max(l, axis=0)
+            e = tl.where(l == float("-inf"), 0.0, tl.exp(l - mx[None, :]))
+            s = tl.sum(e, axis=0)
+            inv = tl.where(s == 0, 0.0, 1.0 / s)
+            p = e * inv[None, :]
+        else:
+            p = x
+        # target and validity
+        if CLASS_MAP:
+            t = tl.load(t_ptr + n * stn + m * stm, mask=mmask, other=0).to(tl.int64)
+            valid = mmask
+            if HAS_IGNORE:
+                valid = valid & (t != ignore)
+            nbad += (valid & ((t < 0) | (t >= C))).to(tl.int32)
+            y = (t[None, :] == c64[:, None]).to(ACC)
+            v2 = valid[None, :] & cmask[:, None]
+        else:
+            y = tl.load(t_ptr + n * stn + c64[:, None] * stc + m[None, :] * stm, mask=mask2,
+                        other=0).to(ACC)
+            nbad += tl.sum((_outside_unit_interval(y) & mask2).to(tl.int32), axis=0)
+            v2 = mask2
+        if HAS_W:
+            w = tl.load(w_ptr + n * swn + m * swm, mask=mmask, other=0.0).to(ACC)
+            nbad += (w < 0).to(tl.int32)
+        else:
+            w = tl.full([BLOCK_M], 1.0, ACC)
+        ww = w[None, :]
+        if FWD:
+            accI += tl.where(v2, ww * _intersection(p, y, USE_MIN), 0.0)
+            accP += tl.where(v2, ww * p, 0.0)
+            accY += tl.where(v2, ww * y, 0.0)
+        else:
+            # grad_p, then the softmax backward with softmax_arg_dx
+            g = tl.where(v2, ww * (gI[:, None] * _intersection_dp(p, y, USE_MIN) + gP[:, None]),
+                         0.0)
+            if SOFTMAX:
+                dot = tl.sum(p * g, axis=0)
+                if FROM_LOGITS:
+                    dx = sharp * p * (g - dot[None, :])
+                else:
+                    fac = tl.where(x > 0, sharp / x, 0.0)
+                    dx = fac * p * (g - dot[None, :])
+            else:
+                dx = g
+            tl.store(gx_ptr + n * sgn + c64[:, None] * sgc + m[None, :] * sgm,
+                     dx.to(gx_ptr.dtype.element_ty), mask=mask2)
+    if FWD:
+        I = tl.sum(accI, axis=1)
+        P = tl.sum(accP, axis=1)
+        Y = tl.sum(accY, axis=1)
+        P = tl.where(tl.sum(nbad, axis=0) > 0, float("nan"), P)
+        base = out_ptr + pid.to(tl.int64) * C * 3 + c64 * 3
+        tl.store(base, I, mask=cmask)
+        tl.store(base + 1, P, mask=cmask)
+        tl.store(base + 2, Y, mask=cmask)
+
+
+@triton.jit
+def row_kernel(x_ptr, t_ptr, w_ptr, gs_ptr, out_ptr, gx_ptr,
+               C, M, chunk, n_chunks,
+               sxn, sxc, sxm, stn, stc, stm, swn, swm, sgn, sgc, sgm,
+               sharp, ignore,
+               FWD: tl.constexpr, INT_TARGET: tl.constexpr, HAS_W: tl.constexpr,
+               HAS_IGNORE: tl.constexpr, SIGMOID: tl.constexpr, FROM_LOGITS: tl.constexpr,
+               USE_MIN: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    r = (pid // n_chunks).to(tl.int64)
+    k = (pid % n_chunks).to(tl.int64)
+    n = r // C
+    c = r % C
+    m_begin = k * chunk
+    m_end = tl.minimum(m_begin + chunk, M)
+    accI = tl.zeros([BLOCK], ACC)
+    accP = tl.zeros([BLOCK], ACC)
+    accY = tl.zeros([BLOCK], ACC)
+    nbad = tl.zeros([BLOCK], tl.int32)
+    if not FWD:
+        gI = tl.load(gs_ptr + r * 3).to(ACC)
+        gP = tl.load(gs_ptr + r * 3 + 1).to(ACC)
+    for m0 in range(m_begin, m_end, BLOCK):
+        m = m0 + tl.arange(0, BLOCK).to(tl.int64)
+        mm = m < m_end
+        x = tl.load(x_ptr + n * sxn + c * sxc + m * sxm, mask=mm, other=0.0).to(ACC)
+        if not FROM_LOGITS:
+            nbad += (_outside_unit_interval(x) & mm).to(tl.int32)
+        # probabilities (sigmoid_arg, sigmoid_and_slope, sigmoid_arg_dx)
+        if SIGMOID:
+            if FROM_LOGITS:
+                z = sharp * x
+            else:
+                z = sharp * (tl.log(x) - tl.log(1.0 - x))
+            e = tl.exp(-tl.abs(z))
+            inv = 1.0 / (1.0 + e)
+            p = tl.where(z < 0, e * inv, inv)
+            if FROM_LOGITS:
+                dp_dx = e * inv * inv * sharp
+            else:
+                d = x * (1.0 - x)
+                dp_dx = e * inv * inv * tl.where(d > 0, sharp / d, 0.0)
+        else:
+            p = x
+            dp_dx = tl.full([BLOCK], 1.0, ACC)
+        if INT_TARGET:
+            t = tl.load(t_ptr + n * stn + c * stc + m * stm, mask=mm, other=0).to(tl.int64)
+            valid = mm
+            if HAS_IGNORE:
+                valid = valid & (t != ignore)
+            nbad += (valid & (t != 0) & (t != 1)).to(tl.int32)
+            y = tl.where(valid, t, 0).to(ACC)
+        else:
+            y = tl.load(t_ptr + n * stn + c * stc + m * stm, mask=mm, other=0).to(ACC)
+            nbad += (_outside_unit_interval(y) & mm).to(tl.int32)
+            valid = mm
+        if HAS_W:
+            w = tl.load(w_ptr + n * swn + m * swm, mask=mm, other=0.0).to(ACC)
+            nbad += (w < 0).to(tl.int32)
+        else:
+            w = tl.full([BLOCK], 1.0, ACC)
+        if FWD:
+            accI += tl.where(valid, w * _intersection(p, y, USE_MIN), 0.0)
+            accP += tl.where(valid, w * p, 0.0)
+            accY += tl.where(valid, w * y, 0.0)
+        else:
+            g = tl.where(valid, w * (gI * _intersection_dp(p, y, USE_MIN) + gP), 0.0)
+            tl.store(gx_ptr + n * sgn + c * sgc + m * sgm, (g * dp_dx).to(gx_ptr.dtype.element_ty),
+                     mask=mm)
+    if FWD:
+        I = tl.sum(accI, axis=0)
+        P = tl.sum(accP, axis=0)
+        Y = tl.sum(accY, axis=0)
+        P = tl.where(tl.sum(nbad, axis=0) > 0, float("nan"), P)
+        base = out_ptr + pid.to(tl.int64) * 3
+        tl.store(base, I)
+        tl.store(base + 1, P)
+        tl.store(base + 2, Y)
+
+
+@triton.jit
+def reduce_kernel(part_ptr, out_ptr, inner, n_chunks, BLOCK: tl.constexpr):
+    """out[o, i] = sum_k part[o, k, i] for k = 0, 1, ... in order (one program per o)."""
+    o = tl.program_id(0).to(tl.int64)
+    i = tl.arange(0, BLOCK)
+    mask = i < inner
+    acc = tl.load(part_ptr + o * n_chunks * inner + i, mask=mask, other=0.0)
+    for k in range(1, n_chunks):
+        acc += tl.load(part_ptr + (o * n_chunks + k) * inner + i, mask=mask, other=0.0)
+    tl.store(out_ptr + o * inner + i, acc, mask=mask)
