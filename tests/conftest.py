@@ -38,6 +38,12 @@ def is_interpreted(device, backend):
     return backend == "triton" and device == "cpu"
 
 
+def is_triton(device, backend):
+    """Triton runs the big option grids on a subset: interpreted it is slow, and on a GPU every
+    new combination of constants and argument properties compiles a kernel anew."""
+    return backend == "triton"
+
+
 @pytest.fixture(params=CASES, ids=CASE_IDS)
 def case(request):
     """(device, backend) of every fused backend available here."""

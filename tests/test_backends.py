@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import softiou_cuda
-from conftest import CASES, is_interpreted
+from conftest import CASES, is_interpreted, is_triton
 from helpers import (MODE_KINDS, TARGET_KINDS, assert_matches_reference, ignore_value,
                      make_inputs)
 
@@ -31,8 +31,9 @@ def _int_kind(kind):
 
 def _statistics_params():
     """Every (backend, mode, target kind, options, dtype, weight, ignore_index) combination that
-    applies: ignore_index only with integer targets; under Triton's (slow) interpreter float32
-    only, and weight and ignore_index together or not at all."""
+    applies: ignore_index only with integer targets; Triton (slow interpreted, compiling anew
+    for each combination on a GPU) float32 only, and weight and ignore_index together or not
+    at all."""
     params = []
     for device, backend in CASES:
         for mode, kind in MODE_KINDS:
@@ -42,8 +43,8 @@ def _statistics_params():
                                               (False, True)):
                         if ignored and not _int_kind(kind):
                             continue
-                        if is_interpreted(device, backend) and (dtype == torch.float64
-                                                                or weighted != ignored):
+                        if is_triton(device, backend) and (dtype == torch.float64
+                                                           or weighted != ignored):
                             continue
                         params.append(pytest.param(
                             device, backend, mode, kind, options, dtype, weighted, ignored,

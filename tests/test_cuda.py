@@ -75,6 +75,7 @@ def _reference_stats_in_slices(x, t, mode, step=1 << 25):
     return total
 
 
+@pytest.mark.xdist_group("large-gpu-memory")  # ~13 GB each: one at a time under pytest-xdist
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
 @pytest.mark.parametrize("mode", ["multiclass", "binary"])
 def test_more_than_2_31_elements(backend, mode):

@@ -51,6 +51,7 @@ def test_cpu_peak_memory_is_the_gradient():
     assert ref["extra"] >= 2.5 * logits, ref
 
 
+@pytest.mark.xdist_group("large-gpu-memory")
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 @pytest.mark.parametrize("backend", [b for b in softiou_cuda.available_backends("cuda")
                                      if b != "reference"])

@@ -1,0 +1,87 @@
+"""The benchmark's cases: shapes, dtypes and the inputs they stand for."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    name: str
+    group: str           # resolution | classes | dtype | volume | signal
+    N: int
+    C: int
+    spatial: tuple
+    dtype: str = "float32"
+    mode: str = "multiclass"
+
+    @property
+    def torch_dtype(self):
+        return getattr(torch, self.dtype)
+
+    @property
+    def pixels(self) -> int:
+        n = 1
+        for s in self.spatial:
+            n *= s
+        return n
+
+    @property
+    def resolution(self) -> str:
+        return "x".join(map(str, self.spatial))
+
+    def input_bytes(self) -> int:
+        return self.N * self.C * self.pixels * self.torch_dtype.itemsize
+
+    def target_bytes(self) -> int:
+        per = self.C if self.mode != "multiclass" else 1
+        return self.N * per * self.pixels * 8  # int64 targets
+
+    def min_bytes(self, direction: str) -> int:
+        """Fewest bytes a direction must move: each input read once, each output written once
+        (forward+backward reads input and target twice and writes the gradient once)."""
+        x, t = self.input_bytes(), self.target_bytes()
+        return {"forward": x + t, "backward": x + t + x, "forward+backward": 2 * (x + t) + x}[direction]
+
+    def make(self, device, seed=0):
+        g = torch.Generator(device="cpu").manual_seed(seed)
+        shape = (self.N, self.C, *self.spatial)
+        x = (torch.randn(shape, generator=g) * 2).to(device=device, dtype=self.torch_dtype)
+        if self.mode == "multiclass":
+            t = torch.randint(0, self.C, (self.N, *self.spatial), generator=g)
+        else:
+            t = (torch.rand(shape, generator=g) < 0.3).long()
+        return x.requires_grad_(), t.to(device)
+
+
+# The issues' reference cases
+CPU_BAR = Case("cpu-bar", "bar", 4, 19, (512, 1024))
+GPU_BAR = Case("gpu-bar", "bar", 8, 19, (1024, 2048))
+GPU_BAR_BF16 = Case("gpu-bar-bf16", "bar", 8, 19, (1024, 2048), "bfloat16")
+
+
+def sweep(device: str, size: str = "full"):
+    """The sweep of issue 5: resolution (256x256 up to 1024x2048), classes (1, 19, 150), float32
+    and bfloat16, a 3-D volume and a 1-D signal batch. The CPU sweep is smaller (2 cores)."""
+    gpu = device == "cuda"
+    if size == "quick":
+        return [Case("quick", "resolution", 2, 5, (64, 96)),
+                Case("quick-binary", "classes", 2, 1, (64, 96), mode="binary")]
+    N = 8 if gpu else 4
+    resolutions = [(256, 256), (512, 512), (512, 1024), (1024, 1024), (1024, 2048)]
+    if not gpu:
+        resolutions = resolutions[:3]
+    cases = [Case(f"res-{h}x{w}", "resolution", N, 19, (h, w)) for h, w in resolutions]
+    res = (512, 512) if gpu else (256, 512)
+    cases += [
+        Case(f"classes-1-{res[0]}x{res[1]}", "classes", N, 1, res, mode="binary"),
+        Case(f"classes-150-{res[0]}x{res[1]}", "classes", N, 150, res),
+        Case(f"bf16-{res[0]}x{res[1]}", "dtype", N, 19, res, "bfloat16"),
+        Case("volume-128^3", "volume", 2, 14, (128, 128, 128) if gpu else (64, 128, 128)),
+        Case("signal-1d", "signal", 256 if gpu else 64, 1, (16384,), mode="binary"),
+    ]
+    bars = [GPU_BAR, GPU_BAR_BF16] if gpu else [CPU_BAR]
+    # the bar cases are also the largest resolution of the sweep on the GPU
+    return bars + [c for c in cases if not (gpu and c.spatial == (1024, 2048) and c.dtype == "float32")]

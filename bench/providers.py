@@ -1,0 +1,123 @@
+"""The implementations the benchmark compares. Each provider maps (logits, target) to a loss with
+the same meaning as softiou's Jaccard loss (MONAI's and kornia's are checked against softiou's
+reference before they are timed); F.cross_entropy is the yardstick everyone knows."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+import softiou_cuda
+from softiou_cuda import reference
+
+
+@dataclasses.dataclass
+class Provider:
+    name: str
+    make: Callable  # (case) -> loss_fn(x, t) or raises Unavailable
+    metric: str = "jaccard"  # what the reference check compares with ("none": not a soft IoU)
+    note: str = ""
+
+
+class Unavailable(Exception):
+    pass
+
+
+def _softiou(backend):
+    def make(case):
+        if backend not in softiou_cuda.available_backends("cuda" if backend in ("cuda", "triton")
+                                                          else "cpu"):
+            raise Unavailable(f"softiou backend {backend!r} is not built here")
+        mode = case.mode
+        return lambda x, t: softiou_cuda.soft_iou_loss(x, t, mode=mode, backend=backend)
+    return make
+
+
+def _reference(case):
+    mode = case.mode
+    return lambda x, t: reference.soft_iou_loss(x, t, mode=mode, check_values=False)
+
+
+_compiled = {}
+
+
+def _reference_compiled(case):
+    key = case.mode
+    if key not in _compiled:
+        mode = case.mode
+
+        def fn(x, t):
+            return reference.soft_iou_loss(x, t, mode=mode, check_values=False)
+        _compiled[key] = torch.compile(fn)
+    return _compiled[key]
+
+
+def _monai(case):
+    if importlib.util.find_spec("monai") is None:
+        raise Unavailable("monai is not installed")
+    from monai.losses import DiceLoss
+    if case.mode == "multiclass":
+        loss = DiceLoss(jaccard=True, softmax=True, to_onehot_y=True, smooth_nr=0.0,
+                        smooth_dr=1e-7)
+        return lambda x, t: loss(x, t.unsqueeze(1))
+    loss = DiceLoss(jaccard=True, sigmoid=True, smooth_nr=0.0, smooth_dr=1e-7)
+    return lambda x, t: loss(x, t.to(x.dtype))
+
+
+def _kornia(case):
+    if importlib.util.find_spec("kornia") is None:
+        raise Unavailable("kornia is not installed")
+    if case.mode != "multiclass" or len(case.spatial) != 2:
+        raise Unavailable("kornia's dice_loss takes 2-D multiclass maps only")
+    from kornia.losses import dice_loss
+    return lambda x, t: dice_loss(x, t, average="macro", eps=1e-7)
+
+
+def _smp(case):
+    if importlib.util.find_spec("segmentation_models_pytorch") is None:
+        raise Unavailable("segmentation_models_pytorch is not installed")
+    from segmentation_models_pytorch.losses import JaccardLoss
+    loss = JaccardLoss(case.mode, from_logits=True, smooth=0.0, eps=1e-7)
+    return lambda x, t: loss(x, t)
+
+
+def _cross_entropy(case):
+    if case.mode == "multiclass":
+        return lambda x, t: F.cross_entropy(x, t)
+    return lambda x, t: F.binary_cross_entropy_with_logits(x, t.to(x.dtype))
+
+
+def providers(device: str):
+    names = {"cpu": ["cpu"], "cuda": ["cuda", "triton"]}[device]
+    out = [Provider(f"softiou-{b}", _softiou(b)) for b in names]
+    out += [
+        Provider("reference-eager", _reference, note="softiou_cuda.reference, eager"),
+        Provider("reference-compiled", _reference_compiled,
+                 note="torch.compile of the reference"),
+        Provider("monai", _monai, note="monai.losses.DiceLoss(jaccard=True)"),
+        Provider("kornia", _kornia, metric="dice-macro",
+                 note="kornia.losses.dice_loss(average='macro'): Dice, not Jaccard"),
+        Provider("smp", _smp, metric="jaccard-pooled",
+                 note="segmentation_models_pytorch JaccardLoss (batch-pooled, absent classes 0)"),
+        Provider("cross_entropy", _cross_entropy, metric="none",
+                 note="F.cross_entropy (binary: BCE with logits), the yardstick"),
+    ]
+    return out
+
+
+def expected_loss(metric: str, case, x, t) -> Optional[torch.Tensor]:
+    """The reference value a provider must reproduce before it is timed."""
+    x64 = x.detach().double()
+    if metric == "jaccard":
+        return reference.soft_iou_loss(x64, t, mode=case.mode)
+    if metric == "dice-macro":
+        return reference.soft_iou_loss(x64, t, mode=case.mode, metric="dice")
+    if metric == "jaccard-pooled":
+        s = reference.statistics(x64, t, mode=case.mode).sum(0)
+        I, P, Y = s.unbind(-1)
+        return ((1 - I / (P + Y - I).clamp_min(1e-7)) * (Y > 0)).mean()
+    return None

@@ -1,0 +1,148 @@
+"""The benchmark's output: a table on stdout, bench/results/<tag>.json and PNG plots, plus a
+summary against the issues' performance bars."""
+
+from __future__ import annotations
+
+import json
+import os
+
+
+def _fmt_ms(rec, d):
+    t = rec.get("timing", {}).get(d)
+    return f"{t['median_ms']:9.2f}" if t else "        -"
+
+
+def _get(results, case, provider):
+    for r in results:
+        if r["case"] == case and r["provider"] == provider and "timing" in r:
+            return r
+    return None
+
+
+def _ms(r, d="forward+backward"):
+    return r["timing"][d]["median_ms"] if r else None
+
+
+def bars(report):
+    """The figures the issues ask for, from the bar cases (None where a side is missing)."""
+    res = report["results"]
+    out = {}
+    if report["device"] == "cpu":
+        me = _get(res, "cpu-bar", "softiou-cpu")
+        if me:
+            f = _ms(me)
+            out["cpu-bar"] = {
+                "case": "N=4, C=19, 512x1024, float32 logits, int64 class map, forward+backward",
+                "softiou_ms": f,
+                "speedup_vs_reference_eager": _ratio(_get(res, "cpu-bar", "reference-eager"), f),
+                "speedup_vs_reference_compiled": _ratio(_get(res, "cpu-bar", "reference-compiled"), f),
+                "speedup_vs_cross_entropy": _ratio(_get(res, "cpu-bar", "cross_entropy"), f),
+                "peak_extra_over_logits": me.get("peak_extra_over_input"),
+                "peak_extra_over_logits_peers": {
+                    r["provider"]: r.get("peak_extra_over_input") for r in res
+                    if r["case"] == "cpu-bar" and "timing" in r and r["provider"] != "softiou-cpu"},
+            }
+    else:
+        for backend in ("cuda", "triton"):
+            me = _get(res, "gpu-bar", f"softiou-{backend}")
+            if not me:
+                continue
+            f = _ms(me)
+            bf = _get(res, "gpu-bar-bf16", f"softiou-{backend}")
+            out[f"gpu-bar-{backend}"] = {
+                "case": "N=8, C=19, 1024x2048, float32 logits, int64 class map, forward+backward",
+                "softiou_ms": f,
+                "fraction_of_copy_bandwidth": me["timing"]["forward+backward"]["fraction_of_copy_bandwidth"],
+                "speedup_vs_cross_entropy": _ratio(_get(res, "gpu-bar", "cross_entropy"), f),
+                "speedup_vs_reference_eager": _ratio(_get(res, "gpu-bar", "reference-eager"), f),
+                "speedup_vs_reference_compiled": _ratio(_get(res, "gpu-bar", "reference-compiled"), f),
+                "bf16_time_over_f32": (_ms(bf) / f) if bf else None,
+                "peak_extra_over_logits": me.get("peak_extra_over_input"),
+            }
+        c, t = _get(res, "gpu-bar", "softiou-cuda"), _get(res, "gpu-bar", "softiou-triton")
+        if c and t:
+            out["triton_time_over_cuda"] = _ms(t) / _ms(c)
+    return out
+
+
+def _ratio(other, mine):
+    return (_ms(other) / mine) if other else None
+
+
+def table(report):
+    lines = []
+    head = (f"{'case':26s} {'provider':20s} {'fwd ms':>9s} {'bwd ms':>9s} {'f+b ms':>9s} "
+            f"{'f+b GB/s':>9s} {'of copy':>7s} {'peak/in':>7s}  check")
+    lines.append(head)
+    lines.append("-" * len(head))
+    for r in report["results"]:
+        if "timing" not in r:
+            lines.append(f"{r['case']:26s} {r['provider']:20s}  skipped: {r.get('skipped', '')[:70]}")
+            continue
+        fb = r["timing"]["forward+backward"]
+        peak = r.get("peak_extra_over_input")
+        err = r["check"]["rel_err"]
+        lines.append(
+            f"{r['case']:26s} {r['provider']:20s} {_fmt_ms(r, 'forward')} {_fmt_ms(r, 'backward')} "
+            f"{_fmt_ms(r, 'forward+backward')} {fb['achieved_GBps']:9.1f} "
+            f"{fb['fraction_of_copy_bandwidth']:7.2f} "
+            f"{'   -' if peak is None else f'{peak:7.2f}'}  "
+            f"{'-' if err is None else f'{err:.1e}'}")
+    return "\n".join(lines)
+
+
+def plots(report, out_dir, tag):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    res = [r for r in report["results"] if r["group"] in ("resolution", "bar")
+           and r["dtype"] == "float32" and r["C"] == 19 and "timing" in r]
+    providers = sorted({r["provider"] for r in res})
+    files = []
+    where = report["machine"].get("gpu") or report["machine"].get("cpu") or report["device"]
+    for what, key, label in (("time", None, "forward+backward time (ms)"),
+                             ("memory", "peak_extra_bytes", "peak memory above inputs (MiB)")):
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for p in providers:
+            pts = sorted({(r["N"] * r["spatial"][0] * r["spatial"][1],
+                           r["timing"]["forward+backward"]["median_ms"] if key is None
+                           else (r.get(key) or 0) / 2 ** 20) for r in res if r["provider"] == p})
+            if pts:
+                ax.plot([a / 1e6 for a, _ in pts], [b for _, b in pts], marker="o", label=p)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("megapixels per batch (N x H x W), C = 19, float32")
+        ax.set_ylabel(label)
+        ax.set_title(f"softiou vs peers: {what} ({where})", fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = os.path.join(out_dir, f"{tag}-{what}.png")
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        files.append(path)
+    return files
+
+
+def write(report, out_dir, tag):
+    os.makedirs(out_dir, exist_ok=True)
+    report["bars"] = bars(report)
+    path = os.path.join(out_dir, f"{tag}.json")
+    with open(path, "w") as f:
+        json.dump(report, f, indent=1)
+    text = table(report)
+    with open(os.path.join(out_dir, f"{tag}.txt"), "w") as f:
+        m = report["machine"]
+        f.write(f"# {m.get('gpu') or m.get('cpu')} | torch {m['torch']} | triton {m['triton']} | "
+                f"commit {m['commit'][:12]} | {m['date']} | copy bandwidth "
+                f"{report['copy_bandwidth_GBps']:.0f} GB/s\n")
+        f.write(text + "\n")
+    files = plots(report, out_dir, tag)
+    print(text)
+    print("\nbars:", json.dumps(report["bars"], indent=1))
+    if report.get("unavailable"):
+        print("not installed:", json.dumps(report["unavailable"], indent=1))
+    print(f"\nwrote {path}" + "".join(f", {p}" for p in files))

@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# The device check (DEVELOPERS.md). On a machine with a GPU and a preinstalled torch: build the
+# CUDA extension against that torch, run the whole test suite with CUDA tensors, run
+# compute-sanitizer (memcheck and racecheck) on a small case, run the benchmark and the Triton
+# tuning sweep. Everything lands in $OUT (default ./device-results): summary.txt, the logs, and
+# results.tar.gz with all of it (bench JSON and plots included); commit what it shows under
+# bench/results/ and device-results/.
+#
+#   SOFTIOU_COMMIT=$(git rev-parse HEAD) bash tools/device_check.sh [env] [build] [test] [sanitize] [bench] [tune]
+#   (no stage: all of them; each stage builds first if the extension is not built)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-$PWD/device-results}
+WORK=${WORK:-/tmp/softiou-device}
+PY=${PYTHON:-python3}
+mkdir -p "$OUT" "$WORK"
+export PYTHONUNBUFFERED=1
+STAGES=${*:-env build test sanitize bench tune}
+
+log() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$WORK/summary.txt"; }
+pack() { cp "$WORK/summary.txt" "$OUT/" 2>/dev/null; tar -C "$WORK" -czf "$OUT/results.tar.gz" . ; }
+
+# optional peer wheels carried in .whl (monai, kornia, smp) for the benchmark
+if ls .whl/*.whl >/dev/null 2>&1 && [ ! -d /tmp/site ]; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl \
+    && log "peer wheels installed: $(ls .whl | tr '\n' ' ')"
+fi
+[ -d /tmp/site ] && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+
+built() { $PY -c "import softiou_cuda, sys; sys.exit(0 if softiou_cuda.ops.has_cuda_kernels() else 1)" 2>/dev/null; }
+
+stage_env() {
+  log "commit ${SOFTIOU_COMMIT:-unknown}"
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1 | tee -a "$WORK/summary.txt"
+  $PY -c "import torch, platform; print('python', platform.python_version(), '| torch', torch.__version__, '| cuda', torch.version.cuda, '|', torch.cuda.get_device_name(0))" 2>&1 | tee -a "$WORK/summary.txt"
+  $PY -c "import triton; print('triton', triton.__version__)" 2>&1 | tee -a "$WORK/summary.txt"
+  nvcc --version | tail -1 | tee -a "$WORK/summary.txt"
+}
+
+stage_build() {
+  local t0=$SECONDS
+  MAX_JOBS=$(nproc) TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} \
+    $PY -m pip install -v --no-build-isolation --no-deps -e . > "$WORK/build.log" 2>&1
+  local rc=$?
+  log "build: rc=$rc in $((SECONDS - t0)) s"
+  [ $rc -ne 0 ] && tail -40 "$WORK/build.log"
+  $PY -c "import softiou_cuda as s; print('cuda kernels:', s.ops.has_cuda_kernels(), '| cpu isa:', s.ops.cpu_isa(), '| backends:', s.available_backends('cuda'))" 2>&1 | tee -a "$WORK/summary.txt"
+}
+
+ensure_built() { built || stage_build; }
+
+stage_test() {
+  ensure_built
+  local t0=$SECONDS
+  OMP_NUM_THREADS=2 $PY -m pytest tests -q -ra -p no:cacheprovider -n ${TEST_WORKERS:-8} --dist loadgroup \
+    --junitxml="$WORK/junit.xml" ${PYTEST_ARGS:-} > "$WORK/tests.log" 2>&1
+  local rc=$?
+  log "tests: rc=$rc in $((SECONDS - t0)) s: $(tail -1 "$WORK/tests.log")"
+  grep -E "^(FAILED|ERROR)" "$WORK/tests.log" | head -30 | tee -a "$WORK/summary.txt"
+}
+
+stage_sanitize() {
+  ensure_built
+  for tool in memcheck racecheck; do
+    local t0=$SECONDS
+    PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool $tool --error-exitcode 3 \
+      $PY tools/sanitize_case.py > "$WORK/sanitizer-$tool.log" 2>&1
+    local rc=$?
+    log "compute-sanitizer $tool: rc=$rc in $((SECONDS - t0)) s: $(grep -E 'ERROR SUMMARY' "$WORK/sanitizer-$tool.log" | tail -1)"
+  done
+}
+
+stage_bench() {
+  ensure_built
+  local t0=$SECONDS
+  SOFTIOU_COMMIT=${SOFTIOU_COMMIT:-unknown} $PY -m bench --device cuda --out "$WORK/bench" \
+    > "$WORK/bench.log" 2>&1
+  log "bench: rc=$? in $((SECONDS - t0)) s"
+  sed -n '/^bars:/,/^}/p' "$WORK/bench.log" | tee -a "$WORK/summary.txt"
+}
+
+stage_tune() {
+  ensure_built
+  local t0=$SECONDS
+  $PY -m bench --tune-triton --out "$WORK/bench" > "$WORK/tune.log" 2>&1
+  log "triton tuning: rc=$? in $((SECONDS - t0)) s"
+  sed -n '/fastest per shape class/,$p' "$WORK/tune.log" | tee -a "$WORK/summary.txt"
+}
+
+for s in $STAGES; do
+  "stage_$s"
+  pack
+done
+log "done: $STAGES"
+pack
