@@ -27,7 +27,9 @@ from . import ops, reference
 BACKENDS = ("auto", "cpu", "cuda", "triton", "reference")
 
 
-_TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
+# triton itself, and softiou's Triton kernels (installed as softiou_cuda.triton_kernels)
+_TRITON_INSTALLED = (importlib.util.find_spec("triton") is not None
+                     and importlib.util.find_spec("softiou_cuda.triton_kernels") is not None)
 
 
 def triton_installed() -> bool:

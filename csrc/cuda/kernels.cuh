@@ -113,6 +113,15 @@ struct IsInt<int64_t> {
   static constexpr bool value = true;
 };
 
+// Zero of a storage type (torch builds with __CUDA_NO_HALF_CONVERSIONS__ and
+// __CUDA_NO_BFLOAT16_CONVERSIONS__: no constructor from an integer literal).
+template <class T>
+__device__ __forceinline__ T zero() { return T(0); }
+template <>
+__device__ __forceinline__ __half zero<__half>() { return __float2half_rn(0.0f); }
+template <>
+__device__ __forceinline__ __nv_bfloat16 zero<__nv_bfloat16>() { return __float2bfloat16_rn(0.0f); }
+
 template <class T, int V>
 struct alignas(sizeof(T) * V) Pack {
   T v[V];
@@ -128,7 +137,7 @@ __device__ __forceinline__ void load_group(const T* p, int64_t sM, bool vec, int
     for (int v = 0; v < V; ++v) out[v] = pk.v[v];
   } else {
 #pragma unroll
-    for (int v = 0; v < V; ++v) out[v] = v < cnt ? p[v * sM] : T(0);
+    for (int v = 0; v < V; ++v) out[v] = v < cnt ? p[v * sM] : zero<T>();
   }
 }
 
@@ -273,7 +282,7 @@ __global__ void __launch_bounds__(kThreads, FWD ? 2 : 1) pixel_kernel(const Laun
         load_group<V>(xs + SLOT(k) * a.x_sC + m0 * a.x_sM, a.x_sM, L.vx, cnt, raw);
       } else {
 #pragma unroll
-        for (int v = 0; v < V; ++v) raw[v] = S(0);
+        for (int v = 0; v < V; ++v) raw[v] = zero<S>();
       }
 #pragma unroll
       for (int v = 0; v < V; ++v) p[k][v] = to_acc<A>(raw[v]);
@@ -349,7 +358,7 @@ __global__ void __launch_bounds__(kThreads, FWD ? 2 : 1) pixel_kernel(const Laun
           load_group<V>(ts + SLOT(k) * a.t_sC + m0 * a.t_sM, a.t_sM, L.vt, cnt, raw);
         } else {
 #pragma unroll
-          for (int v = 0; v < V; ++v) raw[v] = TT(0);
+          for (int v = 0; v < V; ++v) raw[v] = zero<TT>();
         }
 #pragma unroll
         for (int v = 0; v < V; ++v) {
