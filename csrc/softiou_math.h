@@ -32,7 +32,8 @@ namespace {
 // sigmoid uses e^-|z|), so no overflow handling is needed. NaN propagates.
 // ---------------------------------------------------------------------------------------------
 #if defined(__CUDA_ARCH__)
-SOFTIOU_HD float exp_nonpos(float z) { return expf(z); }
+// ex2.approx: 2 instructions, within 2 + 1.2|z| ulp (float accumulation absorbs it)
+SOFTIOU_HD float exp_nonpos(float z) { return __expf(z); }
 SOFTIOU_HD double exp_nonpos(double z) { return exp(z); }
 SOFTIOU_HD float log_(float x) { return logf(x); }
 SOFTIOU_HD double log_(double x) { return log(x); }
@@ -131,7 +132,7 @@ SOFTIOU_HD T sigmoid_arg_dx(T x, T a, bool from_logits) {
 // ---------------------------------------------------------------------------------------------
 // SPEC section 2, multiclass: p = softmax(l) over the classes with l = a*x for logits, or
 // l = a*log(x) for probabilities (p_c = x_c^a / sum_k x_k^a). The kernels compute
-//   m = max_c l_c,  e_c = e^(l_c - m),  S = sum_c e_c,  p_c = e_c / S
+//   m = softmax_shift(max_c l_c),  e_c = e^(l_c - m),  S = sum_c e_c,  p_c = e_c / S
 // and the backward  dL/dx_c = dl_c/dx_c * p_c * (g_c - sum_k p_k g_k).
 // ---------------------------------------------------------------------------------------------
 template <class T>
@@ -139,10 +140,17 @@ SOFTIOU_HD T softmax_arg(T x, T a, bool from_logits) {
   return from_logits ? a * x : a * log_(x);
 }
 
-// e^(l - m); a class with l = -inf (probability 0) contributes 0 even when every class is -inf.
+// The shift of a pixel's exponentials: its maximum, or 0 when every class is -inf (probability
+// 0 everywhere), so that l - m is never -inf - -inf. A class with l = -inf then contributes
+// e^-inf = 0, and an all -inf pixel has S = 0 and p = 0 (softmax_inv_sum).
 template <class T>
-SOFTIOU_HD T softmax_exp(T l, T m) {
-  return l == neg_inf<T>() ? T(0) : exp_nonpos(l - m);
+SOFTIOU_HD T softmax_shift(T max_l) {
+  return max_l == neg_inf<T>() ? T(0) : max_l;
+}
+
+template <class T>
+SOFTIOU_HD T softmax_exp(T l, T shift) {
+  return exp_nonpos(l - shift);
 }
 
 // 1/S, and 0 for an all-zero probability row (so p = 0 there instead of 0/0).

@@ -69,7 +69,7 @@ def pixel_kernel(x_ptr, t_ptr, w_ptr, gs_ptr, out_ptr, gx_ptr,
                     other=0.0).to(ACC)
         if not FROM_LOGITS:
             nbad += tl.sum((_outside_unit_interval(x) & mask2).to(tl.int32), axis=0)
-        # probabilities (softmax_arg, softmax_exp, softmax_inv_sum)
+        # probabilities (softmax_arg, softmax_shift, softmax_exp, softmax_inv_sum)
         if SOFTMAX:
             if FROM_LOGITS:
                 l = sharp * x
@@ -77,7 +77,8 @@ def pixel_kernel(x_ptr, t_ptr, w_ptr, gs_ptr, out_ptr, gx_ptr,
                 l = sharp * tl.log(x)
             l = tl.where(cmask[:, None], l, float("-inf"))
             mx = tl.max(l, axis=0)
-            e = tl.where(l == float("-inf"), 0.0, tl.exp(l - mx[None, :]))
+            mx = tl.where(mx == float("-inf"), 0.0, mx)  # softmax_shift
+            e = tl.exp(l - mx[None, :])  # softmax_exp
             s = tl.sum(e, axis=0)
             inv = tl.where(s == 0, 0.0, 1.0 / s)
             p = e * inv[None, :]

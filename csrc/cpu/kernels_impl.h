@@ -314,6 +314,7 @@ struct Kernel {
             }
           }
         }
+        for (int t = 0; t < kTile; ++t) mx[t] = softmax_shift(mx[t]);
         A* s = tl.sum;
         for (int t = 0; t < kTile; ++t) s[t] = A(0);
         for (int64_t c = 0; c < C; ++c) {

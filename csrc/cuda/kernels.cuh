@@ -39,6 +39,11 @@ using namespace ::softiou::math;
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
+// The pixel kernel's gradient keeps more values live per thread (about 170 registers): 128-thread
+// blocks fit three to a multiprocessor, 12 warps, where 256-thread blocks fit one, 8 warps.
+constexpr int kPixelThreadsBackward = 128;
+template <bool FWD>
+constexpr int kPixelThreads = FWD ? kThreads : kPixelThreadsBackward;
 // Classes each lane of the pixel kernel holds in registers: 32 input values (8 for float64).
 template <int V>
 constexpr int kClassesPerLane = 32 / V > 8 ? 8 : 32 / V;
@@ -216,7 +221,7 @@ __device__ __forceinline__ void load_weights(const Launch& L, int64_t n, int64_t
 // Multiclass: one pass over a sample's pixels, all classes of a pixel in the registers of K lanes
 // ---------------------------------------------------------------------------------------------
 template <class S, class TT, int V, bool CLASS_MAP, bool FWD>
-__global__ void __launch_bounds__(kThreads, FWD ? 2 : 1) pixel_kernel(const Launch L) {
+__global__ void __launch_bounds__(kPixelThreads<FWD>, FWD ? 2 : 3) pixel_kernel(const Launch L) {
   using A = typename Acc<S>::type;
   constexpr int CPT = kClassesPerLane<V>;
   const KernelArgs& a = L.a;
@@ -231,8 +236,10 @@ __global__ void __launch_bounds__(kThreads, FWD ? 2 : 1) pixel_kernel(const Laun
   const bool softmax = a.prob == Prob::kSoftmax;
   const bool wide = L.pixel != nullptr;
   const int cw = int(L.cw);
-  // class of slot k: c0 + j + K*k, present when j + K*k < cw
+  // class of slot k: c0 + j + K*k, present when j + K*k < cw. LIVE(k): slot k holds a class in
+  // some lane of the warp; a warp-uniform test, so empty slots cost a branch, not their work
 #define SLOT(k) (j + K * (k))
+#define LIVE(k) (K * (k) < cw)
 
   A accI[CPT], accP[CPT], accY[CPT], gI[CPT], gP[CPT];
 #pragma unroll
@@ -248,7 +255,8 @@ __global__ void __launch_bounds__(kThreads, FWD ? 2 : 1) pixel_kernel(const Laun
   const S* xs = static_cast<const S*>(a.x) + n * a.x_sN + L.c0 * a.x_sC;
   const TT* ts = static_cast<const TT*>(a.t) + n * a.t_sN + (CLASS_MAP ? 0 : L.c0 * a.t_sC);
 
-  for (int64_t base = begin; base < end; base += kWarps * G) {
+  constexpr int WARPS = kPixelThreads<FWD> / 32;
+  for (int64_t base = begin; base < end; base += WARPS * G) {
     const int64_t gi = base + warp * G + g;
     const int64_t m0 = gi * V;
     const int cnt = gi < end ? int(a.M - m0 < V ? a.M - m0 : V) : 0;
@@ -277,6 +285,7 @@ __global__ void __launch_bounds__(kThreads, FWD ? 2 : 1) pixel_kernel(const Laun
     A p[CPT][V];
 #pragma unroll
     for (int k = 0; k < CPT; ++k) {
+      if (!LIVE(k)) break;
       S raw[V];
       if (SLOT(k) < cw) {
         load_group<V>(xs + SLOT(k) * a.x_sC + m0 * a.x_sM, a.x_sM, L.vx, cnt, raw);
@@ -289,10 +298,12 @@ __global__ void __launch_bounds__(kThreads, FWD ? 2 : 1) pixel_kernel(const Laun
     }
     if (!from_logits) {
 #pragma unroll
-      for (int k = 0; k < CPT; ++k)
+      for (int k = 0; k < CPT; ++k) {
+        if (!LIVE(k)) break;
 #pragma unroll
         for (int v = 0; v < V; ++v)
-          if (outside_unit_interval(p[k][v])) bad |= kBadProbability;
+          if (SLOT(k) < cw && outside_unit_interval(p[k][v])) bad |= kBadProbability;
+      }
     }
     A dot_pix[V];
 #pragma unroll
@@ -308,43 +319,52 @@ __global__ void __launch_bounds__(kThreads, FWD ? 2 : 1) pixel_kernel(const Laun
           if (!FWD) dot_pix[v] = v < cnt ? px[v * 3 + 2] : A(0);
         }
 #pragma unroll
-        for (int k = 0; k < CPT; ++k)
+        for (int k = 0; k < CPT; ++k) {
+          if (!LIVE(k)) break;
 #pragma unroll
           for (int v = 0; v < V; ++v)
             p[k][v] = SLOT(k) < cw
                           ? softmax_exp(softmax_arg(p[k][v], sharp, from_logits), mx[v]) * inv[v]
                           : A(0);
+        }
       } else {
 #pragma unroll
         for (int v = 0; v < V; ++v) mx[v] = neg_inf<A>();
 #pragma unroll
-        for (int k = 0; k < CPT; ++k)
+        for (int k = 0; k < CPT; ++k) {
+          if (!LIVE(k)) break;
 #pragma unroll
           for (int v = 0; v < V; ++v) {
             p[k][v] = SLOT(k) < cw ? softmax_arg(p[k][v], sharp, from_logits) : neg_inf<A>();
             mx[v] = max_(mx[v], p[k][v]);
           }
+        }
 #pragma unroll
         for (int v = 0; v < V; ++v) {
           for (int off = G; off < 32; off <<= 1) mx[v] = max_(mx[v], shfl_xor(mx[v], off));
+          mx[v] = softmax_shift(mx[v]);
           inv[v] = A(0);
         }
 #pragma unroll
-        for (int k = 0; k < CPT; ++k)
+        for (int k = 0; k < CPT; ++k) {
+          if (!LIVE(k)) break;
 #pragma unroll
           for (int v = 0; v < V; ++v) {
             p[k][v] = softmax_exp(p[k][v], mx[v]);
             inv[v] += p[k][v];
           }
+        }
 #pragma unroll
         for (int v = 0; v < V; ++v) {
           for (int off = G; off < 32; off <<= 1) inv[v] += shfl_xor(inv[v], off);
           inv[v] = softmax_inv_sum(inv[v]);
         }
 #pragma unroll
-        for (int k = 0; k < CPT; ++k)
+        for (int k = 0; k < CPT; ++k) {
+          if (!LIVE(k)) break;
 #pragma unroll
           for (int v = 0; v < V; ++v) p[k][v] *= inv[v];
+        }
       }
     }
 
@@ -353,6 +373,7 @@ __global__ void __launch_bounds__(kThreads, FWD ? 2 : 1) pixel_kernel(const Laun
     if constexpr (!CLASS_MAP) {
 #pragma unroll
       for (int k = 0; k < CPT; ++k) {
+        if (!LIVE(k)) break;
         TT raw[V];
         if (SLOT(k) < cw) {
           load_group<V>(ts + SLOT(k) * a.t_sC + m0 * a.t_sM, a.t_sM, L.vt, cnt, raw);
@@ -371,17 +392,28 @@ __global__ void __launch_bounds__(kThreads, FWD ? 2 : 1) pixel_kernel(const Laun
 
     if constexpr (FWD) {
 #pragma unroll
-      for (int k = 0; k < CPT; ++k)
+      for (int k = 0; k < CPT; ++k) {
+        if (!LIVE(k)) break;
 #pragma unroll
         for (int v = 0; v < V; ++v) {
-          const bool ok = SLOT(k) < cw && (CLASS_MAP ? pv[v] : v < cnt);
-          const A yy = CLASS_MAP ? (tcls[v] == SLOT(k) ? A(1) : A(0)) : y[CLASS_MAP ? 0 : k][v];
-          if (ok) {
-            accI[k] += w[v] * intersection(p[k][v], yy, use_min);
-            accP[k] += w[v] * p[k][v];
-            accY[k] += w[v] * yy;
+          if constexpr (CLASS_MAP) {
+            // y is one-hot: min(p, y) = p*y, and only the target class takes I and Y
+            const A wp = w[v] * p[k][v];
+            if (SLOT(k) < cw && pv[v]) accP[k] += wp;
+            if (pv[v] && tcls[v] == SLOT(k)) {
+              accI[k] += wp;
+              accY[k] += w[v];
+            }
+          } else {
+            if (SLOT(k) < cw && v < cnt) {
+              const A yy = y[CLASS_MAP ? 0 : k][v];
+              accI[k] += w[v] * intersection(p[k][v], yy, use_min);
+              accP[k] += w[v] * p[k][v];
+              accY[k] += w[v] * yy;
+            }
           }
         }
+      }
     } else {
       // g = dL/dp is cheap: computed once for sum_c p_c g_c and again for the output, so that
       // it needs no registers of its own
@@ -396,9 +428,11 @@ __global__ void __launch_bounds__(kThreads, FWD ? 2 : 1) pixel_kernel(const Laun
       for (int v = 0; v < V; ++v) dot[v] = A(0);
       if (softmax) {
 #pragma unroll
-        for (int k = 0; k < CPT; ++k)
+        for (int k = 0; k < CPT; ++k) {
+          if (!LIVE(k)) break;
 #pragma unroll
           for (int v = 0; v < V; ++v) dot[v] += p[k][v] * GRAD(k, v);
+        }
 #pragma unroll
         for (int v = 0; v < V; ++v) {
           if (wide) {
@@ -411,6 +445,7 @@ __global__ void __launch_bounds__(kThreads, FWD ? 2 : 1) pixel_kernel(const Laun
       S* gx = static_cast<S*>(a.grad_x) + n * a.g_sN + L.c0 * a.g_sC + m0 * a.g_sM;
 #pragma unroll
       for (int k = 0; k < CPT; ++k) {
+        if (!LIVE(k)) break;
         if (SLOT(k) >= cw) continue;
         A fac[V];
 #pragma unroll
@@ -456,6 +491,7 @@ __global__ void __launch_bounds__(kThreads, FWD ? 2 : 1) pixel_kernel(const Laun
       }
     }
   }
+#undef LIVE
 #undef SLOT
 }
 
@@ -474,9 +510,12 @@ __global__ void __launch_bounds__(kThreads) pixel_prepass(const Launch L) {
   for (int64_t c = 0; c < a.C; ++c) {
     const A l = softmax_arg(to_acc<A>(xp[c * a.x_sC]), sharp, a.from_logits);
     const A nm = max_(mx, l);
-    sum = sum * softmax_exp(mx, nm) + softmax_exp(l, nm);
+    // rescale the running sum to the new shift (nothing to rescale while it is 0)
+    const A rescale = softmax_exp(softmax_shift(mx), softmax_shift(nm));
+    sum = (sum == A(0) ? A(0) : sum * rescale) + softmax_exp(l, softmax_shift(nm));
     mx = nm;
   }
+  mx = softmax_shift(mx);
   const A inv = softmax_inv_sum(sum);
   A dot = A(0);
   if (!FWD) {
@@ -726,7 +765,8 @@ inline Launch plan_launch(const KernelArgs& a, int device, bool fwd) {
   if (pixel_mode(a)) {
     const int64_t win = class_window(a);
     L.K = lanes_per_group(win < a.C ? win : a.C, classes_per_lane(a));
-    cut(L, a.N, int64_t(kWarps) * (32 / L.K), device, waves);
+    cut(L, a.N, int64_t(fwd ? kPixelThreads<true> : kPixelThreads<false>) / 32 * (32 / L.K),
+        device, waves);
   } else {
     cut(L, a.N * a.C, kThreads, device, waves);
   }
@@ -790,7 +830,7 @@ cudaError_t run_input(const KernelArgs& a, void* partials, void* pixel, void* ou
       for (int64_t c0 = 0; c0 < a.C; c0 += win) {
         L.c0 = c0;
         L.cw = a.C - c0 < win ? a.C - c0 : win;
-        pixel_kernel<S, TT, V, CM, FWD><<<unsigned(grid), kThreads, 0, stream>>>(L);
+        pixel_kernel<S, TT, V, CM, FWD><<<unsigned(grid), kPixelThreads<FWD>, 0, stream>>>(L);
       }
     } else {
       grid = a.N * a.C * L.blocks_per_row;
