@@ -30,8 +30,10 @@ def extension():
     # -fopenmp: at::parallel_for is an inline template whose OpenMP pragma is compiled here; the
     # extension then shares torch's libgomp.so.1 (same soname, loaded once).
     # -fno-trapping-math: lets the kernels' branch-free selects vectorise (results unchanged).
+    # -Wl,-z,now: bind every symbol when the module loads, so the C++ exception runtime the
+    # extension throws through is the one present at import, whatever libraries load later.
     cxx = ["-O3", "-fno-trapping-math", "-fopenmp", "-Wall", "-Wno-unknown-pragmas"]
-    link = ["-fopenmp"]
+    link = ["-fopenmp", "-Wl,-z,now"]
     macros = []
     if want_cuda():
         sources += sorted(glob.glob("csrc/cuda/*.cpp")) + sorted(glob.glob("csrc/cuda/*.cu"))

@@ -214,7 +214,7 @@ def run(args):
             torch.cuda.empty_cache()
     return {"machine": info, "device": device, "copy_bandwidth_GBps": copy_bw,
             "providers": {p.name: p.note for p in plist}, "unavailable": notes,
-            "results": results}
+            "compile_notes": dict(prov.compile_notes), "results": results}
 
 
 def main(argv=None):

@@ -52,7 +52,8 @@ ensure_built() { built || stage_build; }
 stage_test() {
   ensure_built
   local t0=$SECONDS
-  OMP_NUM_THREADS=2 $PY -m pytest tests -q -ra -p no:cacheprovider -n ${TEST_WORKERS:-8} --dist loadgroup \
+  OMP_NUM_THREADS=2 $PY -m pytest tests -q -ra -p no:cacheprovider -n ${TEST_WORKERS:-8} --dist load \
+    --max-worker-restart 16 \
     --junitxml="$WORK/junit.xml" ${PYTEST_ARGS:-} > "$WORK/tests.log" 2>&1
   local rc=$?
   log "tests: rc=$rc in $((SECONDS - t0)) s: $(tail -1 "$WORK/tests.log")"
@@ -74,7 +75,7 @@ stage_bench() {
   ensure_built
   local t0=$SECONDS
   SOFTIOU_COMMIT=${SOFTIOU_COMMIT:-unknown} $PY -m bench --device cuda --out "$WORK/bench" \
-    > "$WORK/bench.log" 2>&1
+    ${BENCH_ARGS:-} > "$WORK/bench.log" 2>&1
   log "bench: rc=$? in $((SECONDS - t0)) s"
   sed -n '/^bars:/,/^}/p' "$WORK/bench.log" | tee -a "$WORK/summary.txt"
 }
