@@ -27,9 +27,13 @@ except ImportError as exc:  # built without the extension, or not built yet
     IMPORT_ERROR = exc
 
 
+# read once: a call into the extension module is opaque to torch.compile (a graph break)
+HAS_CUDA_KERNELS = bool(HAS_EXTENSION and _C.has_cuda())
+
+
 def has_cuda_kernels() -> bool:
     """Whether the CUDA kernels were compiled into the extension."""
-    return HAS_EXTENSION and _C.has_cuda()
+    return HAS_CUDA_KERNELS
 
 
 def cpu_isa() -> str:

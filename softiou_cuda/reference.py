@@ -279,6 +279,28 @@ def all_reduce_statistics(stats: torch.Tensor, process_group) -> torch.Tensor:
     return dist_fn.all_reduce(stats, group=process_group)
 
 
+class _Ratio(torch.autograd.Function):
+    """``num / den`` whose backward gives ``d/dden = -(g * q) / den`` with ``q = num / den``.
+
+    PyTorch's own division computes ``d/dnum = g / den`` but ``d/dden = -g * (q / den)``, which
+    rounds differently. Where ``num == den`` (a perfect score, q = 1) the two must cancel exactly
+    for the gradient at the optimum to be exactly zero (SPEC section 8); written this way they do,
+    bitwise and on every device: ``-(g * 1) / den == -(g / den)``."""
+
+    @staticmethod
+    def forward(num, den):
+        return num / den
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[1], output)
+
+    @staticmethod
+    def backward(ctx, g):
+        den, q = ctx.saved_tensors
+        return g / den, -(g * q) / den
+
+
 def scores(I: torch.Tensor, P: torch.Tensor, Y: torch.Tensor, *, metric: str = "jaccard",
            alpha: float = 0.5, beta: float = 0.5, smooth: float = 0.0,
            eps: float = 1e-7) -> torch.Tensor:
@@ -291,7 +313,7 @@ def scores(I: torch.Tensor, P: torch.Tensor, Y: torch.Tensor, *, metric: str = "
     else:
         num, den = I + s, I + alpha * (P - I) + beta * (Y - I) + s
     both_zero = (num == 0) & (den == 0)
-    return torch.where(both_zero, torch.ones_like(num), num / den.clamp_min(eps))
+    return torch.where(both_zero, torch.ones_like(num), _Ratio.apply(num, den.clamp_min(eps)))
 
 
 def loss_from_stats(stats: torch.Tensor, *, metric: str = "jaccard", alpha: float = 0.5,

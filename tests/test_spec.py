@@ -55,14 +55,15 @@ def _soft_labels(device, seed=0):
     return y.to(device)
 
 
-def test_spec_min_intersection_soft_labels(any_backend):
+@pytest.mark.parametrize("metric", ["jaccard", "dice", "tversky"])
+def test_spec_min_intersection_soft_labels(any_backend, metric):
     """multiclass min, from_logits=False, input = target = a soft-label map: loss 0 and gradient
-    exactly 0; the product form is > 0 there."""
+    exactly 0 (for Tversky with alpha = beta); the product form is > 0 there."""
     device, backend = any_backend
     y = _soft_labels(device)
     x = y.clone().requires_grad_(True)
     f = loss_fn(backend)
-    loss = f(x, y, mode="multiclass", from_logits=False, intersection="min")
+    loss = f(x, y, mode="multiclass", from_logits=False, intersection="min", metric=metric)
     (g,) = torch.autograd.grad(loss, x)
     assert abs(loss.item()) <= 1e-12
     assert torch.count_nonzero(g).item() == 0

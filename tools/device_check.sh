@@ -67,7 +67,7 @@ stage_sanitize() {
     PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool $tool --error-exitcode 3 \
       $PY tools/sanitize_case.py > "$WORK/sanitizer-$tool.log" 2>&1
     local rc=$?
-    log "compute-sanitizer $tool: rc=$rc in $((SECONDS - t0)) s: $(grep -E 'ERROR SUMMARY' "$WORK/sanitizer-$tool.log" | tail -1)"
+    log "compute-sanitizer $tool: rc=$rc in $((SECONDS - t0)) s: $(grep -E '(ERROR|RACECHECK) SUMMARY' "$WORK/sanitizer-$tool.log" | tail -1)"
   done
 }
 

@@ -1,0 +1,79 @@
+"""The benchmark and the demo end to end, on tiny sizes: they run, and what they report holds."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import softiou_cuda
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+pytestmark = pytest.mark.skipif(not softiou_cuda.ops.HAS_EXTENSION,
+                                reason="the C++ extension is not built")
+
+
+def test_benchmark_quick_sweep(tmp_path):
+    from bench.run import main
+    main(["--device", "cpu", "--sweep", "quick", "--reps", "2", "--warmup", "1",
+          "--providers", "softiou-cpu,reference-eager,cross_entropy", "--out", str(tmp_path),
+          "--tag", "t"])
+    report = json.load(open(tmp_path / "t.json"))
+    assert report["machine"]["torch"] == torch.__version__ and report["copy_bandwidth_GBps"] > 0
+    timed = [r for r in report["results"] if "timing" in r]
+    assert {r["provider"] for r in timed} == {"softiou-cpu", "reference-eager", "cross_entropy"}
+    for r in timed:
+        assert r["check"]["ok"], r
+        for d in ("forward", "backward", "forward+backward"):
+            t = r["timing"][d]
+            assert t["median_ms"] > 0 and t["p20_ms"] <= t["median_ms"] <= t["p80_ms"]
+            assert t["fraction_of_copy_bandwidth"] > 0
+        # one process per case: peak memory measured, at least the gradient for the fused loss
+        if r["provider"] == "softiou-cpu" and r["case"] == "quick":
+            assert r["peak_extra_bytes"] is not None
+    assert (tmp_path / "t-time.png").exists() and (tmp_path / "t.txt").exists()
+
+
+def test_demo_trains_and_reports(tmp_path):
+    from demo.train import main
+    results = main(["--size", "48", "--steps", "4", "--eval-every", "2", "--batch", "2",
+                    "--train-images", "4", "--val-images", "2", "--width", "8", "--show", "2",
+                    "--out", str(tmp_path), "--no-1d"])
+    assert set(results) == {"cross_entropy", "jaccard", "cross_entropy+jaccard"}
+    summary = json.load(open(tmp_path / "results.json"))
+    for name in results:
+        assert 0.0 <= summary[name]["miou"] <= 1.0
+        assert len(summary[name]["history"]["loss"]) == 4
+        assert all(v == v for v in summary[name]["history"]["loss"])  # no NaN
+    assert (tmp_path / "curves.png").exists() and (tmp_path / "predictions.png").exists()
+
+
+def test_demo_1d_variant(tmp_path):
+    from demo.signal1d import main
+    results = main(["--length", "256", "--steps", "3", "--batch", "4", "--out", str(tmp_path)])
+    assert set(results) == {"bce", "jaccard", "bce+jaccard"}
+    assert all(0.0 <= v <= 1.0 for v in results.values())
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None and
+                    not os.path.exists(os.path.join(os.path.dirname(sys.executable), "torchrun")),
+                    reason="torchrun not installed")
+def test_demo_under_torchrun_two_ranks(tmp_path):
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    if not os.path.exists(torchrun):
+        torchrun = shutil.which("torchrun")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO, CUDA_VISIBLE_DEVICES="")
+    out = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", "-m", "demo",
+                          "--size", "40", "--steps", "2", "--eval-every", "2", "--batch", "2",
+                          "--train-images", "4", "--val-images", "2", "--width", "8",
+                          "--show", "1", "--losses", "jaccard", "--out", str(tmp_path)],
+                         capture_output=True, text=True, cwd=REPO, env=env, timeout=240)
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.load(open(tmp_path / "results.json"))
+    assert summary["config"]["world"] == 2
+    assert 0.0 <= summary["jaccard"]["miou"] <= 1.0
