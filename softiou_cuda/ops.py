@@ -51,23 +51,28 @@ def _stats_backward_fake(grad_stats, input, target, weight, mode, from_logits, s
     return torch.empty_like(input)
 
 
-def _stats_setup_context(ctx, inputs, output):
-    input, target, weight, mode, from_logits, sharpness, intersection, ignore_index = inputs
-    for name, tensor in (("target", target), ("weight", weight)):
-        if tensor is not None and tensor.requires_grad:
-            raise ValueError(f"{name} requires grad, but softiou does not differentiate with "
-                             f"respect to the {name}; pass {name}.detach()")
-    ctx.save_for_backward(input, target, weight)
-    ctx.options = (mode, from_logits, sharpness, intersection, ignore_index)
+def register_stats_autograd(op, backward_op):
+    """Registers the autograd of a statistics op (``softiou::stats``, ``softiou::triton_stats``):
+    its backward is ``backward_op(grad_stats, input, target, weight, *options)``; the target and
+    the weight are not differentiated (a clear error if they require grad)."""
 
+    def setup_context(ctx, inputs, output):
+        input, target, weight, mode, from_logits, sharpness, intersection, ignore_index = inputs
+        for name, tensor in (("target", target), ("weight", weight)):
+            if tensor is not None and tensor.requires_grad:
+                raise ValueError(f"{name} requires grad, but softiou does not differentiate with "
+                                 f"respect to the {name}; pass {name}.detach()")
+        ctx.save_for_backward(input, target, weight)
+        ctx.options = (mode, from_logits, sharpness, intersection, ignore_index)
 
-def _stats_backward(ctx, grad_stats):
-    input, target, weight = ctx.saved_tensors
-    grad_input = None
-    if ctx.needs_input_grad[0]:
-        grad_input = torch.ops.softiou.stats_backward(grad_stats, input, target, weight,
-                                                      *ctx.options)
-    return grad_input, None, None, None, None, None, None, None
+    def backward(ctx, grad_stats):
+        input, target, weight = ctx.saved_tensors
+        grad_input = None
+        if ctx.needs_input_grad[0]:
+            grad_input = backward_op(grad_stats, input, target, weight, *ctx.options)
+        return grad_input, None, None, None, None, None, None, None
+
+    torch.library.register_autograd(op, backward, setup_context=setup_context)
 
 
 def stats(x, t, w, mode, from_logits, sharpness, intersection, ignore_index):
@@ -104,6 +109,6 @@ def _loss_composite(input, target, weight=None, **options):
 if HAS_EXTENSION:
     torch.library.register_fake("softiou::stats")(_stats_fake)
     torch.library.register_fake("softiou::stats_backward")(_stats_backward_fake)
-    torch.library.register_autograd("softiou::stats", _stats_backward,
-                                    setup_context=_stats_setup_context)
+    register_stats_autograd("softiou::stats",
+                            lambda *args: torch.ops.softiou.stats_backward(*args))
     torch.library.impl("softiou::loss", "CompositeImplicitAutograd")(_loss_composite)

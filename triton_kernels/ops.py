@@ -15,6 +15,7 @@ import torch
 import triton.language as tl
 from torch import Tensor
 
+from ..ops import register_stats_autograd
 from . import configs
 from .kernels import pixel_kernel, reduce_kernel, row_kernel
 
@@ -135,25 +136,7 @@ def triton_stats_backward(grad_stats: Tensor, input: Tensor, target: Tensor,
                 grad_stats=grad_stats)
 
 
-def _setup_context(ctx, inputs, output):
-    input, target, weight, mode, from_logits, sharpness, intersection, ignore_index = inputs
-    for name, tensor in (("target", target), ("weight", weight)):
-        if tensor is not None and tensor.requires_grad:
-            raise ValueError(f"{name} requires grad, but softiou does not differentiate with "
-                             f"respect to the {name}; pass {name}.detach()")
-    ctx.save_for_backward(input, target, weight)
-    ctx.options = (mode, from_logits, sharpness, intersection, ignore_index)
-
-
-def _backward(ctx, grad_stats):
-    input, target, weight = ctx.saved_tensors
-    grad_input = None
-    if ctx.needs_input_grad[0]:
-        grad_input = triton_stats_backward(grad_stats, input, target, weight, *ctx.options)
-    return grad_input, None, None, None, None, None, None, None
-
-
-triton_stats.register_autograd(_backward, setup_context=_setup_context)
+register_stats_autograd(triton_stats, triton_stats_backward)
 
 
 def stats(x, t, w, mode, from_logits, sharpness, intersection, ignore_index):
