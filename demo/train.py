@@ -145,7 +145,7 @@ def figures(results, val, out_dir, size):
     for i in range(len(imgs)):
         axes[i, 0].imshow(((imgs[i] - lo) / (hi - lo)).permute(1, 2, 0).numpy())
         axes[i, 1].imshow(labels[i].numpy(), cmap=cmap, vmin=0, vmax=3, interpolation="nearest")
-        for j, (name, r) in enumerate(results.items()):
+        for j, r in enumerate(results.values()):
             axes[i, 2 + j].imshow(r["preds"][i].numpy(), cmap=cmap, vmin=0, vmax=3,
                                   interpolation="nearest")
     for j, title in enumerate(["input", "ground truth"] + list(results)):

@@ -37,7 +37,7 @@ def _statistics_params():
     params = []
     for device, backend in CASES:
         for mode, kind in MODE_KINDS:
-            for i, options in enumerate(STATS_OPTIONS):
+            for options in STATS_OPTIONS:
                 for dtype in (torch.float32, torch.float64):
                     for weighted, ignored in ((False, False), (True, True), (True, False),
                                               (False, True)):

@@ -4,8 +4,6 @@ the loss and the parameter gradients of one process on the whole batch."""
 
 import os
 import socket
-import subprocess
-import sys
 
 import pytest
 import torch

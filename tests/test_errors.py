@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import softiou_cuda
-from conftest import CASES, is_interpreted
+from conftest import CASES
 from softiou_cuda import reference
 
 ALL = [("cpu", "reference")] + CASES

@@ -139,7 +139,7 @@ def brute_force(stats, metric, alpha, beta, gamma, log_loss, smooth, eps, class_
         s = [[[sum(s[n][c][k] for n in range(len(s))) for k in range(3)]
               for c in range(len(s[0]))]]
     rows = []
-    for n, row in enumerate(s):
+    for row in s:
         out = []
         for c, (I, P, Y) in enumerate(row):
             if metric == "jaccard":

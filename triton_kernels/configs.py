@@ -11,7 +11,7 @@ import functools
 
 import torch
 
-# The sweep on an H100 (bench/results/triton-tuning.json, 2026-11-22): for C = 19 and 150 the
+# The sweep on an H100 (bench/results/triton-tuning-h100.json, 2026-11-22): for C = 19 and 150 the
 # pixel kernel is fastest with 4 warps, 4096-element tiles forward and 8192 backward; the row
 # kernel with 4096 elements and 8 warps forward, 2048 and 4 warps backward.
 # pixel kernel: elements of the [BLOCK_C, BLOCK_M] tile and warps, by direction
