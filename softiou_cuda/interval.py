@@ -27,6 +27,13 @@ REDUCTIONS = ("mean", "sum", "none")
 __all__ = ["interval_iou_loss", "IntervalIoULoss"]
 
 
+def _check_options(variant, reduction):
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}; got {variant!r}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}; got {reduction!r}")
+
+
 def interval_iou_loss(pred_start: torch.Tensor, pred_end: torch.Tensor,
                       target_start: torch.Tensor, target_end: torch.Tensor, *,
                       variant: str = "iou", inclusive: bool = False, reduction: str = "mean",
@@ -41,10 +48,7 @@ def interval_iou_loss(pred_start: torch.Tensor, pred_end: torch.Tensor,
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
         eps: lower clamp of the denominators (at least the input dtype's epsilon).
     """
-    if variant not in VARIANTS:
-        raise ValueError(f"variant must be one of {VARIANTS}; got {variant!r}")
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}; got {reduction!r}")
+    _check_options(variant, reduction)
     if not isinstance(inclusive, bool):
         raise ValueError(f"inclusive must be a bool; got {inclusive!r}")
     if not (isinstance(eps, (int, float)) and eps > 0):
@@ -105,10 +109,7 @@ class IntervalIoULoss(torch.nn.Module):
     def __init__(self, variant: str = "iou", *, inclusive: bool = False,
                  reduction: str = "mean", eps: float = 1e-7):
         super().__init__()
-        if variant not in VARIANTS:
-            raise ValueError(f"variant must be one of {VARIANTS}; got {variant!r}")
-        if reduction not in REDUCTIONS:
-            raise ValueError(f"reduction must be one of {REDUCTIONS}; got {reduction!r}")
+        _check_options(variant, reduction)
         self.variant, self.inclusive, self.reduction, self.eps = variant, inclusive, reduction, eps
 
     def forward(self, pred_start, pred_end, target_start, target_end):

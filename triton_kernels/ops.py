@@ -16,6 +16,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ..ops import register_stats_autograd
+from ..reference import accumulation_dtype
 from . import configs
 from .kernels import pixel_kernel, reduce_kernel, row_kernel
 
@@ -41,7 +42,7 @@ def _prepare(input: Tensor, target: Tensor, weight: Optional[Tensor], mode: str)
     M = 1
     for s in input.shape[2:]:
         M *= s
-    acc = torch.float64 if input.dtype == torch.float64 else torch.float32
+    acc = accumulation_dtype(input.dtype)
     class_map = mode == "multiclass" and target.dtype in (torch.int64, torch.int32, torch.uint8)
     x = input.reshape(N, C, M)
     if class_map:
@@ -94,8 +95,9 @@ def _run(input, target, weight, mode, from_logits, sharpness, intersection, igno
     grid = (rows * n_chunks,)
     part = torch.empty((rows * n_chunks * (C if pixel else 1) * 3,), dtype=acc,
                        device=input.device) if fwd else dummy
-    args = (x, t, w if w is not None else dummy, gs, part, gx if gx is not None else dummy, C, M, chunk, n_chunks, sxn, sxc, sxm, stn, stc, stm,
-            swn, swm, sgn, sgc, sgm, float(sharpness),
+    args = (x, t, w if w is not None else dummy, gs, part, gx if gx is not None else dummy,
+            C, M, chunk, n_chunks, sxn, sxc, sxm, stn, stc, stm, swn, swm, sgn, sgc, sgm,
+            float(sharpness),
             int(ignore_index) if ignore_index is not None else 0)
     if pixel:
         _launcher(pixel_kernel)[grid](*args, CLASS_MAP=class_map, SOFTMAX=softmax,
@@ -119,8 +121,8 @@ def triton_stats(input: Tensor, target: Tensor, weight: Optional[Tensor], mode: 
                  ignore_index: Optional[int]) -> Tensor:
     """``[N, C, 3]`` statistics (I, P, Y) of ``input [N, C, *S]``, computed by Triton kernels."""
     if input.numel() == 0:
-        acc = torch.float64 if input.dtype == torch.float64 else torch.float32
-        return torch.zeros((input.shape[0], input.shape[1], 3), dtype=acc, device=input.device)
+        return torch.zeros((input.shape[0], input.shape[1], 3),
+                           dtype=accumulation_dtype(input.dtype), device=input.device)
     return _run(input, target, weight, mode, from_logits, sharpness, intersection, ignore_index)
 
 
