@@ -33,10 +33,11 @@ $(BUILD_STAMP): $(DEPS_STAMP) $(CSRC) setup.py
 	$(PY) -c "import softiou_cuda as s; print('softiou built: cpu isa', s.ops.cpu_isa(), '| cuda kernels', s.ops.has_cuda_kernels())"
 	touch $@
 
-# The torch-free CUDA kernels compile with this machine's nvcc for sm_80 and sm_90.
+# The torch-free CUDA kernels compile with this machine's nvcc for sm_80 and sm_90, and the torch
+# glue passes a syntax check against torch's CUDA headers.
 cuda-compile-check:
 	@if command -v $(NVCC) >/dev/null 2>&1; then \
-	  bash tools/check_cuda_compile.sh "$(NVCC)" "$(CUDA_ARCHS)" $(JOBS); \
+	  PY=$(PY) bash tools/check_cuda_compile.sh "$(NVCC)" "$(CUDA_ARCHS)" $(JOBS); \
 	else echo "cuda-compile-check: $(NVCC) not found; the CUDA kernels were not compiled"; exit 1; fi
 
 test: build cuda-compile-check

@@ -26,7 +26,7 @@ def want_cuda() -> bool:
 
 
 def extension():
-    sources = ["csrc/ops.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
+    sources = ["csrc/ops.cpp", "csrc/autograd.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
     # -fopenmp: at::parallel_for is an inline template whose OpenMP pragma is compiled here; the
     # extension then shares torch's libgomp.so.1 (same soname, loaded once).
     # -fno-trapping-math: lets the kernels' branch-free selects vectorise (results unchanged).

@@ -64,9 +64,17 @@ struct KernelArgs {
   bool has_ignore = false;
   int64_t ignore_index = 0;
 
-  // backward only: grad of the statistics [N, C, 3] (contiguous, accumulation dtype) and the
-  // gradient of the input [N, C, M] (input dtype, strides g_s*)
-  const void* grad_stats = nullptr;
+  // backward only. The gradient of the loss with respect to I and P of pair (n, c) is
+  //   go * coef[n*co_sN + c*co_sC] (I) and go * coef[n*co_sN + c*co_sC + co_sK] (P),
+  //   go = grad_out[n*go_sN + c*go_sC], or 1 when grad_out is null
+  // (accumulation dtype; a zero stride broadcasts: pooled coefficients, a scalar grad_out).
+  // stats_backward passes grad_stats [N, C, 3] as coef; the loss passes the finalize step's
+  // coefficients and the gradient of its output.
+  const void* coef = nullptr;
+  int64_t co_sN = 0, co_sC = 0, co_sK = 1;
+  const void* grad_out = nullptr;
+  int64_t go_sN = 0, go_sC = 0;
+  // the gradient of the input [N, C, M] (input dtype, strides g_s*)
   void* grad_x = nullptr;
   int64_t g_sN = 0, g_sC = 0, g_sM = 0;
 };

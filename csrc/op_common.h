@@ -1,6 +1,10 @@
-// Torch glue shared by the CPU and CUDA implementations of softiou::stats and
-// softiou::stats_backward: argument checks (SPEC section 7), the [N, C, M] views, the kernel
-// arguments and the messages for bad values found by the kernels.
+// Torch glue shared by the CPU and CUDA operators: the argument checks of SPEC section 7, the
+// [N, C, M] description of the tensors that the kernels read (kernel_args.h), the finalize options
+// (finalize.h), and the messages for bad values found by the kernels.
+//
+// Nothing here copies or reshapes a tensor on the common paths: the strides of the [N, C, M] view
+// are computed from the tensor's own, so a call costs the dispatcher no view or reshape op. Only
+// an input whose spatial dims cannot be walked with one stride (a transposed view) is copied.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -8,8 +12,11 @@
 
 #include <optional>
 #include <string>
+#include <vector>
 
+#include "finalize.h"
 #include "kernel_args.h"
+#include "ops.h"
 
 namespace softiou {
 
@@ -31,108 +38,171 @@ inline bool is_class_index_dtype(at::ScalarType s) {
   return s == at::kByte || s == at::kInt || s == at::kLong;
 }
 
-// A view of the checked arguments, and the tensors that own the memory it points to.
+inline at::ScalarType accumulation_dtype(at::ScalarType input) {
+  return input == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+// The one stride that walks dims [d0, dim) of t in row-major order, or -1 if there is none (the
+// dims are not laid out one after the other, e.g. a transposed view). Dims of size 1 are skipped.
+inline int64_t collapsed_stride(const at::Tensor& t, int64_t d0) {
+  int64_t stride = 1, next_extent = -1;  // next_extent: size * stride of the next non-1 dim
+  bool found = false;
+  for (int64_t d = t.dim() - 1; d >= d0; --d) {
+    if (t.size(d) == 1) continue;
+    if (found && t.stride(d) != next_extent) return -1;
+    if (!found) stride = t.stride(d);
+    found = true;
+    next_extent = t.size(d) * t.stride(d);
+  }
+  return stride;
+}
+
+// Which shapes an operator takes. kNormalized: the statistics ops, input [N, C, *S] and a target
+// [N, *S] (class map) or shaped like the input. kUser: the loss, which also takes binary input
+// [N, *S] and a binary target [N, *S] (SPEC section 1).
+enum class Shapes { kNormalized, kUser };
+
+// The checked arguments as the kernels see them, and the tensors that own the memory.
 struct Prepared {
-  at::Tensor x, t, w, grad_stats;
+  at::Tensor x, t, w;  // the input, and the target and weight as the kernels read them
   KernelArgs args;
   at::ScalarType acc = at::kFloat;
-  bool empty = false;  // N, C or M is 0: nothing to compute
+  int64_t N = 0, C = 0;
+  bool channel = true;  // the input has a channel dim (binary [N, *S] input has none)
+  bool empty = false;   // N, C or M is 0: nothing to compute
 };
+
+namespace detail {
+
+inline void check_choice(bool ok, const char* name, c10::string_view value, const char* allowed) {
+  TORCH_CHECK_VALUE(ok, "softiou: ", name, " must be one of ", allowed, "; got '",
+                    std::string(value), "'");
+}
+
+// Points (*data, sN, sC, sM) at t viewed as [N, C, M] (channel dim ch, spatial dims from s0; ch < 0:
+// no channel dim). A tensor whose spatial dims have no common stride is copied first.
+inline void describe(at::Tensor& t, int64_t ch, int64_t s0, const void*& data, int64_t& sN,
+                     int64_t& sC, int64_t& sM) {
+  int64_t m = collapsed_stride(t, s0);
+  if (m < 0) {
+    t = t.contiguous();
+    m = collapsed_stride(t, s0);
+  }
+  data = t.data_ptr();
+  sN = t.stride(0);
+  sC = ch < 0 || t.size(ch) == 1 ? 0 : t.stride(ch);
+  sM = m;
+}
+
+}  // namespace detail
 
 inline Prepared prepare(const at::Tensor& input, const at::Tensor& target,
                         const std::optional<at::Tensor>& weight, c10::string_view mode,
                         bool from_logits, double sharpness, c10::string_view intersection,
-                        std::optional<int64_t> ignore_index) {
+                        std::optional<int64_t> ignore_index, Shapes shapes) {
   Prepared p;
-  const bool multiclass = mode == "multiclass";
-  TORCH_CHECK(multiclass || mode == "binary" || mode == "multilabel",
-              "softiou: mode must be 'binary', 'multiclass' or 'multilabel', got '",
-              std::string(mode), "'");
-  TORCH_CHECK(intersection == "product" || intersection == "min",
-              "softiou: intersection must be 'product' or 'min', got '",
-              std::string(intersection), "'");
-  TORCH_CHECK(sharpness > 0.0 && sharpness < 1e30,
-              "softiou: sharpness must be a finite number > 0, got ", sharpness);
+  const bool multiclass = mode == "multiclass", binary = mode == "binary";
+  detail::check_choice(multiclass || binary || mode == "multilabel", "mode", mode,
+                       "'binary', 'multiclass', 'multilabel'");
+  detail::check_choice(intersection == "product" || intersection == "min", "intersection",
+                       intersection, "'product', 'min'");
+  TORCH_CHECK_VALUE(sharpness > 0.0 && sharpness < 1e30,
+                    "softiou: sharpness must be a finite number > 0; got ", sharpness);
   const auto xs = input.scalar_type();
-  TORCH_CHECK(xs == at::kFloat || xs == at::kDouble || xs == at::kHalf || xs == at::kBFloat16,
-              "softiou: input must be float32, float64, float16 or bfloat16, got ", xs);
-  TORCH_CHECK(input.dim() >= 3, "softiou: input must be [N, C, *spatial] with at least one ",
-              "spatial dim, got shape ", input.sizes());
-  const int64_t N = input.size(0), C = input.size(1);
-  TORCH_CHECK(!multiclass || C >= 2, "softiou: multiclass mode needs C >= 2 classes, got input ",
-              "shape ", input.sizes(), " (use mode='binary' for one channel)");
-  TORCH_CHECK(mode != "binary" || C == 1, "softiou: binary mode needs C = 1, got input shape ",
-              input.sizes());
-  TORCH_CHECK(target.device() == input.device(), "softiou: target is on ", target.device(),
-              " but input is on ", input.device());
-  std::vector<int64_t> spatial(input.sizes().begin() + 2, input.sizes().end());
+  TORCH_CHECK_VALUE(xs == at::kFloat || xs == at::kDouble || xs == at::kHalf ||
+                        xs == at::kBFloat16,
+                    "softiou: input must be float32, float64, float16 or bfloat16; got ", xs);
+  TORCH_CHECK_VALUE(target.device() == input.device(), "softiou: target is on ", target.device(),
+                    " but input is on ", input.device());
+
+  // binary input [N, *S] (no channel dim) is read as [N, 1, *S]
+  const bool channel = !(binary && shapes == Shapes::kUser &&
+                         !(input.dim() >= 3 && input.size(1) == 1));
+  if (channel) {
+    TORCH_CHECK_VALUE(input.dim() >= 3, "softiou: ", std::string(mode), " input must be ",
+                      "[N, C, *spatial] with at least one spatial dim; got shape ",
+                      input.sizes());
+  } else {
+    TORCH_CHECK_VALUE(input.dim() >= 2, "softiou: binary input must be [N, *spatial] or ",
+                      "[N, 1, *spatial]; got shape ", input.sizes());
+  }
+  const int64_t s0 = channel ? 2 : 1;  // first spatial dim of the input
+  const int64_t N = input.size(0), C = channel ? input.size(1) : 1;
+  TORCH_CHECK_VALUE(!multiclass || C >= 2, "softiou: multiclass mode needs C >= 2 classes; got ",
+                    "input shape ", input.sizes(), " (use mode='binary' for one channel)");
+  TORCH_CHECK_VALUE(!binary || C == 1, "softiou: binary mode needs C = 1; got input shape ",
+                    input.sizes());
+  const at::IntArrayRef spatial = input.sizes().slice(s0);
   int64_t M = 1;
   for (auto s : spatial) M *= s;
+  std::vector<int64_t> map_shape{N};  // [N, *S]
+  map_shape.insert(map_shape.end(), spatial.begin(), spatial.end());
+  std::vector<int64_t> with_channel{N, C};  // [N, C, *S]
+  with_channel.insert(with_channel.end(), spatial.begin(), spatial.end());
 
   const auto ts = target.scalar_type();
   const bool integer_target = is_class_index_dtype(ts);
   const bool dense_target = at::isFloatingType(ts) || ts == at::kBool;
-  TORCH_CHECK(integer_target || dense_target, "softiou: target must be an integer class map ",
-              "(int64, int32, uint8) or a dense float/half/bool tensor, got ", ts);
+  TORCH_CHECK_VALUE(integer_target || dense_target, "softiou: target must be an integer class ",
+                    "map (int64, int32, uint8) or a dense float/half/bool tensor; got ", ts);
   const bool class_map = multiclass && integer_target;
-  std::vector<int64_t> map_shape{N};
-  map_shape.insert(map_shape.end(), spatial.begin(), spatial.end());
+  // the target's channel dim: a class map has none, nor has a binary target shaped [N, *S]
+  int64_t t_channel = 1;
   if (class_map) {
-    TORCH_CHECK(target.sizes() == at::IntArrayRef(map_shape), "softiou: target class map must ",
-                "have shape [N, *spatial] = ", at::IntArrayRef(map_shape), ", got ",
-                target.sizes());
+    TORCH_CHECK_VALUE(target.sizes() == at::IntArrayRef(map_shape), "softiou: target class map ",
+                      "must have shape [N, *spatial] = ", at::IntArrayRef(map_shape), "; got ",
+                      target.sizes());
+    t_channel = -1;
+  } else if (target.sizes() == at::IntArrayRef(with_channel)) {
+    t_channel = 1;
+  } else if (binary && shapes == Shapes::kUser && target.sizes() == at::IntArrayRef(map_shape)) {
+    t_channel = -1;
   } else {
-    TORCH_CHECK(target.sizes() == input.sizes(), "softiou: target must have the input's shape ",
-                input.sizes(), ", got ", target.sizes(),
-                multiclass ? "" : " (binary/multilabel targets are shaped like the input)");
+    TORCH_CHECK_VALUE(false, "softiou: target must have shape ", at::IntArrayRef(with_channel),
+                      binary && shapes == Shapes::kUser
+                          ? " or " + c10::str(at::IntArrayRef(map_shape)) : std::string(),
+                      " for ", std::string(mode), " input of shape ", input.sizes(), "; got ",
+                      target.sizes());
   }
 
-  const bool use_double = xs == at::kDouble;
-  p.acc = use_double ? at::kDouble : at::kFloat;
-  if (weight.has_value()) {
-    const auto& w = *weight;
-    TORCH_CHECK(w.device() == input.device(), "softiou: weight is on ", w.device(),
-                " but input is on ", input.device());
-    TORCH_CHECK(at::isFloatingType(w.scalar_type()), "softiou: weight must be a floating ",
-                "tensor, got ", w.scalar_type());
-    std::vector<int64_t> with_channel{N, 1};
-    with_channel.insert(with_channel.end(), spatial.begin(), spatial.end());
-    TORCH_CHECK(w.sizes() == at::IntArrayRef(map_shape) ||
-                    w.sizes() == at::IntArrayRef(with_channel),
-                "softiou: weight must have shape [N, *spatial] = ", at::IntArrayRef(map_shape),
-                ", got ", w.sizes());
+  p.acc = accumulation_dtype(xs);
+  std::optional<at::Tensor> w;
+  int64_t w_s0 = 1;
+  if (weight.has_value() && weight->defined()) {
+    const auto& wt = *weight;
+    TORCH_CHECK_VALUE(wt.device() == input.device(), "softiou: weight is on ", wt.device(),
+                      " but input is on ", input.device());
+    TORCH_CHECK_VALUE(at::isFloatingType(wt.scalar_type()), "softiou: weight must be a ",
+                      "floating tensor; got ", wt.scalar_type());
+    std::vector<int64_t> w_channel{N, 1};
+    w_channel.insert(w_channel.end(), spatial.begin(), spatial.end());
+    TORCH_CHECK_VALUE(wt.sizes() == at::IntArrayRef(map_shape) ||
+                          wt.sizes() == at::IntArrayRef(w_channel),
+                      "softiou: weight must have shape [N, *spatial] = ",
+                      at::IntArrayRef(map_shape), "; got ", wt.sizes());
+    w_s0 = wt.dim() == int64_t(map_shape.size()) ? 1 : 2;
+    w = wt;
   }
 
+  p.N = N;
+  p.C = C;
+  p.channel = channel;
   p.empty = N == 0 || C == 0 || M == 0;
   if (p.empty) return p;
 
-  p.x = input.reshape({N, C, M});
-  if (class_map) {
-    p.t = target.reshape({N, M});
-  } else if (dense_target && ts != xs && ts != at::kBool && ts != p.acc) {
-    // dense targets are read as the input dtype, the accumulation dtype or bool
-    p.t = target.reshape({N, C, M}).to(p.acc);
-  } else {
-    p.t = target.reshape({N, C, M});
-  }
-  if (weight.has_value()) p.w = weight->reshape({N, M}).to(p.acc);
-
   KernelArgs& a = p.args;
-  a.x = p.x.data_ptr();
+  p.x = input;
+  detail::describe(p.x, channel ? 1 : -1, s0, a.x, a.x_sN, a.x_sC, a.x_sM);
   a.x_dtype = to_dtype(xs);
-  a.x_sN = p.x.stride(0);
-  a.x_sC = p.x.stride(1);
-  a.x_sM = p.x.stride(2);
-  a.t = p.t.data_ptr();
+  // dense targets are read as the input dtype, the accumulation dtype or bool
+  p.t = dense_target && ts != xs && ts != at::kBool && ts != p.acc ? target.to(p.acc) : target;
+  detail::describe(p.t, t_channel, t_channel < 0 ? 1 : 2, a.t, a.t_sN, a.t_sC, a.t_sM);
   a.t_dtype = to_dtype(p.t.scalar_type());
   a.class_map = class_map;
-  a.t_sN = p.t.stride(0);
-  a.t_sC = class_map ? 0 : p.t.stride(1);
-  a.t_sM = class_map ? p.t.stride(1) : p.t.stride(2);
-  if (p.w.defined()) {
-    a.w = p.w.data_ptr();
-    a.w_sN = p.w.stride(0);
-    a.w_sM = p.w.stride(1);
+  if (w.has_value()) {
+    p.w = w->scalar_type() == p.acc ? *w : w->to(p.acc);
+    int64_t unused = 0;
+    detail::describe(p.w, -1, w_s0, a.w, a.w_sN, unused, a.w_sM);
   }
   a.N = N;
   a.C = C;
@@ -150,31 +220,150 @@ inline Prepared prepare(const at::Tensor& input, const at::Tensor& target,
   return p;
 }
 
-// [N, C, 3] in the accumulation dtype, uninitialised.
-inline at::Tensor stats_output(const at::Tensor& input, const Prepared& p) {
-  return at::empty({input.size(0), input.size(1), 3}, input.options().dtype(p.acc));
-}
-
-inline void check_grad_stats(const at::Tensor& grad_stats, const at::Tensor& input) {
-  TORCH_CHECK(grad_stats.dim() == 3 && grad_stats.size(0) == input.size(0) &&
-                  grad_stats.size(1) == input.size(1) && grad_stats.size(2) == 3,
-              "softiou: grad_stats must have shape [N, C, 3] = [", input.size(0), ", ",
-              input.size(1), ", 3], got ", grad_stats.sizes());
-  TORCH_CHECK(grad_stats.device() == input.device(), "softiou: grad_stats is on ",
-              grad_stats.device(), " but input is on ", input.device());
-}
-
-// Allocates the gradient like the [N, C, M] view of the input (so channels_last stays
-// channels_last) and points the kernel arguments at it and at grad_stats.
-inline at::Tensor prepare_backward(Prepared& p, const at::Tensor& grad_stats) {
-  p.grad_stats = grad_stats.to(p.acc).contiguous();
-  at::Tensor gx = at::empty_like(p.x);
-  p.args.grad_stats = p.grad_stats.data_ptr();
+// The gradient of the input, laid out like the input where its spatial dims share one stride
+// (contiguous, channels_last, slices) and contiguous otherwise; points the kernel arguments at it.
+inline at::Tensor allocate_grad(Prepared& p, const at::Tensor& input) {
+  const int64_t s0 = p.channel ? 2 : 1;
+  at::Tensor gx = input.is_contiguous() ? at::empty(input.sizes(), input.options())
+                                        : at::empty_like(input);
+  if (collapsed_stride(gx, s0) < 0) gx = at::empty(input.sizes(), input.options());
+  const void* data = nullptr;
+  detail::describe(gx, p.channel ? 1 : -1, s0, data, p.args.g_sN, p.args.g_sC, p.args.g_sM);
   p.args.grad_x = gx.data_ptr();
-  p.args.g_sN = gx.stride(0);
-  p.args.g_sC = gx.stride(1);
-  p.args.g_sM = gx.stride(2);
   return gx;
+}
+
+// Points the kernel arguments at the gradient of the statistics [N, C, 3] (any strides).
+inline at::Tensor use_grad_stats(Prepared& p, const at::Tensor& grad_stats,
+                                 const at::Tensor& input) {
+  TORCH_CHECK_VALUE(grad_stats.dim() == 3 && grad_stats.size(0) == p.N &&
+                        grad_stats.size(1) == p.C && grad_stats.size(2) == 3,
+                    "softiou: grad_stats must have shape [N, C, 3] = [", p.N, ", ", p.C,
+                    ", 3]; got ", grad_stats.sizes());
+  TORCH_CHECK_VALUE(grad_stats.device() == input.device(), "softiou: grad_stats is on ",
+                    grad_stats.device(), " but input is on ", input.device());
+  at::Tensor g = grad_stats.scalar_type() == p.acc ? grad_stats : grad_stats.to(p.acc);
+  p.args.coef = g.data_ptr();
+  p.args.co_sN = g.stride(0);
+  p.args.co_sC = g.stride(1);
+  p.args.co_sK = g.stride(2);
+  return g;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The finalize options (SPEC sections 4 and 5)
+// ---------------------------------------------------------------------------------------------
+struct Finalize {
+  FinalizeArgs args;
+  at::Tensor class_weight;  // in the accumulation dtype, contiguous (owns args.class_weight)
+};
+
+inline Finalize parse_finalize(int64_t N, int64_t C, const at::Device& device,
+                               at::ScalarType acc, const FinalizeOptions& o,
+                               const std::optional<at::Tensor>& class_weight) {
+  const c10::string_view metric = o.metric, reduction = o.reduction, absent = o.absent;
+  const double alpha = o.alpha, beta = o.beta, gamma = o.gamma, smooth = o.smooth, eps = o.eps;
+  Finalize out;
+  FinalizeArgs& f = out.args;
+  f.N = N;
+  f.C = C;
+  if (metric == "jaccard") {
+    f.metric = Metric::kJaccard;
+  } else if (metric == "dice") {
+    f.metric = Metric::kDice;
+  } else {
+    detail::check_choice(metric == "tversky", "metric", metric, "'jaccard', 'dice', 'tversky'");
+    f.metric = Metric::kTversky;
+  }
+  if (reduction == "mean") {
+    f.reduction = Reduction::kMean;
+  } else if (reduction == "sum") {
+    f.reduction = Reduction::kSum;
+  } else {
+    detail::check_choice(reduction == "none", "reduction", reduction, "'mean', 'sum', 'none'");
+    f.reduction = Reduction::kNone;
+  }
+  detail::check_choice(absent == "include" || absent == "exclude", "absent", absent,
+                       "'include', 'exclude'");
+  f.absent_exclude = absent == "exclude";
+  auto finite = [](double v) { return v == v && v < 1e308 && v > -1e308; };
+  TORCH_CHECK_VALUE(finite(alpha) && alpha >= 0, "softiou: alpha must be a finite number >= 0; got ",
+                    alpha);
+  TORCH_CHECK_VALUE(finite(beta) && beta >= 0, "softiou: beta must be a finite number >= 0; got ",
+                    beta);
+  TORCH_CHECK_VALUE(finite(gamma) && gamma > 0, "softiou: gamma must be a finite number > 0; got ",
+                    gamma);
+  TORCH_CHECK_VALUE(finite(smooth) && smooth >= 0,
+                    "softiou: smooth must be a finite number >= 0; got ", smooth);
+  TORCH_CHECK_VALUE(finite(eps) && eps > 0, "softiou: eps must be a finite number > 0; got ", eps);
+  f.alpha = alpha;
+  f.beta = beta;
+  f.gamma = gamma;
+  f.smooth = smooth;
+  f.eps = eps;
+  f.log_loss = o.log_loss;
+  f.per_image = o.per_image;
+  TORCH_CHECK_VALUE(o.include_background || C != 1, "softiou: include_background=False drops ",
+                    "class 0, the only class of this input");
+  f.drop_background = !o.include_background;
+  if (o.classes.has_value()) {
+    const auto list = *o.classes;
+    TORCH_CHECK_VALUE(!list.empty(), "softiou: classes must be a non-empty list of class "
+                      "indices; got []");
+    for (size_t i = 0; i < list.size(); ++i) {
+      const int64_t c = list[i];
+      TORCH_CHECK_VALUE(c >= 0 && c < C, "softiou: classes must be indices in [0, ", C, "); got ",
+                        list);
+      TORCH_CHECK_VALUE(c < kMaxListedClass, "softiou: classes lists indices below ",
+                        kMaxListedClass, "; got ", c);
+      TORCH_CHECK_VALUE(!((f.keep[c >> 6] >> (c & 63)) & 1u),
+                        "softiou: classes must not repeat a class; got ", list);
+      f.keep[c >> 6] |= uint64_t(1) << (c & 63);
+    }
+    f.subset = true;
+  }
+  if (class_weight.has_value() && class_weight->defined()) {
+    const auto& cw = *class_weight;
+    TORCH_CHECK_VALUE(cw.device() == device, "softiou: class_weight is on ", cw.device(),
+                      " but input is on ", device);
+    TORCH_CHECK_VALUE(at::isFloatingType(cw.scalar_type()), "softiou: class_weight must be a ",
+                      "floating tensor of shape [C]; got ", cw.scalar_type());
+    TORCH_CHECK_VALUE(cw.dim() == 1 && cw.size(0) == C, "softiou: class_weight must have ",
+                      "shape [C] = (", C, ",); got ", cw.sizes());
+    out.class_weight = cw.scalar_type() == acc && cw.is_contiguous() ? cw
+                                                                      : cw.to(acc).contiguous();
+    f.class_weight = out.class_weight.data_ptr();
+  }
+  return out;
+}
+
+// The shape of the loss: [] for mean and sum; [N, C] (per image) or [C] (pooled) for none.
+inline std::vector<int64_t> loss_shape(const FinalizeArgs& f) {
+  if (f.reduction != Reduction::kNone) return {};
+  if (f.per_image) return {f.N, f.C};
+  return {f.C};
+}
+
+// Points the kernel arguments at the finalize coefficients [rows, C, 3] and at the gradient of
+// the loss (a scalar, [N, C] or [C], any strides).
+inline at::Tensor use_loss_grad(Prepared& p, const at::Tensor& coef, const at::Tensor& grad,
+                                bool per_image, bool per_pair) {
+  at::Tensor g = grad.scalar_type() == p.acc ? grad : grad.to(p.acc);
+  p.args.coef = coef.data_ptr();
+  p.args.co_sN = per_image ? coef.stride(0) : 0;
+  p.args.co_sC = coef.stride(1);
+  p.args.co_sK = coef.stride(2);
+  p.args.grad_out = g.data_ptr();
+  if (!per_pair) {
+    p.args.go_sN = p.args.go_sC = 0;
+  } else if (per_image) {
+    p.args.go_sN = g.stride(0);
+    p.args.go_sC = g.stride(1);
+  } else {
+    p.args.go_sN = 0;
+    p.args.go_sC = g.stride(0);
+  }
+  return g;
 }
 
 inline void raise_input_error(InputError code, double value, int64_t C,

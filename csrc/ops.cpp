@@ -1,17 +1,23 @@
 // softiou operator schemas (TORCH_LIBRARY) and the Python module that loads them.
 //
+//   softiou::loss            the loss of SPEC sections 1-5 in one call: statistics pass + finalize
+//                            forward, one gradient pass backward (autograd in autograd.cpp)
 //   softiou::stats           one fused pass: per-(sample, class) sums I, P, Y  -> [N, C, 3]
-//   softiou::stats_backward  one fused pass: the gradient of the input from the gradient of the sums
-//   softiou::loss            the complete loss of SPEC sections 4-5 built on stats; its body is
-//                            the CompositeImplicitAutograd kernel registered by softiou_cuda/ops.py,
-//                            so autograd and torch.compile see through it to stats.
+//   softiou::stats_backward  the gradient pass from the gradient of those sums
+//   softiou::finalize        the finalize step alone (SPEC sections 4-5), from [N, C, 3]
+//                            statistics: the pooled data-parallel path all-reduces the statistics
+//                            between stats and finalize
+//   softiou::_loss_forward, _loss_backward, _finalize: what the autograd kernels of loss and
+//                            finalize call below autograd (the forward also returns the
+//                            coefficients of the gradient that the backward reads)
 //
-// Kernels: cpu/softiou_cpu.cpp (CPU) and cuda/softiou_cuda.cpp (CUDA). Autograd and the fake
-// (meta) kernels are registered from Python (softiou_cuda/ops.py), as in pytorch/extension-cpp.
+// Kernels: cpu/softiou_cpu.cpp (CPU) and cuda/softiou_cuda.cpp (CUDA); the fake (meta) kernels
+// and the autograd of stats are registered from Python (softiou_cuda/ops.py).
 #include <Python.h>
 #include <torch/library.h>
 
 #include "cpu/softiou_cpu.h"
+#include "ops.h"
 
 namespace {
 
@@ -39,20 +45,28 @@ PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", "softiou compiled kernels
 extern "C" PyObject* PyInit__C(void) { return PyModule_Create(&module_def); }
 
 TORCH_LIBRARY(softiou, m) {
+  const std::vector<at::Tag> tags{at::Tag::pt2_compliant_tag};
   m.def(
       "stats(Tensor input, Tensor target, Tensor? weight, str mode, bool from_logits, "
       "float sharpness, str intersection, int? ignore_index) -> Tensor",
-      {at::Tag::pt2_compliant_tag});
+      tags);
   m.def(
       "stats_backward(Tensor grad_stats, Tensor input, Tensor target, Tensor? weight, str mode, "
       "bool from_logits, float sharpness, str intersection, int? ignore_index) -> Tensor",
-      {at::Tag::pt2_compliant_tag});
-  m.def(
-      "loss(Tensor input, Tensor target, Tensor? weight=None, *, str mode=\"multiclass\", "
-      "bool from_logits=True, float sharpness=1.0, str intersection=\"product\", "
-      "str metric=\"jaccard\", float alpha=0.5, float beta=0.5, float gamma=1.0, "
-      "bool log_loss=False, float smooth=0.0, float eps=1e-07, Tensor? class_weight=None, "
-      "int[]? classes=None, bool include_background=True, int? ignore_index=None, "
-      "bool per_image=True, str absent=\"include\", str reduction=\"mean\") -> Tensor",
-      {at::Tag::pt2_compliant_tag});
+      tags);
+  m.def("loss(Tensor input, Tensor target, Tensor? weight=None, " SOFTIOU_LOSS_OPTION_SCHEMA
+        ") -> Tensor",
+        tags);
+  m.def("_loss_forward(Tensor input, Tensor target, Tensor? weight, "
+        SOFTIOU_LOSS_OPTION_SCHEMA ") -> (Tensor, Tensor)",
+        tags);
+  m.def("_loss_backward(Tensor grad, Tensor input, Tensor target, Tensor? weight, Tensor coef, "
+        SOFTIOU_LOSS_OPTION_SCHEMA ") -> Tensor",
+        tags);
+  m.def("finalize(Tensor stats, Tensor? class_weight=None, *, " SOFTIOU_FINALIZE_OPTION_SCHEMA
+        ") -> Tensor",
+        tags);
+  m.def("_finalize(Tensor stats, Tensor? class_weight=None, *, " SOFTIOU_FINALIZE_OPTION_SCHEMA
+        ") -> (Tensor, Tensor)",
+        tags);
 }

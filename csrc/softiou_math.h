@@ -23,6 +23,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include "kernel_args.h"
+
 namespace softiou {
 namespace SOFTIOU_MATH_NS {
 namespace {
@@ -39,9 +41,11 @@ SOFTIOU_HD float log_(float x) { return logf(x); }
 SOFTIOU_HD double log_(double x) { return log(x); }
 SOFTIOU_HD float log1p_(float x) { return log1pf(x); }
 SOFTIOU_HD double log1p_(double x) { return log1p(x); }
+SOFTIOU_HD float pow_(float x, float y) { return powf(x, y); }
+SOFTIOU_HD double pow_(double x, double y) { return pow(x, y); }
 #else
-// Cody-Waite reduction and the Cephes degree-6 polynomial: within 2 ulp of expf, and written
-// with plain float arithmetic and integer bit moves so that loops calling it vectorise.
+// Cody-Waite reduction and the Cephes polynomial: within 2 ulp of expf, and written with plain
+// float arithmetic and integer bit moves so that loops calling it vectorise.
 SOFTIOU_HD float exp_nonpos(float z) {
   const float lo = -87.0f;  // e^-87 is the smallest normal float range we keep; below is 0
   float zc = z < lo ? lo : z;  // NaN passes (the comparison is false)
@@ -50,13 +54,14 @@ SOFTIOU_HD float exp_nonpos(float z) {
   float n = t - magic;
   float r = zc - n * 0.693359375f;
   r = r - n * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  float y = p * r * r + r + 1.0f;
+  // the polynomial by Estrin's scheme (pairs of terms, then powers of r^2): half the dependency
+  // depth of Horner's, which the loops calling this are bound by
+  const float r2 = r * r;
+  const float pa = 1.9875691500e-4f * r + 1.3981999507e-3f;
+  const float pb = 8.3334519073e-3f * r + 4.1665795894e-2f;
+  const float pc = 1.6666665459e-1f * r + 5.0000001201e-1f;
+  const float p = (pa * r2 + pb) * r2 + pc;
+  float y = p * r2 + (r + 1.0f);
   int32_t e = (static_cast<int32_t>(n) + 127) << 23;
   float scale;
   std::memcpy(&scale, &e, sizeof(scale));
@@ -68,7 +73,17 @@ SOFTIOU_HD float log_(float x) { return __builtin_logf(x); }
 SOFTIOU_HD double log_(double x) { return __builtin_log(x); }
 SOFTIOU_HD float log1p_(float x) { return __builtin_log1pf(x); }
 SOFTIOU_HD double log1p_(double x) { return __builtin_log1p(x); }
+SOFTIOU_HD float pow_(float x, float y) { return __builtin_powf(x, y); }
+SOFTIOU_HD double pow_(double x, double y) { return __builtin_pow(x, y); }
 #endif
+
+// The smallest normal number of T (torch.finfo(T).tiny).
+template <class T>
+SOFTIOU_HD T tiny_();
+template <>
+SOFTIOU_HD float tiny_<float>() { return 1.17549435e-38f; }
+template <>
+SOFTIOU_HD double tiny_<double>() { return 2.2250738585072014e-308; }
 
 template <class T>
 SOFTIOU_HD T neg_inf() {
@@ -93,6 +108,16 @@ SOFTIOU_HD T intersection(T p, T y, bool use_min) {
 template <class T>
 SOFTIOU_HD T intersection_dp(T p, T y, bool use_min) {
   return use_min ? (p < y ? T(1) : (p > y ? T(0) : T(0.5))) : y;
+}
+
+// The gradient of the loss with respect to I and P of pair (n, c), as the gradient kernels read it
+// (KernelArgs: coef and grad_out). Y does not depend on the input.
+template <class A>
+SOFTIOU_HD void pair_gradient(const KernelArgs& a, int64_t n, int64_t c, A& gI, A& gP) {
+  const A* k = static_cast<const A*>(a.coef) + n * a.co_sN + c * a.co_sC;
+  const A go = a.grad_out == nullptr ? A(1) : static_cast<const A*>(a.grad_out)[n * a.go_sN + c * a.go_sC];
+  gI = go * k[0];
+  gP = go * k[a.co_sK];
 }
 
 // dL/dp for one element, from the gradients of the loss with respect to I and P of its

@@ -1,4 +1,10 @@
-"""The user API: ``soft_iou_loss`` and the ``SoftIoULoss`` module (and their Dice/Tversky cousins)."""
+"""The user API: ``soft_iou_loss`` and the ``SoftIoULoss`` module (and their Dice/Tversky cousins).
+
+A call is: the options, validated once and cached as one :class:`~softiou_cuda.checks.LossOptions`
+value; the backend for the tensor's device (cached); then one call of the operator, which runs the
+statistics pass and the finalize step forward and one gradient pass backward, with its autograd in
+C++ (the Triton backend: the same two launches forward and one backward, from Python).
+"""
 
 from __future__ import annotations
 
@@ -6,9 +12,12 @@ from typing import Optional, Sequence
 
 import torch
 
-from . import backends, ops, reference
+from . import backends, checks, distributed, reference
+from .checks import LossOptions
 
 __all__ = ["soft_iou_loss", "SoftIoULoss", "SoftDiceLoss", "SoftTverskyLoss"]
+
+_loss_op = torch.ops.softiou.loss.default if hasattr(torch.ops.softiou, "loss") else None
 
 
 def soft_iou_loss(input: torch.Tensor, target: torch.Tensor,
@@ -48,26 +57,51 @@ def soft_iou_loss(input: torch.Tensor, target: torch.Tensor,
             ``torch.distributed`` group (differentiably): the IoU of the global batch.
         backend: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"triton"`` or ``"reference"``.
     """
+    if classes is not None and not isinstance(classes, tuple):
+        classes = tuple(classes)
+    options = checks.options(mode, from_logits, sharpness, intersection, metric, alpha, beta,
+                             gamma, log_loss, smooth, eps, classes, include_background,
+                             ignore_index, per_image, absent, reduction)
+    return _loss(input, target, weight, class_weight, options, process_group, backend)
+
+
+def _loss(input, target, weight, class_weight, options: LossOptions, process_group, backend):
     if not isinstance(input, torch.Tensor):
         raise TypeError(f"input must be a torch.Tensor, got {type(input).__name__}")
     name = backends.resolve(backend, input.device)
-    if process_group is not None and per_image:
+    if process_group is not None and options.per_image:
         raise ValueError("process_group needs per_image=False: the statistics summed over ranks "
                          "are those of the whole batch")
-    return ops.fused_loss(
-        backends.stats_function(name), input, target, weight, mode=mode,
-        from_logits=from_logits, sharpness=sharpness, intersection=intersection, metric=metric,
-        alpha=alpha, beta=beta, gamma=gamma, log_loss=log_loss, smooth=smooth, eps=eps,
-        class_weight=class_weight, classes=classes, include_background=include_background,
-        ignore_index=ignore_index, per_image=per_image, absent=absent, reduction=reduction,
-        process_group=process_group)
+    if name == "reference":
+        return reference.soft_iou_loss(input, target, weight, class_weight=class_weight,
+                                       process_group=process_group, **options.kwargs())
+    if process_group is not None:
+        return _pooled_over_ranks(name, input, target, weight, class_weight, options,
+                                  process_group)
+    if name == "triton":
+        return backends.triton_ops().loss(input, target, weight, class_weight, options)
+    return _loss_op(input, target, weight, class_weight, *options)
+
+
+def _pooled_over_ranks(name, input, target, weight, class_weight, options, group):
+    """``per_image=False`` over a process group: the statistics of this rank's batch, summed over
+    the batch and over the ranks (a differentiable all-reduce), then the finalize step."""
+    x, t, w = checks.normalize_inputs(input, target, weight, options.mode)
+    if name == "triton":
+        ops = backends.triton_ops()
+        stats_fn, finalize_fn = ops.triton_stats, ops.finalize
+    else:
+        stats_fn, finalize_fn = torch.ops.softiou.stats, torch.ops.softiou.finalize
+    stats = stats_fn(x, t, w, *options.stats_args())
+    pooled = distributed.all_reduce_sum(stats.sum(dim=0, keepdim=True), group)
+    return finalize_fn(pooled, class_weight, **options.finalize_kwargs())
 
 
 class SoftIoULoss(torch.nn.Module):
-    """Module form of :func:`soft_iou_loss`; the options are fixed at construction.
+    """Module form of :func:`soft_iou_loss`; the options are checked once, at construction.
 
     ``forward(input, target, weight=None)``. ``class_weight`` is kept as a buffer (it follows
-    ``.to(device)``) and checked once here.
+    ``.to(device)``) and its values are checked here.
     """
 
     def __init__(self, mode: str = "multiclass", *, from_logits: bool = True,
@@ -79,6 +113,11 @@ class SoftIoULoss(torch.nn.Module):
                  per_image: bool = True, absent: str = "include", reduction: str = "mean",
                  process_group=None, backend: str = "auto"):
         super().__init__()
+        self.options = checks.make_options(
+            mode=mode, from_logits=from_logits, sharpness=sharpness, intersection=intersection,
+            metric=metric, alpha=alpha, beta=beta, gamma=gamma, log_loss=log_loss, smooth=smooth,
+            eps=eps, classes=classes, include_background=include_background,
+            ignore_index=ignore_index, per_image=per_image, absent=absent, reduction=reduction)
         if class_weight is not None:
             class_weight = torch.as_tensor(class_weight, dtype=torch.float32)
             if class_weight.dim() != 1 or not torch.isfinite(class_weight).all() \
@@ -88,28 +127,19 @@ class SoftIoULoss(torch.nn.Module):
         self.register_buffer("class_weight", class_weight)
         if backend not in backends.BACKENDS:
             raise ValueError(f"backend must be one of {backends.BACKENDS}; got {backend!r}")
-        self.options = dict(
-            mode=mode, from_logits=from_logits, sharpness=sharpness, intersection=intersection,
-            metric=metric, alpha=alpha, beta=beta, gamma=gamma, log_loss=log_loss, smooth=smooth,
-            eps=eps, classes=None if classes is None else list(classes),
-            include_background=include_background, ignore_index=ignore_index,
-            per_image=per_image, absent=absent, reduction=reduction)
-        # the options are checked now (with the number of classes checked at the first call)
-        for name, allowed in (("mode", reference.MODES), ("intersection", reference.INTERSECTIONS),
-                              ("metric", reference.METRICS), ("absent", reference.ABSENT),
-                              ("reduction", reference.REDUCTIONS)):
-            reference._choice(name, self.options[name], allowed)
+        if process_group is not None and per_image:
+            raise ValueError("process_group needs per_image=False: the statistics summed over "
+                             "ranks are those of the whole batch")
         self.process_group = process_group
         self.backend = backend
 
     def forward(self, input: torch.Tensor, target: torch.Tensor,
                 weight: Optional[torch.Tensor] = None) -> torch.Tensor:
-        return soft_iou_loss(input, target, weight, class_weight=self.class_weight,
-                             process_group=self.process_group, backend=self.backend,
-                             **self.options)
+        return _loss(input, target, weight, self.class_weight, self.options, self.process_group,
+                     self.backend)
 
     def extra_repr(self) -> str:
-        shown = {k: v for k, v in self.options.items() if v is not None}
+        shown = {k: v for k, v in self.options.kwargs().items() if v is not None}
         return ", ".join(f"{k}={v!r}" for k, v in shown.items()) + f", backend={self.backend!r}"
 
 

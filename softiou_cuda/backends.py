@@ -60,11 +60,23 @@ _warned = set()
 def _warn_once(key: str, message: str) -> None:
     if key not in _warned:
         _warned.add(key)
-        warnings.warn(message, RuntimeWarning, stacklevel=4)
+        warnings.warn(message, RuntimeWarning, stacklevel=6)  # the caller of soft_iou_loss
+
+
+_resolved: dict = {}
 
 
 def resolve(backend: str, device: torch.device) -> str:
-    """The concrete backend for ``backend`` on ``device``; a clear error if it cannot run there."""
+    """The concrete backend for ``backend`` on ``device``; a clear error if it cannot run there.
+    Cached per (backend, device type): a call with a backend seen before is a dictionary lookup."""
+    key = (backend, device.type)
+    name = _resolved.get(key)
+    if name is None:
+        name = _resolved[key] = _resolve(backend, device)
+    return name
+
+
+def _resolve(backend: str, device: torch.device) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}; "
                          f"got {backend!r}")
@@ -86,16 +98,22 @@ def resolve(backend: str, device: torch.device) -> str:
     return backend
 
 
+def triton_ops():
+    """The Triton operators (``softiou_cuda.triton_kernels.ops``), imported on first use."""
+    from .triton_kernels import ops as triton_ops_module
+    return triton_ops_module
+
+
 def _reference_stats(x, t, w, mode, from_logits, sharpness, intersection, ignore_index):
     return reference.statistics_normalized(x, t, w, mode, from_logits, sharpness, intersection,
                                            ignore_index)
 
 
 def stats_function(name: str):
-    """``f(x, t, w, mode, from_logits, sharpness, intersection, ignore_index) -> [N, C, 3]``."""
+    """``f(x, t, w, mode, from_logits, sharpness, intersection, ignore_index) -> [N, C, 3]``,
+    the statistics (SPEC section 3) of a backend, on normalized inputs."""
     if name in ("cpu", "cuda"):
         return ops.stats
     if name == "triton":
-        from .triton_kernels import ops as triton_ops
-        return triton_ops.stats
+        return triton_ops().stats
     return _reference_stats

@@ -1,21 +1,20 @@
-"""Registration of the compiled operators: fake kernels, autograd, and the body of ``softiou::loss``.
+"""Registration of the compiled operators' fake kernels, and the autograd of the statistics op.
 
-The schemas and the CPU/CUDA kernels are C++ (``csrc/ops.cpp``, ``csrc/cpu``, ``csrc/cuda``);
-importing ``softiou_cuda._C`` loads them. This module adds, in the manner of
+The schemas, the CPU/CUDA kernels and the autograd of ``softiou::loss`` and ``softiou::finalize``
+are C++ (``csrc/``); importing ``softiou_cuda._C`` loads them. This module adds, in the manner of
 pytorch/extension-cpp:
 
-* ``register_fake`` for ``softiou::stats`` and ``softiou::stats_backward``, so FakeTensor tracing
-  (``torch.compile``, ``torch.export``) knows their output shapes;
-* ``register_autograd`` for ``softiou::stats``: its backward is ``softiou::stats_backward``;
-* the ``CompositeImplicitAutograd`` body of ``softiou::loss``: the statistics op followed by the
-  scores and reduction of SPEC sections 4-5, so autograd and torch.compile see through it.
+* ``register_fake`` for every operator, so FakeTensor tracing (``torch.compile``,
+  ``torch.export``) knows their output shapes;
+* ``register_autograd`` for ``softiou::stats``: its backward is ``softiou::stats_backward``
+  (the same helper serves the Triton backend's ``softiou::triton_stats``).
 """
 
 from __future__ import annotations
 
 import torch
 
-from . import reference
+from .checks import LossOptions, accumulation_dtype
 
 try:
     from . import _C  # noqa: F401  (loads the library: torch.ops.softiou.*)
@@ -41,16 +40,91 @@ def cpu_isa() -> str:
     return _C.cpu_isa() if HAS_EXTENSION else "none"
 
 
+# ---------------------------------------------------------------------------------------------
+# Output shapes (shared with the Triton operators)
+# ---------------------------------------------------------------------------------------------
+def loss_shape(rows: int, num_classes: int, per_image: bool, reduction: str) -> tuple:
+    """The loss: [] for mean and sum; [N, C] per image or [C] pooled for none."""
+    if reduction != "none":
+        return ()
+    return (rows, num_classes) if per_image else (num_classes,)
+
+
+def input_classes(input: torch.Tensor, mode: str) -> int:
+    """C of an input as the loss takes it (binary [N, *S] input has one class)."""
+    return 1 if mode == "binary" else input.shape[1]
+
+
+def loss_outputs_like(input, mode, per_image, reduction):
+    """Empty (loss, coefficients [rows, C, 3]) for an input of the loss."""
+    N, C = input.shape[0], input_classes(input, mode)
+    acc = accumulation_dtype(input.dtype)
+    loss = input.new_empty(loss_shape(N, C, per_image, reduction), dtype=acc)
+    return loss, input.new_empty((N if per_image else 1, C, 3), dtype=acc)
+
+
+def finalize_outputs_like(stats, per_image, reduction):
+    """Empty (loss, coefficients) of the finalize step on statistics [N, C, 3]."""
+    N, C = stats.shape[0], stats.shape[1]
+    loss = stats.new_empty(loss_shape(N, C, per_image, reduction))
+    return loss, stats.new_empty((N if per_image else 1, C, 3))
+
+
+# ---------------------------------------------------------------------------------------------
+# Fake kernels. Tensors on different devices reach them (a meta tensor among CPU tensors
+# dispatches to Meta): they raise what the kernels raise.
+# ---------------------------------------------------------------------------------------------
+def _same_device(input, **others):
+    for name, tensor in others.items():
+        if tensor is not None and tensor.device != input.device:
+            raise ValueError(f"softiou: {name} is on {tensor.device} but input is on "
+                             f"{input.device}")
+
+
 def _stats_fake(input, target, weight, mode, from_logits, sharpness, intersection, ignore_index):
-    acc = reference.accumulation_dtype(input.dtype)
+    _same_device(input, target=target, weight=weight)
+    acc = accumulation_dtype(input.dtype)
     return input.new_empty((input.shape[0], input.shape[1], 3), dtype=acc)
 
 
 def _stats_backward_fake(grad_stats, input, target, weight, mode, from_logits, sharpness,
                          intersection, ignore_index):
+    _same_device(input, target=target, weight=weight, grad_stats=grad_stats)
     return torch.empty_like(input)
 
 
+def _loss_options(options, named) -> LossOptions:
+    """The options of a loss schema, passed in schema order and/or by name."""
+    return LossOptions(*options)._replace(**named)
+
+
+def _loss_forward_fake(input, target, weight=None, class_weight=None, *options, **named):
+    _same_device(input, target=target, weight=weight, class_weight=class_weight)
+    o = _loss_options(options, named)
+    return loss_outputs_like(input, o.mode, o.per_image, o.reduction)
+
+
+def _loss_fake(*args, **kwargs):
+    return _loss_forward_fake(*args, **kwargs)[0]
+
+
+def _loss_backward_fake(grad, input, target, weight, coef, class_weight=None, *options, **named):
+    _same_device(input, target=target, weight=weight, coef=coef, class_weight=class_weight)
+    return torch.empty_like(input)
+
+
+def _finalize_forward_fake(stats, class_weight=None, *, per_image=True, reduction="mean", **_):
+    _same_device(stats, class_weight=class_weight)
+    return finalize_outputs_like(stats, per_image, reduction)
+
+
+def _finalize_fake(*args, **kwargs):
+    return _finalize_forward_fake(*args, **kwargs)[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Autograd of the statistics op
+# ---------------------------------------------------------------------------------------------
 def register_stats_autograd(op, backward_op):
     """Registers the autograd of a statistics op (``softiou::stats``, ``softiou::triton_stats``):
     its backward is ``backward_op(grad_stats, input, target, weight, *options)``; the target and
@@ -76,39 +150,16 @@ def register_stats_autograd(op, backward_op):
 
 
 def stats(x, t, w, mode, from_logits, sharpness, intersection, ignore_index):
-    """The compiled statistics op on normalized inputs (see reference.normalize_inputs)."""
+    """The compiled statistics op on normalized inputs (see checks.normalize_inputs)."""
     return torch.ops.softiou.stats(x, t, w, mode, from_logits, sharpness, intersection,
                                    ignore_index)
 
 
-def fused_loss(stats_fn, input, target, weight=None, *, mode="multiclass", from_logits=True,
-               sharpness=1.0, intersection="product", metric="jaccard", alpha=0.5, beta=0.5,
-               gamma=1.0, log_loss=False, smooth=0.0, eps=1e-7, class_weight=None, classes=None,
-               include_background=True, ignore_index=None, per_image=True, absent="include",
-               reduction="mean", process_group=None):
-    """SPEC sections 1, 4, 5 and 7 around a fused statistics function ``stats_fn``."""
-    x, t, w = reference.normalize_inputs(input, target, weight, mode)
-    reference.check_options(
-        x.shape[1], x.device, mode=mode, from_logits=from_logits, sharpness=sharpness,
-        intersection=intersection, metric=metric, alpha=alpha, beta=beta, gamma=gamma,
-        log_loss=log_loss, smooth=smooth, eps=eps, class_weight=class_weight, classes=classes,
-        include_background=include_background, ignore_index=ignore_index, per_image=per_image,
-        absent=absent, reduction=reduction)
-    s = stats_fn(x, t, w, mode, from_logits, float(sharpness), intersection, ignore_index)
-    return reference.loss_from_stats(
-        s, metric=metric, alpha=alpha, beta=beta, gamma=gamma, log_loss=log_loss,
-        smooth=smooth, eps=eps, class_weight=class_weight, classes=classes,
-        include_background=include_background, per_image=per_image, absent=absent,
-        reduction=reduction, process_group=process_group)
-
-
-def _loss_composite(input, target, weight=None, **options):
-    return fused_loss(stats, input, target, weight, **options)
-
-
 if HAS_EXTENSION:
-    torch.library.register_fake("softiou::stats")(_stats_fake)
-    torch.library.register_fake("softiou::stats_backward")(_stats_backward_fake)
+    for _name, _fake in (("stats", _stats_fake), ("stats_backward", _stats_backward_fake),
+                         ("loss", _loss_fake), ("_loss_forward", _loss_forward_fake),
+                         ("_loss_backward", _loss_backward_fake), ("finalize", _finalize_fake),
+                         ("_finalize", _finalize_forward_fake)):
+        torch.library.register_fake(f"softiou::{_name}")(_fake)
     register_stats_autograd("softiou::stats",
                             lambda *args: torch.ops.softiou.stats_backward(*args))
-    torch.library.impl("softiou::loss", "CompositeImplicitAutograd")(_loss_composite)

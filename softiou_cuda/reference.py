@@ -274,9 +274,16 @@ def statistics(input: torch.Tensor, target: torch.Tensor, weight: Optional[torch
 def all_reduce_statistics(stats: torch.Tensor, process_group) -> torch.Tensor:
     """Sums ``stats`` over the ranks of ``process_group``, differentiably: the backward sums the
     gradients of all ranks, so with DistributedDataParallel's averaging every rank's parameters
-    get the gradient of the loss of the global batch."""
-    import torch.distributed.nn.functional as dist_fn
-    return dist_fn.all_reduce(stats, group=process_group)
+    get the gradient of the loss of the global batch. Uses the functional collective's own
+    autograd formula (torch 2.10 and later)."""
+    import torch.distributed._functional_collectives as funcol
+    if not torch._C._dispatch_has_kernel_for_dispatch_key("_c10d_functional::all_reduce",
+                                                          "Autograd"):
+        raise RuntimeError("the reference's process_group needs a torch whose functional "
+                           f"all_reduce is differentiable; torch {torch.__version__} has none "
+                           "(the fused backends do not need it)")
+    out = funcol.all_reduce(stats, "sum", process_group)
+    return out.wait() if isinstance(out, funcol.AsyncCollectiveTensor) else out
 
 
 class _Ratio(torch.autograd.Function):

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Compiles the torch-free CUDA kernel sources (csrc/cuda/kernels*.cu) with nvcc for the given
-# architectures, warnings as errors, and reports registers and spills of the pixel kernels.
-#   tools/check_cuda_compile.sh [nvcc] ["80 90"] [jobs]
+# architectures, warnings as errors, and reports registers and spills of the pixel kernels; with a
+# Python that has torch ($PY), also checks the torch glue (csrc/cuda/*.cpp) with the host compiler
+# against torch's CUDA headers (-fsyntax-only: a CPU build of torch has no CUDA libraries to link).
+#   [PY=python] tools/check_cuda_compile.sh [nvcc] ["80 90"] [jobs]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NVCC=${1:-nvcc}
@@ -21,3 +23,21 @@ ls csrc/cuda/kernels*.cu | xargs -P "$JOBS" -I{} sh -c \
 $NVCC $GENCODE -shared $OUT/*.o -o $OUT/libsoftiou_kernels.so
 echo "compiled and linked: $(ls csrc/cuda/kernels*.cu | tr '\n' ' ')"
 grep -h "spill" $OUT/*.log | sort | uniq -c | sort -rn | head -3 | sed 's/^/  ptxas: /'
+
+if [ -n "${PY:-}" ] && "$PY" -c "import torch" 2>/dev/null; then
+  TORCH_INC=$("$PY" -c "import torch.utils.cpp_extension as c; print(' '.join('-I' + p for p in c.include_paths()))")
+  PY_INC=$("$PY" -c "import sysconfig; print(sysconfig.get_paths()['include'])")
+  # the CUDA toolkit's include directory, as nvcc itself resolves it
+  CUDA_INC=$(echo '#include <cuda_runtime.h>' | $NVCC -x cu -E -M - 2>/dev/null | tr ' ' '\n' \
+             | grep '/cuda_runtime.h$' | head -1 | xargs dirname)
+  # torch's CMake generates this header; its wheels ship without it: an empty stand-in
+  SHIM=$OUT/shim
+  mkdir -p "$SHIM/c10/cuda/impl" && echo '#pragma once' > "$SHIM/c10/cuda/impl/cuda_cmake_macros.h"
+  for f in csrc/cuda/*.cpp; do
+    ${CXX:-g++} -std=c++20 -fsyntax-only -Wall -Werror -DSOFTIOU_WITH_CUDA -I"$SHIM" $TORCH_INC \
+      -I"$CUDA_INC" -I"$PY_INC" "$f" || { echo "FAILED: $f"; exit 1; }
+  done
+  echo "torch glue checked: $(ls csrc/cuda/*.cpp | tr '\n' ' ')"
+else
+  echo "torch glue not checked (no PY with torch)"
+fi

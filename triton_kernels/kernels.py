@@ -1,10 +1,15 @@
 """The softiou kernels in Triton. They mirror csrc/softiou_math.h function by function (the names
 in the comments) and are tested against the same reference (softiou_cuda.reference).
 
-pixel_kernel   multiclass: a program owns a [BLOCK_C, BLOCK_M] tile (all classes of BLOCK_M
-               pixels of one sample) and loops over its chunk of pixels; softmax over axis 0.
-row_kernel     binary / multilabel: elementwise over a (sample, class) row.
-reduce_kernel  the fixed-order second stage over the programs' partial sums.
+pixel_kernel     multiclass: a program owns a [BLOCK_C, BLOCK_M] tile (all classes of BLOCK_M
+                 pixels of one sample) and loops over its chunk of pixels; softmax over axis 0.
+row_kernel       binary / multilabel: elementwise over a (sample, class) row.
+reduce_kernel    the fixed-order second stage over the programs' partial sums.
+finalize_kernel  the finalize step (csrc/finalize.h): from the partial sums to the loss and the
+                 coefficients of its gradient, in one program.
+
+The gradient kernels read the gradient of the loss with respect to I and P of each pair as
+``go * coef`` (softiou_math.h: pair_gradient).
 
 Deterministic: the forward accumulates elementwise into a register tile across its loop and
 reduces it once at the end; the partials are added in program order by reduce_kernel. No atomics.
@@ -38,13 +43,27 @@ def _outside_unit_interval(v):  # softiou_math.h: outside_unit_interval
 
 
 @triton.jit
-def pixel_kernel(x_ptr, t_ptr, w_ptr, gs_ptr, out_ptr, gx_ptr,
+def _pair_gradient(coef_ptr, go_ptr, n, c, kn, kc, kk, gon, goc, mask, HAS_GO: tl.constexpr,
+                   ACC: tl.constexpr):  # softiou_math.h: pair_gradient
+    k = coef_ptr + n * kn + c * kc
+    gI = tl.load(k, mask=mask, other=0.0).to(ACC)
+    gP = tl.load(k + kk, mask=mask, other=0.0).to(ACC)
+    if HAS_GO:
+        go = tl.load(go_ptr + n * gon + c * goc, mask=mask, other=0.0).to(ACC)
+        gI = go * gI
+        gP = go * gP
+    return gI, gP
+
+
+@triton.jit
+def pixel_kernel(x_ptr, t_ptr, w_ptr, coef_ptr, go_ptr, out_ptr, gx_ptr,
                  C, M, chunk, n_chunks,
                  sxn, sxc, sxm, stn, stc, stm, swn, swm, sgn, sgc, sgm,
+                 kn, kc, kk, gon, goc,
                  sharp, ignore,
                  FWD: tl.constexpr, CLASS_MAP: tl.constexpr, HAS_W: tl.constexpr,
                  HAS_IGNORE: tl.constexpr, SOFTMAX: tl.constexpr, FROM_LOGITS: tl.constexpr,
-                 USE_MIN: tl.constexpr, ACC: tl.constexpr,
+                 USE_MIN: tl.constexpr, HAS_GO: tl.constexpr, ACC: tl.constexpr,
                  BLOCK_C: tl.constexpr, BLOCK_M: tl.constexpr):
     pid = tl.program_id(0)
     n = (pid // n_chunks).to(tl.int64)
@@ -59,8 +78,8 @@ def pixel_kernel(x_ptr, t_ptr, w_ptr, gs_ptr, out_ptr, gx_ptr,
     accY = tl.zeros([BLOCK_C, BLOCK_M], ACC)
     nbad = tl.zeros([BLOCK_M], tl.int32)
     if not FWD:
-        gI = tl.load(gs_ptr + (n * C + c64) * 3, mask=cmask, other=0.0).to(ACC)
-        gP = tl.load(gs_ptr + (n * C + c64) * 3 + 1, mask=cmask, other=0.0).to(ACC)
+        gI, gP = _pair_gradient(coef_ptr, go_ptr, n, c64, kn, kc, kk, gon, goc, cmask, HAS_GO,
+                                ACC)
     for m0 in range(m_begin, m_end, BLOCK_M):
         m = m0 + tl.arange(0, BLOCK_M).to(tl.int64)
         mmask = m < m_end
@@ -135,13 +154,15 @@ def pixel_kernel(x_ptr, t_ptr, w_ptr, gs_ptr, out_ptr, gx_ptr,
 
 
 @triton.jit
-def row_kernel(x_ptr, t_ptr, w_ptr, gs_ptr, out_ptr, gx_ptr,
+def row_kernel(x_ptr, t_ptr, w_ptr, coef_ptr, go_ptr, out_ptr, gx_ptr,
                C, M, chunk, n_chunks,
                sxn, sxc, sxm, stn, stc, stm, swn, swm, sgn, sgc, sgm,
+               kn, kc, kk, gon, goc,
                sharp, ignore,
                FWD: tl.constexpr, INT_TARGET: tl.constexpr, HAS_W: tl.constexpr,
                HAS_IGNORE: tl.constexpr, SIGMOID: tl.constexpr, FROM_LOGITS: tl.constexpr,
-               USE_MIN: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+               USE_MIN: tl.constexpr, HAS_GO: tl.constexpr, ACC: tl.constexpr,
+               BLOCK: tl.constexpr):
     pid = tl.program_id(0)
     r = (pid // n_chunks).to(tl.int64)
     k = (pid % n_chunks).to(tl.int64)
@@ -154,8 +175,7 @@ def row_kernel(x_ptr, t_ptr, w_ptr, gs_ptr, out_ptr, gx_ptr,
     accY = tl.zeros([BLOCK], ACC)
     nbad = tl.zeros([BLOCK], tl.int32)
     if not FWD:
-        gI = tl.load(gs_ptr + r * 3).to(ACC)
-        gP = tl.load(gs_ptr + r * 3 + 1).to(ACC)
+        gI, gP = _pair_gradient(coef_ptr, go_ptr, n, c, kn, kc, kk, gon, goc, True, HAS_GO, ACC)
     for m0 in range(m_begin, m_end, BLOCK):
         m = m0 + tl.arange(0, BLOCK).to(tl.int64)
         mm = m < m_end
@@ -224,3 +244,159 @@ def reduce_kernel(part_ptr, out_ptr, inner, n_chunks, BLOCK: tl.constexpr):
     for k in range(1, n_chunks):
         acc += tl.load(part_ptr + (o * n_chunks + k) * inner + i, mask=mask, other=0.0)
     tl.store(out_ptr + o * inner + i, acc, mask=mask)
+
+
+# ---------------------------------------------------------------------------------------------
+# The finalize step (csrc/finalize.h)
+# ---------------------------------------------------------------------------------------------
+@triton.jit
+def _from_bits(bits, ACC: tl.constexpr):
+    """An option passed as the bits of its float64 value (Triton passes Python floats as
+    float32), in the accumulation dtype."""
+    return bits.to(tl.int64).to(tl.float64, bitcast=True).to(ACC)
+
+
+@triton.jit
+def _pair_terms(I, P, Y, alpha, beta, gamma, smooth, eps, tiny, METRIC: tl.constexpr,
+                LOG_LOSS: tl.constexpr, GAMMA_ONE: tl.constexpr):  # finalize.h: pair_terms
+    if METRIC == 1:  # dice
+        num = 2.0 * I + smooth
+        den = P + Y + smooth
+        num_I = 2.0
+        den_I = 0.0
+        den_P = 1.0
+        den_Y = 1.0
+    elif METRIC == 2:  # tversky
+        num = I + smooth
+        den = I + alpha * (P - I) + beta * (Y - I) + smooth
+        num_I = 1.0
+        den_I = 1.0 - alpha - beta
+        den_P = alpha
+        den_Y = beta
+    else:  # jaccard
+        num = I + smooth
+        den = P + Y - I + smooth
+        num_I = 1.0
+        den_I = -1.0
+        den_P = 1.0
+        den_Y = 1.0
+    both_zero = (num == 0.0) & (den == 0.0)
+    den_c = tl.where(den < eps, eps, den)
+    score = tl.where(both_zero, 1.0, num / den_c)
+    if LOG_LOSS:
+        sc = tl.where(score < eps, eps, score)
+        loss = -tl.log(sc)
+        d_score = tl.where(score < eps, 0.0, -1.0 / sc)
+    else:
+        loss = 1.0 - score
+        d_score = tl.full(score.shape, -1.0, score.dtype)
+    if not GAMMA_ONE:  # loss^gamma, with a zero derivative where the loss is 0
+        lc = tl.where(loss < tiny, tiny, loss)
+        d = tl.where((loss > 0.0) & (loss >= tiny), gamma * tl.exp((gamma - 1.0) * tl.log(lc)),
+                     0.0)
+        loss = tl.where(loss > 0.0, tl.exp(gamma * tl.log(lc)), 0.0)
+        d_score = d_score * d
+    g_num = tl.where(both_zero, 0.0, d_score / den_c)
+    g_den = tl.where(both_zero | (den < eps), 0.0, -(d_score * score) / den_c)
+    return loss, g_num * num_I + g_den * den_I, g_den * den_P, g_den * den_Y
+
+
+@triton.jit
+def _pair_stats(part_ptr, r, c, valid, n_rows, K, sn, sc, sk, PER_IMAGE: tl.constexpr,
+                ACC: tl.constexpr, BLOCK: tl.constexpr):  # finalize.h: pair_stats
+    I = tl.zeros([BLOCK], ACC)
+    P = tl.zeros([BLOCK], ACC)
+    Y = tl.zeros([BLOCK], ACC)
+    if PER_IMAGE:
+        base = part_ptr + r * sn + c * sc
+        for k in range(K):
+            I += tl.load(base + k * sk, mask=valid, other=0.0).to(ACC)
+            P += tl.load(base + k * sk + 1, mask=valid, other=0.0).to(ACC)
+            Y += tl.load(base + k * sk + 2, mask=valid, other=0.0).to(ACC)
+    else:
+        for n in range(n_rows):
+            base = part_ptr + n * sn + c * sc
+            for k in range(K):
+                I += tl.load(base + k * sk, mask=valid, other=0.0).to(ACC)
+                P += tl.load(base + k * sk + 1, mask=valid, other=0.0).to(ACC)
+                Y += tl.load(base + k * sk + 2, mask=valid, other=0.0).to(ACC)
+    return I, P, Y
+
+
+@triton.jit
+def _pair_weight(cw_ptr, keep_ptr, c, valid, Y, HAS_CW: tl.constexpr, DROP_BG: tl.constexpr,
+                 SUBSET: tl.constexpr, ABSENT_EXCLUDE: tl.constexpr,
+                 ACC: tl.constexpr):  # finalize.h: pair_weight
+    kept = valid
+    if DROP_BG:
+        kept = kept & (c != 0)
+    if SUBSET:
+        kept = kept & (tl.load(keep_ptr + c, mask=valid, other=0) != 0)
+    if ABSENT_EXCLUDE:
+        kept = kept & (Y > 0.0)
+    if HAS_CW:
+        w = tl.load(cw_ptr + c, mask=valid, other=0.0).to(ACC)
+    else:
+        w = tl.full(Y.shape, 1.0, ACC)
+    return tl.where(kept, w, 0.0)
+
+
+@triton.jit
+def finalize_kernel(part_ptr, cw_ptr, keep_ptr, loss_ptr, coef_ptr,
+                    C, R, n_rows, K, sn, sc, sk,
+                    alpha_bits, beta_bits, gamma_bits, smooth_bits, eps_bits,
+                    METRIC: tl.constexpr, LOG_LOSS: tl.constexpr, GAMMA_ONE: tl.constexpr,
+                    PER_IMAGE: tl.constexpr, ABSENT_EXCLUDE: tl.constexpr,
+                    REDUCTION: tl.constexpr, HAS_CW: tl.constexpr, DROP_BG: tl.constexpr,
+                    SUBSET: tl.constexpr, ACC: tl.constexpr, TINY: tl.constexpr,
+                    BLOCK: tl.constexpr):
+    """One program. The statistics of pair (row n, class c) are the sum over k < K of
+    part[n*sn + c*sc + k*sk + (0, 1, 2)] (pooled: over all n_rows rows too). Writes the loss
+    ([] for mean and sum, [R, C] for none; REDUCTION 0 mean, 1 sum, 2 none) and the coefficients
+    [R, C, 3] (d loss / d (I, P, Y) of each pair). Two passes: the mean's divisor first."""
+    alpha = _from_bits(alpha_bits, ACC)
+    beta = _from_bits(beta_bits, ACC)
+    gamma = _from_bits(gamma_bits, ACC)
+    smooth = _from_bits(smooth_bits, ACC)
+    eps = _from_bits(eps_bits, ACC)
+    tiny = tl.full([BLOCK], TINY, ACC)
+    total = tl.zeros([BLOCK], ACC)
+    wsum = tl.zeros([BLOCK], ACC)
+    for p0 in range(0, R * C, BLOCK):
+        idx = p0 + tl.arange(0, BLOCK).to(tl.int64)
+        valid = idx < R * C
+        r = idx // C
+        c = idx % C
+        I, P, Y = _pair_stats(part_ptr, r, c, valid, n_rows, K, sn, sc, sk, PER_IMAGE, ACC,
+                              BLOCK)
+        loss, dI, dP, dY = _pair_terms(I, P, Y, alpha, beta, gamma, smooth, eps, tiny, METRIC,
+                                       LOG_LOSS, GAMMA_ONE)
+        w = _pair_weight(cw_ptr, keep_ptr, c, valid, Y, HAS_CW, DROP_BG, SUBSET,
+                         ABSENT_EXCLUDE, ACC)
+        wl = tl.where(valid, w * loss, 0.0)
+        if REDUCTION == 2:
+            tl.store(loss_ptr + idx, wl, mask=valid)
+        total += wl
+        wsum += w
+    scale = 1.0
+    if REDUCTION == 0:  # mean over the kept pairs; no kept pair: 0
+        ws = tl.sum(wsum, axis=0)
+        denom = tl.where(ws > 0.0, ws, 1.0)
+        tl.store(loss_ptr, tl.sum(total, axis=0) / denom)
+        scale = 1.0 / denom
+    elif REDUCTION == 1:
+        tl.store(loss_ptr, tl.sum(total, axis=0))
+    for p0 in range(0, R * C, BLOCK):
+        idx = p0 + tl.arange(0, BLOCK).to(tl.int64)
+        valid = idx < R * C
+        r = idx // C
+        c = idx % C
+        I, P, Y = _pair_stats(part_ptr, r, c, valid, n_rows, K, sn, sc, sk, PER_IMAGE, ACC,
+                              BLOCK)
+        loss, dI, dP, dY = _pair_terms(I, P, Y, alpha, beta, gamma, smooth, eps, tiny, METRIC,
+                                       LOG_LOSS, GAMMA_ONE)
+        w = _pair_weight(cw_ptr, keep_ptr, c, valid, Y, HAS_CW, DROP_BG, SUBSET,
+                         ABSENT_EXCLUDE, ACC) * scale
+        tl.store(coef_ptr + idx * 3, w * dI, mask=valid)
+        tl.store(coef_ptr + idx * 3 + 1, w * dP, mask=valid)
+        tl.store(coef_ptr + idx * 3 + 2, w * dY, mask=valid)

@@ -1,6 +1,13 @@
-"""The Triton backend as operators: ``softiou::triton_stats`` and ``softiou::triton_stats_backward``,
-registered with ``torch.library.triton_op`` so that torch.compile traces into the kernels, and
-differentiable through ``register_autograd``. Same schema and semantics as ``softiou::stats``.
+"""The Triton backend as operators, registered with ``torch.library.triton_op`` so that
+torch.compile traces into the kernels, and differentiable through ``register_autograd``:
+
+* ``softiou::triton_loss`` -> (loss, coefficients): the statistics kernel and the finalize
+  kernel (two launches); its backward ``softiou::triton_loss_backward`` is one launch of the
+  gradient kernel. Same options, in the same order, as ``softiou::loss``.
+* ``softiou::triton_stats`` / ``softiou::triton_stats_backward``: the statistics [N, C, 3] and
+  the gradient pass from their gradient (same schema as ``softiou::stats``).
+* ``softiou::triton_finalize`` -> (loss, coefficients): the finalize step on statistics, for
+  the pooled data-parallel path (statistics -> all-reduce -> finalize).
 
 Under ``TRITON_INTERPRET=1`` the kernels run on CPU tensors (slowly) through Triton's interpreter;
 ``wrap_triton`` is bypassed there.
@@ -9,18 +16,24 @@ Under ``TRITON_INTERPRET=1`` the kernels run on CPU tensors (slowly) through Tri
 from __future__ import annotations
 
 import os
-from typing import Optional
+import struct
+from typing import List, Optional, Tuple
 
 import torch
 import triton.language as tl
 from torch import Tensor
 
-from ..ops import register_stats_autograd
-from ..reference import accumulation_dtype
+from .. import checks
+from ..checks import LossOptions, accumulation_dtype
+from ..ops import loss_shape, register_stats_autograd
 from . import configs
-from .kernels import pixel_kernel, reduce_kernel, row_kernel
+from .kernels import finalize_kernel, pixel_kernel, reduce_kernel, row_kernel
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+METRICS = {"jaccard": 0, "dice": 1, "tversky": 2}
+REDUCTIONS = {"mean": 0, "sum": 1, "none": 2}
+TINY = {torch.float32: torch.finfo(torch.float32).tiny, torch.float64: torch.finfo(torch.float64).tiny}
 
 
 def _launcher(kernel):
@@ -33,6 +46,12 @@ def _cdiv(a, b):
     return (a + b - 1) // b
 
 
+def _bits(value: float) -> int:
+    """The bits of a float64, as an int: the finalize kernel reads its float options this way,
+    exactly (Triton would pass a Python float as float32)."""
+    return struct.unpack("<q", struct.pack("<d", float(value)))[0]
+
+
 def _prepare(input: Tensor, target: Tensor, weight: Optional[Tensor], mode: str):
     """[N, C, M] views, the target as a class map [N, M] or per element [N, C, M] (mirrors
     csrc/op_common.h), and the weight [N, M] in the accumulation dtype."""
@@ -43,7 +62,7 @@ def _prepare(input: Tensor, target: Tensor, weight: Optional[Tensor], mode: str)
     for s in input.shape[2:]:
         M *= s
     acc = accumulation_dtype(input.dtype)
-    class_map = mode == "multiclass" and target.dtype in (torch.int64, torch.int32, torch.uint8)
+    class_map = mode == "multiclass" and target.dtype in checks.INDEX_DTYPES
     x = input.reshape(N, C, M)
     if class_map:
         t = target.reshape(N, M)
@@ -64,8 +83,12 @@ def _strides(t: Optional[Tensor]):
 
 
 def _run(input, target, weight, mode, from_logits, sharpness, intersection, ignore_index,
-         grad_stats=None):
-    fwd = grad_stats is None
+         coef=None, coef_strides=(0, 0, 1), grad_out=None, grad_out_strides=(0, 0)):
+    """The statistics pass (coef None): returns the per-program partial sums and their layout
+    (part, n_chunks, pixel) for reduce_kernel or finalize_kernel. The gradient pass (coef given,
+    with grad_out: the gradient of the loss as go * coef, see _pair_gradient): returns the
+    gradient of the input."""
+    fwd = coef is None
     direction = "forward" if fwd else "backward"
     x, t, w, N, C, M, acc, class_map = _prepare(input, target, weight, mode)
     softmax = mode == "multiclass" and (from_logits or sharpness != 1.0)
@@ -73,13 +96,13 @@ def _run(input, target, weight, mode, from_logits, sharpness, intersection, igno
     pixel = softmax or class_map
     dummy = torch.empty(1, dtype=acc, device=input.device)  # pointer slots a launch does not use
     gx = torch.empty_like(x) if not fwd else None
-    gs = grad_stats.to(acc).contiguous() if not fwd else dummy
     sxn, sxc, sxm = _strides(x)
     stn, stc, stm = _strides(t)
     swn, _, swm = _strides(w)
     sgn, sgc, sgm = _strides(gx) if not fwd else (0, 0, 0)
     common = dict(FWD=fwd, HAS_W=w is not None, HAS_IGNORE=ignore_index is not None,
                   FROM_LOGITS=from_logits, USE_MIN=intersection == "min",
+                  HAS_GO=grad_out is not None,
                   ACC=tl.float64 if acc == torch.float64 else tl.float32)
     target_programs = configs.programs_target(input.device, direction)
     if pixel:
@@ -95,9 +118,10 @@ def _run(input, target, weight, mode, from_logits, sharpness, intersection, igno
     grid = (rows * n_chunks,)
     part = torch.empty((rows * n_chunks * (C if pixel else 1) * 3,), dtype=acc,
                        device=input.device) if fwd else dummy
-    args = (x, t, w if w is not None else dummy, gs, part, gx if gx is not None else dummy,
+    args = (x, t, w if w is not None else dummy, coef if coef is not None else dummy,
+            grad_out if grad_out is not None else dummy, part, gx if gx is not None else dummy,
             C, M, chunk, n_chunks, sxn, sxc, sxm, stn, stc, stm, swn, swm, sgn, sgc, sgm,
-            float(sharpness),
+            *coef_strides, *grad_out_strides, float(sharpness),
             int(ignore_index) if ignore_index is not None else 0)
     if pixel:
         _launcher(pixel_kernel)[grid](*args, CLASS_MAP=class_map, SOFTMAX=softmax,
@@ -108,22 +132,37 @@ def _run(input, target, weight, mode, from_logits, sharpness, intersection, igno
                                     num_warps=warps, **common)
     if not fwd:
         return gx.view(input.shape)
-    out = torch.empty((N, C, 3), dtype=acc, device=input.device)
-    inner = (C if pixel else 1) * 3
-    _launcher(reduce_kernel)[(rows,)](part, out, inner, n_chunks,
-                                      BLOCK=configs.next_power_of_2(max(inner, 4)), num_warps=4)
-    return out
+    return part, n_chunks, pixel
 
 
+def _partials_layout(N, C, n_chunks, pixel):
+    """(sn, sc, sk) of the partial sums of pair (n, c), chunk k: [N][K][C][3] from the pixel
+    kernel, [N][C][K][3] from the row kernel."""
+    if pixel:
+        return n_chunks * C * 3, 3, C * 3
+    return C * n_chunks * 3, n_chunks * 3, 3
+
+
+# ---------------------------------------------------------------------------------------------
+# Statistics
+# ---------------------------------------------------------------------------------------------
 @torch.library.triton_op("softiou::triton_stats", mutates_args=())
 def triton_stats(input: Tensor, target: Tensor, weight: Optional[Tensor], mode: str,
                  from_logits: bool, sharpness: float, intersection: str,
                  ignore_index: Optional[int]) -> Tensor:
     """``[N, C, 3]`` statistics (I, P, Y) of ``input [N, C, *S]``, computed by Triton kernels."""
+    N, C = input.shape[0], input.shape[1]
+    acc = accumulation_dtype(input.dtype)
     if input.numel() == 0:
-        return torch.zeros((input.shape[0], input.shape[1], 3),
-                           dtype=accumulation_dtype(input.dtype), device=input.device)
-    return _run(input, target, weight, mode, from_logits, sharpness, intersection, ignore_index)
+        return torch.zeros((N, C, 3), dtype=acc, device=input.device)
+    part, n_chunks, pixel = _run(input, target, weight, mode, from_logits, sharpness,
+                                 intersection, ignore_index)
+    out = torch.empty((N, C, 3), dtype=acc, device=input.device)
+    rows = N if pixel else N * C
+    inner = (C if pixel else 1) * 3
+    _launcher(reduce_kernel)[(rows,)](part, out, inner, n_chunks,
+                                      BLOCK=configs.next_power_of_2(max(inner, 4)), num_warps=4)
+    return out
 
 
 @torch.library.triton_op("softiou::triton_stats_backward", mutates_args=())
@@ -134,13 +173,181 @@ def triton_stats_backward(grad_stats: Tensor, input: Tensor, target: Tensor,
     """The gradient of the input from the gradient of the statistics, by Triton kernels."""
     if input.numel() == 0:
         return torch.zeros_like(input)
+    g = grad_stats.to(accumulation_dtype(input.dtype))
     return _run(input, target, weight, mode, from_logits, sharpness, intersection, ignore_index,
-                grad_stats=grad_stats)
+                coef=g, coef_strides=g.stride())
 
 
 register_stats_autograd(triton_stats, triton_stats_backward)
 
 
 def stats(x, t, w, mode, from_logits, sharpness, intersection, ignore_index):
-    """The Triton statistics on normalized inputs (the ``stats_fn`` of softiou_cuda.ops.fused_loss)."""
+    """The Triton statistics on normalized inputs (see softiou_cuda.checks.normalize_inputs)."""
     return triton_stats(x, t, w, mode, from_logits, sharpness, intersection, ignore_index)
+
+
+# ---------------------------------------------------------------------------------------------
+# The finalize step
+# ---------------------------------------------------------------------------------------------
+_keep_masks = {}
+
+
+def _keep_mask(classes, num_classes, device):
+    """The classes that enter the loss as an int8 mask [C] on the device, made once per
+    selection (so that a call does not copy it to the device again)."""
+    key = (tuple(classes), num_classes, str(device))
+    mask = _keep_masks.get(key)
+    if mask is None:
+        mask = torch.zeros(num_classes, dtype=torch.int8)
+        mask[list(classes)] = 1
+        mask = _keep_masks[key] = mask.to(device)
+    return mask
+
+
+def _finalize(part, layout, N, C, K, class_weight, metric, alpha, beta, gamma, log_loss,
+              smooth, eps, classes, include_background, per_image, absent, reduction):
+    """Launches finalize_kernel on partial sums (layout (sn, sc, sk), K chunks per pair):
+    returns (loss, coefficients [rows, C, 3])."""
+    acc = part.dtype
+    device = part.device
+    rows = N if per_image else 1
+    loss = torch.empty(loss_shape(rows, C, per_image, reduction), dtype=acc, device=device)
+    coef = torch.empty((rows, C, 3), dtype=acc, device=device)
+    cw = None if class_weight is None else class_weight.to(acc).contiguous()
+    keep = _keep_mask(classes, C, device) if classes is not None else None
+    dummy = coef
+    _launcher(finalize_kernel)[(1,)](
+        part, cw if cw is not None else dummy, keep if keep is not None else dummy, loss, coef,
+        C, rows, N, K, *layout, _bits(alpha), _bits(beta), _bits(gamma), _bits(smooth),
+        _bits(eps), METRIC=METRICS[metric], LOG_LOSS=log_loss, GAMMA_ONE=gamma == 1.0,
+        PER_IMAGE=per_image, ABSENT_EXCLUDE=absent == "exclude",
+        REDUCTION=REDUCTIONS[reduction], HAS_CW=cw is not None,
+        DROP_BG=not include_background, SUBSET=keep is not None,
+        ACC=tl.float64 if acc == torch.float64 else tl.float32, TINY=TINY[acc], BLOCK=128,
+        num_warps=4)
+    return loss, coef
+
+
+@torch.library.triton_op("softiou::triton_finalize", mutates_args=())
+def triton_finalize(stats: Tensor, class_weight: Optional[Tensor], metric: str, alpha: float,
+                    beta: float, gamma: float, log_loss: bool, smooth: float, eps: float,
+                    classes: Optional[List[int]], include_background: bool, per_image: bool,
+                    absent: str, reduction: str) -> Tuple[Tensor, Tensor]:
+    """The finalize step (SPEC sections 4-5) on statistics [N, C, 3]: (loss, coefficients)."""
+    N, C = stats.shape[0], stats.shape[1]
+    s = stats.contiguous()
+    return _finalize(s, (C * 3, 3, 0), N, C, 1, class_weight, metric, alpha, beta, gamma,
+                     log_loss, smooth, eps, classes, include_background, per_image, absent,
+                     reduction)
+
+
+def _finalize_setup(ctx, inputs, output):
+    stats, class_weight = inputs[0], inputs[1]
+    per_image, reduction = inputs[11], inputs[13]
+    checks.check_class_weight(class_weight, stats.shape[1], stats.device)
+    ctx.mark_non_differentiable(output[1])
+    ctx.save_for_backward(output[1])
+    ctx.rows, ctx.per_image, ctx.per_pair = stats.shape[0], per_image, reduction == "none"
+
+
+def _finalize_backward(ctx, grad, _grad_coef):
+    (coef,) = ctx.saved_tensors
+    g = grad.reshape(coef.shape[0], coef.shape[1], 1) if ctx.per_pair else grad
+    gs = coef * g
+    if not ctx.per_image:
+        gs = gs.expand(ctx.rows, coef.shape[1], 3)
+    return (gs,) + (None,) * 13
+
+
+triton_finalize.register_autograd(_finalize_backward, setup_context=_finalize_setup)
+
+
+def finalize(stats, class_weight=None, *, metric, alpha, beta, gamma, log_loss, smooth, eps,
+             classes, include_background, per_image, absent, reduction):
+    """The finalize step with the keyword arguments of ``softiou::finalize``: the loss."""
+    checks.check_classes(classes, stats.shape[1], include_background)
+    checks.check_class_weight(class_weight, stats.shape[1], stats.device)
+    return triton_finalize(stats, class_weight, metric, alpha, beta, gamma, log_loss, smooth,
+                           eps, None if classes is None else list(classes), include_background,
+                           per_image, absent, reduction)[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# The loss: statistics + finalize forward, one gradient pass backward
+# ---------------------------------------------------------------------------------------------
+@torch.library.triton_op("softiou::triton_loss", mutates_args=())
+def triton_loss(input: Tensor, target: Tensor, weight: Optional[Tensor],
+                class_weight: Optional[Tensor], mode: str, from_logits: bool, sharpness: float,
+                intersection: str, metric: str, alpha: float, beta: float, gamma: float,
+                log_loss: bool, smooth: float, eps: float, classes: Optional[List[int]],
+                include_background: bool, ignore_index: Optional[int], per_image: bool,
+                absent: str, reduction: str) -> Tuple[Tensor, Tensor]:
+    """The loss of normalized inputs [N, C, *S] and the coefficients of its gradient."""
+    N, C = input.shape[0], input.shape[1]
+    acc = accumulation_dtype(input.dtype)
+    if input.numel() == 0:
+        part, n_chunks, pixel = torch.zeros(N * C * 3, dtype=acc, device=input.device), 1, True
+    else:
+        part, n_chunks, pixel = _run(input, target, weight, mode, from_logits, sharpness,
+                                     intersection, ignore_index)
+    return _finalize(part, _partials_layout(N, C, n_chunks, pixel), N, C, n_chunks,
+                     class_weight, metric, alpha, beta, gamma, log_loss, smooth, eps, classes,
+                     include_background, per_image, absent, reduction)
+
+
+@torch.library.triton_op("softiou::triton_loss_backward", mutates_args=())
+def triton_loss_backward(grad: Tensor, input: Tensor, target: Tensor, weight: Optional[Tensor],
+                         coef: Tensor, mode: str, from_logits: bool, sharpness: float,
+                         intersection: str, ignore_index: Optional[int], per_image: bool,
+                         reduction: str) -> Tensor:
+    """The gradient of the input: one launch of the gradient kernel, reading the pairs'
+    coefficients and the gradient of the loss."""
+    if input.numel() == 0:
+        return torch.zeros_like(input)
+    g = grad.to(coef.dtype)
+    if reduction != "none":
+        go_strides = (0, 0)
+    elif per_image:
+        go_strides = (g.stride(0), g.stride(1))
+    else:
+        go_strides = (0, g.stride(0))
+    kn, kc, kk = coef.stride()
+    return _run(input, target, weight, mode, from_logits, sharpness, intersection, ignore_index,
+                coef=coef, coef_strides=(kn if per_image else 0, kc, kk), grad_out=g,
+                grad_out_strides=go_strides)
+
+
+_LOSS_OPTIONS = LossOptions._fields
+
+
+def _loss_setup(ctx, inputs, output):
+    input, target, weight, class_weight = inputs[:4]
+    options = LossOptions(*inputs[4:])
+    ctx.mark_non_differentiable(output[1])
+    ctx.save_for_backward(input, target, weight, output[1])
+    ctx.options = options
+
+
+def _loss_backward(ctx, grad, _grad_coef):
+    input, target, weight, coef = ctx.saved_tensors
+    o = ctx.options
+    grad_input = None
+    if ctx.needs_input_grad[0]:
+        grad_input = triton_loss_backward(grad, input, target, weight, coef, o.mode,
+                                          o.from_logits, o.sharpness, o.intersection,
+                                          o.ignore_index, o.per_image, o.reduction)
+    return (grad_input,) + (None,) * (3 + len(_LOSS_OPTIONS))
+
+
+triton_loss.register_autograd(_loss_backward, setup_context=_loss_setup)
+
+
+def loss(input: Tensor, target: Tensor, weight: Optional[Tensor],
+         class_weight: Optional[Tensor], options: LossOptions) -> Tensor:
+    """The loss through the Triton operators, with the checks of SPEC section 7 (in Python:
+    softiou_cuda.checks)."""
+    x, t, w = checks.normalize_inputs(input, target, weight, options.mode)
+    checks.check_classes(options.classes, x.shape[1], options.include_background)
+    checks.check_class_weight(class_weight, x.shape[1], x.device)
+    return triton_loss(x, t, w, class_weight, *options._replace(
+        classes=None if options.classes is None else list(options.classes)))[0]

@@ -161,7 +161,8 @@ struct Tile {
   A pv[kTile];       // pixel validity 0/1 (class map: ignore_index and the tail)
   int32_t cls[kTile];  // class map value, -1 where not valid
   A aux[kTile];      // softmax maximum, then the dot product in the backward
-  A sum[kTile];
+  A sum[kTile];      // softmax: 1 / sum_c e_c
+  A dsum[kTile];     // class-map softmax backward: sum_c e_c gP_c
 };
 
 template <class A, class S, class TT, bool CLASS_MAP>
@@ -178,10 +179,209 @@ struct Kernel {
         use_min(args.min_intersection) {}
 
   // Loads one tile (sample n, pixels [m, m + cnt)) and turns the input into probabilities.
-  // With backward = true it also keeps the raw input in R and the sigmoid slope in D.
-  // The input checks are OR-reduced flags in the vectorised loops; only a tile that fails one is
-  // scanned again, in scalar code, to report the first offending value.
-  void prepare(Tile<A>& tl, int64_t n, int64_t m, int cnt, bool backward, ItemError& err) const {
+  // With backward = true it also keeps the raw input in R and the sigmoid slope in D. With
+  // normalize = false a softmax stops before the division: X holds the exponentials e and
+  // tl.sum holds 1/sum_c e (the class-map loops fold that factor into their per-pixel weights).
+  void prepare(Tile<A>& tl, int64_t n, int64_t m, int cnt, bool backward, ItemError& err,
+               bool normalize = true) const {
+    load_weight_target(tl, n, m, cnt, err);
+    const S* xp = static_cast<const S*>(a.x) + n * a.x_sN + m * a.x_sM;
+    const bool fused_softmax = a.prob == Prob::kSoftmax && from_logits;
+    const S* in_place = nullptr;  // the logits, when the softmax reads them where they are
+    if (fused_softmax) {
+      if (logits_max(tl, xp, cnt)) in_place = xp;
+    } else {
+      load_rows<A>(xp, C, a.x_sC, a.x_sM, cnt, tl.X);
+      if (!from_logits) {
+        bool bad = false;
+        for (int64_t i = 0; i < C * kTile; ++i) bad |= outside_unit_interval(tl.X[i]);
+        if (bad) {
+          for (int64_t i = 0; i < C * kTile; ++i)
+            if (outside_unit_interval(tl.X[i]))
+              note(err, InputError::kProbability, double(tl.X[i]));
+        }
+      }
+      // the softmax backward of the probability form needs x (dl/dx = a/x)
+      if (backward && a.prob == Prob::kSoftmax) std::memcpy(tl.R, tl.X, sizeof(A) * C * kTile);
+    }
+
+    switch (a.prob) {
+      case Prob::kSoftmax: {
+        if (!fused_softmax) {  // probabilities with a != 1: l = a*log(x), log() stays scalar
+          A* mx = tl.aux;
+          for (int t = 0; t < kTile; ++t) mx[t] = neg_inf<A>();
+          for (int64_t c = 0; c < C; ++c) {
+            A* x = tl.X + c * kTile;
+            for (int t = 0; t < kTile; ++t) {
+              x[t] = softmax_arg(x[t], sharp, false);
+              mx[t] = max_(mx[t], x[t]);
+            }
+          }
+        }
+        exp_and_sum<false>(tl, in_place, nullptr);
+        if (!normalize) break;
+        const A* inv = tl.sum;
+        for (int64_t c = 0; c < C; ++c) {
+          A* x = tl.X + c * kTile;
+          for (int t = 0; t < kTile; ++t) x[t] *= inv[t];
+        }
+        break;
+      }
+      case Prob::kSigmoid: {
+        for (int64_t c = 0; c < C; ++c) {
+          A* x = tl.X + c * kTile;
+          A* d = backward ? tl.D + c * kTile : nullptr;
+          if (from_logits) {
+            for (int t = 0; t < kTile; ++t) {
+              A p, slope;
+              sigmoid_and_slope(sigmoid_arg(x[t], sharp, true), p, slope);
+              if (backward) d[t] = slope * sigmoid_arg_dx(x[t], sharp, true);
+              x[t] = p;
+            }
+          } else {
+            for (int t = 0; t < kTile; ++t) {
+              A p, slope;
+              sigmoid_and_slope(sigmoid_arg(x[t], sharp, false), p, slope);
+              if (backward) d[t] = slope * sigmoid_arg_dx(x[t], sharp, false);
+              x[t] = p;
+            }
+          }
+        }
+        break;
+      }
+      case Prob::kIdentity:
+        break;
+    }
+  }
+
+  // Softmax of logits, first step: tl.aux = each pixel's maximum of l = a*x over the classes. A
+  // full tile of an input whose pixels are contiguous is read where it is (returns true: the
+  // next step reads it again); any other tile is copied into X (returns false).
+  bool logits_max(Tile<A>& tl, const S* xp, int cnt) const {
+    A* mx = tl.aux;
+    for (int t = 0; t < kTile; ++t) mx[t] = neg_inf<A>();
+    const bool in_place = a.x_sM == 1 && cnt == kTile;
+    for (int64_t c = 0; c < C; ++c) {
+      const S* row = xp + c * a.x_sC;
+      if (in_place) {
+        for (int t = 0; t < kTile; ++t) mx[t] = max_(mx[t], softmax_arg(to_acc<A>(row[t]), sharp, true));
+      } else {
+        A* x = tl.X + c * kTile;
+        for (int t = 0; t < kTile; ++t) {
+          x[t] = t < cnt ? softmax_arg(to_acc<A>(row[t * a.x_sM]), sharp, true) : A(0);
+          mx[t] = max_(mx[t], x[t]);
+        }
+      }
+    }
+    return in_place;
+  }
+
+  // Softmax, second step: X = e = e^(l - shift), the shift from the maximum in tl.aux, and
+  // tl.sum = 1 / sum_c e. l is read from the input (xp: logits_max read it in place) or from X.
+  // DSUM: also tl.dsum = sum_c e_c gP[c] (the class-map backward).
+  template <bool DSUM>
+  void exp_and_sum(Tile<A>& tl, const S* xp, const A* gP) const {
+    if (xp != nullptr) {
+      exp_rows<true, DSUM>(tl, xp, gP);
+    } else {
+      exp_rows<false, DSUM>(tl, xp, gP);
+    }
+  }
+
+  template <bool FROM_INPUT, bool DSUM>
+  void exp_rows(Tile<A>& tl, const S* xp, const A* gP) const {
+    A* mx = tl.aux;
+    A* s = tl.sum;
+    A* ds = tl.dsum;
+    for (int t = 0; t < kTile; ++t) {
+      mx[t] = softmax_shift(mx[t]);
+      s[t] = A(0);
+      if (DSUM) ds[t] = A(0);
+    }
+    using In = typename std::conditional<FROM_INPUT, S, A>::type;
+    const In* in = FROM_INPUT ? reinterpret_cast<const In*>(xp) : reinterpret_cast<const In*>(tl.X);
+    const int64_t step = FROM_INPUT ? a.x_sC : kTile;
+    static const A zeros[4] = {A(0), A(0), A(0), A(0)};
+    // four rows at a time: the exponential is a long dependency chain, and one row of a tile
+    // holds only kTile / (SIMD width) independent ones
+    int64_t c = 0;
+    for (; c + 3 < C; c += 4) {
+      const In* i0 = in + c * step;
+      A* x0 = tl.X + c * kTile;
+      exp4<FROM_INPUT, DSUM>(i0, i0 + step, i0 + 2 * step, i0 + 3 * step, x0, x0 + kTile,
+                             x0 + 2 * kTile, x0 + 3 * kTile, mx, s, ds,
+                             DSUM ? gP + c : zeros, sharp);
+    }
+    for (; c < C; ++c) {
+      const In* i0 = in + c * step;
+      A* x = tl.X + c * kTile;
+      const A g = DSUM ? gP[c] : A(0);
+      for (int t = 0; t < kTile; ++t) {
+        const A v = to_acc<A>(i0[t]);
+        x[t] = softmax_exp(FROM_INPUT ? softmax_arg(v, sharp, true) : v, mx[t]);
+        s[t] += x[t];
+        if (DSUM) ds[t] += x[t] * g;
+      }
+    }
+    for (int t = 0; t < kTile; ++t) s[t] = softmax_inv_sum(s[t]);
+  }
+
+  // Four rows: o_r = e^(l_r - mx), s += sum_r o_r, ds += sum_r o_r g[r], with l_r = a*x of input
+  // row i_r (FROM_INPUT) or l_r = i_r (then i_r and o_r are the same row). The restrict
+  // parameters say that the rows do not overlap: the loop vectorises without run-time checks.
+  template <bool FROM_INPUT, bool DSUM, class In>
+  static void exp4(const In* i0, const In* i1, const In* i2, const In* i3, A* o0, A* o1, A* o2,
+                   A* o3, const A* __restrict__ mx, A* __restrict__ s, A* __restrict__ ds,
+                   const A* g, A sharp) {
+    if constexpr (FROM_INPUT) {
+      exp4_loop<true, DSUM>(i0, i1, i2, i3, o0, o1, o2, o3, mx, s, ds, g[0], g[1], g[2], g[3],
+                            sharp);
+    } else {
+      exp4_inplace<DSUM>(o0, o1, o2, o3, mx, s, ds, g[0], g[1], g[2], g[3]);
+    }
+  }
+
+  template <bool FROM_INPUT, bool DSUM, class In>
+  static void exp4_loop(const In* __restrict__ i0, const In* __restrict__ i1,
+                        const In* __restrict__ i2, const In* __restrict__ i3, A* __restrict__ o0,
+                        A* __restrict__ o1, A* __restrict__ o2, A* __restrict__ o3,
+                        const A* __restrict__ mx, A* __restrict__ s, A* __restrict__ ds, A g0,
+                        A g1, A g2, A g3, A sharp) {
+    for (int t = 0; t < kTile; ++t) {
+      const A e0 = softmax_exp(softmax_arg(to_acc<A>(i0[t]), sharp, true), mx[t]);
+      const A e1 = softmax_exp(softmax_arg(to_acc<A>(i1[t]), sharp, true), mx[t]);
+      const A e2 = softmax_exp(softmax_arg(to_acc<A>(i2[t]), sharp, true), mx[t]);
+      const A e3 = softmax_exp(softmax_arg(to_acc<A>(i3[t]), sharp, true), mx[t]);
+      o0[t] = e0;
+      o1[t] = e1;
+      o2[t] = e2;
+      o3[t] = e3;
+      s[t] += (e0 + e1) + (e2 + e3);
+      if (DSUM) ds[t] += (e0 * g0 + e1 * g1) + (e2 * g2 + e3 * g3);
+    }
+  }
+
+  template <bool DSUM>
+  static void exp4_inplace(A* __restrict__ o0, A* __restrict__ o1, A* __restrict__ o2,
+                           A* __restrict__ o3, const A* __restrict__ mx, A* __restrict__ s,
+                           A* __restrict__ ds, A g0, A g1, A g2, A g3) {
+    for (int t = 0; t < kTile; ++t) {
+      const A e0 = softmax_exp(o0[t], mx[t]), e1 = softmax_exp(o1[t], mx[t]);
+      const A e2 = softmax_exp(o2[t], mx[t]), e3 = softmax_exp(o3[t], mx[t]);
+      o0[t] = e0;
+      o1[t] = e1;
+      o2[t] = e2;
+      o3[t] = e3;
+      s[t] += (e0 + e1) + (e2 + e3);
+      if (DSUM) ds[t] += (e0 * g0 + e1 * g1) + (e2 * g2 + e3 * g3);
+    }
+  }
+
+  // The pixel weights and the target of one tile (sample n, pixels [m, m + cnt)), with the
+  // input checks of SPEC section 7 on them. The checks are OR-reduced flags in the vectorised
+  // loops; only a tile that fails one is scanned again, in scalar code, to report the first
+  // offending value.
+  void load_weight_target(Tile<A>& tl, int64_t n, int64_t m, int cnt, ItemError& err) const {
     // pixel weight
     const A* wp = static_cast<const A*>(a.w);
     if (wp == nullptr) {
@@ -264,98 +464,6 @@ struct Kernel {
         }
       }
     }
-
-    // input
-    const S* xp = static_cast<const S*>(a.x) + n * a.x_sN + m * a.x_sM;
-    const bool fused_softmax = a.prob == Prob::kSoftmax && from_logits;
-    if (fused_softmax) {  // one pass: load, l = a*x, running maximum
-      A* mx = tl.aux;
-      for (int t = 0; t < kTile; ++t) mx[t] = neg_inf<A>();
-      for (int64_t c = 0; c < C; ++c) {
-        const S* row = xp + c * a.x_sC;
-        A* x = tl.X + c * kTile;
-        if (a.x_sM == 1 && cnt == kTile) {
-          for (int t = 0; t < kTile; ++t) {
-            x[t] = softmax_arg(to_acc<A>(row[t]), sharp, true);
-            mx[t] = max_(mx[t], x[t]);
-          }
-        } else {
-          for (int t = 0; t < kTile; ++t) {
-            x[t] = t < cnt ? softmax_arg(to_acc<A>(row[t * a.x_sM]), sharp, true) : A(0);
-            mx[t] = max_(mx[t], x[t]);
-          }
-        }
-      }
-    } else {
-      load_rows<A>(xp, C, a.x_sC, a.x_sM, cnt, tl.X);
-      if (!from_logits) {
-        bool bad = false;
-        for (int64_t i = 0; i < C * kTile; ++i) bad |= outside_unit_interval(tl.X[i]);
-        if (bad) {
-          for (int64_t i = 0; i < C * kTile; ++i)
-            if (outside_unit_interval(tl.X[i]))
-              note(err, InputError::kProbability, double(tl.X[i]));
-        }
-      }
-      // the softmax backward of the probability form needs x (dl/dx = a/x)
-      if (backward && a.prob == Prob::kSoftmax) std::memcpy(tl.R, tl.X, sizeof(A) * C * kTile);
-    }
-
-    switch (a.prob) {
-      case Prob::kSoftmax: {
-        A* mx = tl.aux;
-        if (!fused_softmax) {  // probabilities with a != 1: l = a*log(x), log() stays scalar
-          for (int t = 0; t < kTile; ++t) mx[t] = neg_inf<A>();
-          for (int64_t c = 0; c < C; ++c) {
-            A* x = tl.X + c * kTile;
-            for (int t = 0; t < kTile; ++t) {
-              x[t] = softmax_arg(x[t], sharp, false);
-              mx[t] = max_(mx[t], x[t]);
-            }
-          }
-        }
-        for (int t = 0; t < kTile; ++t) mx[t] = softmax_shift(mx[t]);
-        A* s = tl.sum;
-        for (int t = 0; t < kTile; ++t) s[t] = A(0);
-        for (int64_t c = 0; c < C; ++c) {
-          A* x = tl.X + c * kTile;
-          for (int t = 0; t < kTile; ++t) {
-            x[t] = softmax_exp(x[t], mx[t]);
-            s[t] += x[t];
-          }
-        }
-        for (int t = 0; t < kTile; ++t) s[t] = softmax_inv_sum(s[t]);
-        for (int64_t c = 0; c < C; ++c) {
-          A* x = tl.X + c * kTile;
-          for (int t = 0; t < kTile; ++t) x[t] *= s[t];
-        }
-        break;
-      }
-      case Prob::kSigmoid: {
-        for (int64_t c = 0; c < C; ++c) {
-          A* x = tl.X + c * kTile;
-          A* d = backward ? tl.D + c * kTile : nullptr;
-          if (from_logits) {
-            for (int t = 0; t < kTile; ++t) {
-              A p, slope;
-              sigmoid_and_slope(sigmoid_arg(x[t], sharp, true), p, slope);
-              if (backward) d[t] = slope * sigmoid_arg_dx(x[t], sharp, true);
-              x[t] = p;
-            }
-          } else {
-            for (int t = 0; t < kTile; ++t) {
-              A p, slope;
-              sigmoid_and_slope(sigmoid_arg(x[t], sharp, false), p, slope);
-              if (backward) d[t] = slope * sigmoid_arg_dx(x[t], sharp, false);
-              x[t] = p;
-            }
-          }
-        }
-        break;
-      }
-      case Prob::kIdentity:
-        break;
-    }
   }
 
   // validity and target of element (c, t)
@@ -365,6 +473,10 @@ struct Kernel {
   inline A target(const Tile<A>& tl, int64_t c, int t) const {
     return CLASS_MAP ? (tl.cls[t] == int32_t(c) ? A(1) : A(0)) : tl.Yb[c * kTile + t];
   }
+
+  // The class map's I and Y are added pixel by pixel into per-class sums, in four banks (pixel t
+  // uses bank t mod 4): consecutive pixels of one class do not wait on each other's additions.
+  int64_t bank(int t) const { return int64_t(t & 3) * C; }
 
   void stats(int64_t chunk, int64_t ib, int64_t ie, A* partials, A* scratch,
              ItemError* errors) const {
@@ -385,6 +497,26 @@ struct Kernel {
       ItemError err;
       for (int64_t m = m_begin; m < m_end; m += kTile) {
         const int cnt = int(min64(kTile, m_end - m));
+        if (softmax_of_logits()) {
+          // class map, softmax of logits: X holds e, p = e / S. P takes every class, I and Y
+          // the target class of each pixel; 1/S is folded into the pixel's weight
+          prepare(tl, n, m, cnt, false, err, false);
+          A* ws = tl.aux;
+          for (int t = 0; t < kTile; ++t) ws[t] = tl.w[t] * tl.sum[t];
+          for (int64_t c = 0; c < C; ++c) {
+            const A* e = tl.X + c * kTile;
+            A* ap = accP + c * kTile;
+            for (int t = 0; t < kTile; ++t) ap[t] += tl.pv[t] != A(0) ? ws[t] * e[t] : A(0);
+          }
+          for (int t = 0; t < kTile; ++t) {
+            const int32_t c = tl.cls[t];
+            if (c >= 0) {
+              accI[bank(t) + c] += ws[t] * tl.X[c * kTile + t];
+              accY[bank(t) + c] += tl.w[t];
+            }
+          }
+          continue;
+        }
         prepare(tl, n, m, cnt, false, err);
         if constexpr (CLASS_MAP) {
           // y is one-hot: P takes every class, I and Y only the target class of each pixel,
@@ -397,8 +529,8 @@ struct Kernel {
           for (int t = 0; t < kTile; ++t) {
             const int32_t c = tl.cls[t];
             if (c >= 0) {
-              accI[c] += tl.w[t] * tl.X[c * kTile + t];
-              accY[c] += tl.w[t];
+              accI[bank(t) + c] += tl.w[t] * tl.X[c * kTile + t];
+              accY[bank(t) + c] += tl.w[t];
             }
           }
         } else {
@@ -425,9 +557,9 @@ struct Kernel {
         A sP = A(0);
         for (int t = 0; t < kTile; ++t) sP += accP[c * kTile + t];
         out[c * 3 + 1] = sP;
-        if constexpr (CLASS_MAP) {
-          out[c * 3 + 0] = accI[c];
-          out[c * 3 + 2] = accY[c];
+        if constexpr (CLASS_MAP) {  // I and Y were added pixel by pixel, per class and bank
+          out[c * 3 + 0] = (accI[c] + accI[C + c]) + (accI[2 * C + c] + accI[3 * C + c]);
+          out[c * 3 + 2] = (accY[c] + accY[C + c]) + (accY[2 * C + c] + accY[3 * C + c]);
         } else {
           A sI = A(0), sY = A(0);
           for (int t = 0; t < kTile; ++t) {
@@ -442,6 +574,63 @@ struct Kernel {
     }
   }
 
+  // Writes rows [C][kTile] of dx (accumulation dtype) to the gradient at (n, m).
+  void store_rows(const A* dx, int64_t n, int64_t m, int cnt) const {
+    S* gx = static_cast<S*>(a.grad_x);
+    for (int64_t c = 0; c < C; ++c) {
+      const A* row = dx + c * kTile;
+      S* out = gx + n * a.g_sN + c * a.g_sC + m * a.g_sM;
+      if (a.g_sM == 1 && cnt == kTile) {
+        for (int t = 0; t < kTile; ++t) out[t] = Store<S>::from(row[t]);
+      } else {
+        for (int t = 0; t < cnt; ++t) out[t * a.g_sM] = Store<S>::from(row[t]);
+      }
+    }
+  }
+
+  // The class-map loops for the softmax of logits (the common case) are specialised.
+  bool softmax_of_logits() const { return CLASS_MAP && a.prob == Prob::kSoftmax && from_logits; }
+
+  // Class map, softmax of logits: with e_c the exponentials, S their sum, t the target class,
+  // g_c = w (gP_c + [c == t] gI_c) and D = (sum_c e_c gP_c + e_t gI_t) / S,
+  //   dL/dx_c = a p_c (g_c - sum_j p_j g_j) = (a w / S) e_c (gP_c - D) + [c == t] (a w / S) e_t gI_t,
+  // with sum_c e_c gP_c taken in the exponentials' pass and the output written in one more pass.
+  // gI, gP: the pair gradients of sample n, [C] each.
+  void backward_softmax_map(Tile<A>& tl, int64_t n, int64_t m, int cnt, const A* gI,
+                            const A* gP, ItemError& err) const {
+    load_weight_target(tl, n, m, cnt, err);
+    const S* xp = static_cast<const S*>(a.x) + n * a.x_sN + m * a.x_sM;
+    exp_and_sum<true>(tl, logits_max(tl, xp, cnt) ? xp : nullptr, gP);
+    A* D = tl.dsum;
+    A* k = tl.aux;  // a w / S, 0 where the pixel is not kept
+    A* extra = tl.R;  // the target class's term
+    for (int t = 0; t < kTile; ++t) {  // branch-free: the compiler vectorises it with gathers
+      const int32_t c = tl.cls[t];
+      const int32_t cc = c < 0 ? 0 : c;
+      const A et_gI = c >= 0 ? tl.X[cc * kTile + t] * gI[cc] : A(0);
+      D[t] = tl.sum[t] * (D[t] + et_gI);
+      k[t] = c >= 0 ? sharp * tl.w[t] * tl.sum[t] : A(0);
+      extra[t] = k[t] * et_gI;
+    }
+    S* gx = static_cast<S*>(a.grad_x) + n * a.g_sN + m * a.g_sM;
+    const bool dense = a.g_sM == 1 && cnt == kTile;
+    for (int64_t c = 0; c < C; ++c) {
+      const A* e = tl.X + c * kTile;
+      const A g = gP[c];
+      A* dx = tl.Yb;  // one row of the result
+      for (int t = 0; t < kTile; ++t) {
+        const A v = tl.pv[t] != A(0) ? k[t] * e[t] * (g - D[t]) : A(0);
+        dx[t] = tl.cls[t] == int32_t(c) ? v + extra[t] : v;
+      }
+      S* out = gx + c * a.g_sC;
+      if (dense) {
+        for (int t = 0; t < kTile; ++t) out[t] = Store<S>::from(dx[t]);
+      } else {
+        for (int t = 0; t < cnt; ++t) out[t * a.g_sM] = Store<S>::from(dx[t]);
+      }
+    }
+  }
+
   void backward(int64_t chunk, int64_t ib, int64_t ie, A* scratch, ItemError* errors) const {
     const int64_t K = (a.M + chunk - 1) / chunk;
     Tile<A> tl;
@@ -451,12 +640,19 @@ struct Kernel {
     tl.Vb = tl.Yb + C * kTile;
     tl.D = tl.Vb + C * kTile;
     A* G = tl.D + C * kTile;
-    const A* gs = static_cast<const A*>(a.grad_stats);
-    S* gx = static_cast<S*>(a.grad_x);
+    A* gIs = G;  // the class-map softmax path keeps the pair gradients of the sample here
+    A* gPs = G + C;
     for (int64_t item = ib; item < ie; ++item) {
       const int64_t n = item / K, k = item % K;
       const int64_t m_begin = k * chunk, m_end = min64(a.M, m_begin + chunk);
       ItemError err;
+      if (softmax_of_logits()) {
+        for (int64_t c = 0; c < C; ++c) pair_gradient(a, n, c, gIs[c], gPs[c]);
+        for (int64_t m = m_begin; m < m_end; m += kTile)
+          backward_softmax_map(tl, n, m, int(min64(kTile, m_end - m)), gIs, gPs, err);
+        errors[item] = err;
+        continue;
+      }
       for (int64_t m = m_begin; m < m_end; m += kTile) {
         const int cnt = int(min64(kTile, m_end - m));
         prepare(tl, n, m, cnt, true, err);
@@ -464,7 +660,8 @@ struct Kernel {
         for (int t = 0; t < kTile; ++t) dot[t] = A(0);
         // g = dL/dp, and for the softmax sum_c p_c g_c
         for (int64_t c = 0; c < C; ++c) {
-          const A gI = gs[(n * C + c) * 3 + 0], gP = gs[(n * C + c) * 3 + 1];
+          A gI, gP;
+          pair_gradient(a, n, c, gI, gP);
           const A* p = tl.X + c * kTile;
           A* g = G + c * kTile;
           for (int t = 0; t < kTile; ++t) {
@@ -492,13 +689,8 @@ struct Kernel {
               for (int t = 0; t < kTile; ++t) dx[t] = g[t];
               break;
           }
-          S* out = gx + n * a.g_sN + c * a.g_sC + m * a.g_sM;
-          if (a.g_sM == 1 && cnt == kTile) {
-            for (int t = 0; t < kTile; ++t) out[t] = Store<S>::from(dx[t]);
-          } else {
-            for (int t = 0; t < cnt; ++t) out[t * a.g_sM] = Store<S>::from(dx[t]);
-          }
         }
+        store_rows(tl.Yb, n, m, cnt);
       }
       errors[item] = err;
     }

@@ -1,6 +1,8 @@
-// CPU implementation of softiou::stats and softiou::stats_backward: the torch side of
-// cpu/kernels_impl.h. Splits the pixels into items (kernels.h), runs them with at::parallel_for
-// and adds the per-item partial sums in item order.
+// CPU implementation of the softiou operators (schemas in ops.cpp): the torch side of
+// cpu/kernels_impl.h. Splits the pixels into items (kernels.h), runs them with at::parallel_for,
+// adds the per-item partial sums in item order, and runs the finalize step (finalize.h) on one
+// thread. Scratch memory comes from the C++ heap: a call allocates through the dispatcher only the
+// tensors it returns.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -14,11 +16,14 @@
 #endif
 
 #include "../op_common.h"
+#include "../ops.h"
 #include "kernels.h"
 #include "softiou_cpu.h"
 
 namespace softiou {
 namespace {
+
+using math::finalize_serial;
 
 const cpu::KernelTable& kernels() {
   static const cpu::KernelTable* table = [] {
@@ -90,50 +95,36 @@ void run_items(const Items& it, const Prepared& p, F&& body) {
   });
 }
 
-at::Tensor stats_cpu(const at::Tensor& input, const at::Tensor& target,
-                     const std::optional<at::Tensor>& weight, c10::string_view mode,
-                     bool from_logits, double sharpness, c10::string_view intersection,
-                     std::optional<int64_t> ignore_index) {
-  Prepared p = prepare(input, target, weight, mode, from_logits, sharpness, intersection,
-                       ignore_index);
-  at::Tensor out = stats_output(input, p).zero_();
-  if (p.empty) return out;
+// The statistics [N][C][3] (accumulation dtype A) into `out`: the kernel's per-item partial sums,
+// added per sample in item order.
+template <class A>
+void compute_stats(const Prepared& p, std::optional<int64_t> ignore_index, A* out) {
+  const int64_t row = p.N * p.C * 3;
+  std::fill(out, out + row, A(0));
+  if (p.empty) return;
   const KernelArgs& a = p.args;
   const Items it = plan(a);
-  at::Tensor partials = at::empty({it.count, a.C, 3}, input.options().dtype(p.acc));
+  std::vector<A> partials(it.count * a.C * 3);
   std::vector<cpu::ItemError> errors(it.count);
   const auto& k = kernels();
   run_items(it, p, [&](int64_t b, int64_t e, void* scratch) {
-    k.stats(a, it.chunk, b, e, partials.data_ptr(), scratch, errors.data());
+    k.stats(a, it.chunk, b, e, partials.data(), scratch, errors.data());
   });
   raise_first(errors, a, ignore_index);
-  // second stage: add the items of each sample in item order
-  AT_DISPATCH_FLOATING_TYPES(p.acc, "softiou_stats_reduce", [&] {
-    const scalar_t* src = partials.const_data_ptr<scalar_t>();
-    scalar_t* dst = out.data_ptr<scalar_t>();
-    const int64_t row = a.C * 3;
-    at::parallel_for(0, a.N, 1, [&](int64_t nb, int64_t ne) {
-      for (int64_t n = nb; n < ne; ++n) {
-        scalar_t* o = dst + n * row;
-        for (int64_t k2 = 0; k2 < it.per_sample; ++k2) {
-          const scalar_t* s = src + (n * it.per_sample + k2) * row;
-          for (int64_t i = 0; i < row; ++i) o[i] += s[i];
-        }
+  const int64_t per = a.C * 3;
+  at::parallel_for(0, a.N, 1, [&](int64_t nb, int64_t ne) {
+    for (int64_t n = nb; n < ne; ++n) {
+      A* o = out + n * per;
+      for (int64_t k2 = 0; k2 < it.per_sample; ++k2) {
+        const A* s = partials.data() + (n * it.per_sample + k2) * per;
+        for (int64_t i = 0; i < per; ++i) o[i] += s[i];
       }
-    });
+    }
   });
-  return out;
 }
 
-at::Tensor stats_backward_cpu(const at::Tensor& grad_stats, const at::Tensor& input,
-                              const at::Tensor& target, const std::optional<at::Tensor>& weight,
-                              c10::string_view mode, bool from_logits, double sharpness,
-                              c10::string_view intersection, std::optional<int64_t> ignore_index) {
-  Prepared p = prepare(input, target, weight, mode, from_logits, sharpness, intersection,
-                       ignore_index);
-  check_grad_stats(grad_stats, input);
-  if (p.empty) return at::zeros_like(input);
-  at::Tensor gx = prepare_backward(p, grad_stats);
+// The gradient pass: writes the gradient of the input (prepared by the caller).
+void gradient_pass(Prepared& p, const at::Tensor& gx, std::optional<int64_t> ignore_index) {
   advise_huge_pages(gx);
   const KernelArgs& a = p.args;
   const Items it = plan(a);
@@ -143,7 +134,83 @@ at::Tensor stats_backward_cpu(const at::Tensor& grad_stats, const at::Tensor& in
     k.backward(a, it.chunk, b, e, scratch, errors.data());
   });
   raise_first(errors, a, ignore_index);
-  return gx.view(input.sizes());
+}
+
+at::Tensor stats_cpu(const at::Tensor& input, const at::Tensor& target,
+                     const std::optional<at::Tensor>& weight, c10::string_view mode,
+                     bool from_logits, double sharpness, c10::string_view intersection,
+                     std::optional<int64_t> ignore_index) {
+  Prepared p = prepare(input, target, weight, mode, from_logits, sharpness, intersection,
+                       ignore_index, Shapes::kNormalized);
+  at::Tensor out = at::empty({p.N, p.C, 3}, input.options().dtype(p.acc));
+  AT_DISPATCH_FLOATING_TYPES(p.acc, "softiou_stats", [&] {
+    compute_stats(p, ignore_index, out.data_ptr<scalar_t>());
+  });
+  return out;
+}
+
+at::Tensor stats_backward_cpu(const at::Tensor& grad_stats, const at::Tensor& input,
+                              const at::Tensor& target, const std::optional<at::Tensor>& weight,
+                              c10::string_view mode, bool from_logits, double sharpness,
+                              c10::string_view intersection, std::optional<int64_t> ignore_index) {
+  Prepared p = prepare(input, target, weight, mode, from_logits, sharpness, intersection,
+                       ignore_index, Shapes::kNormalized);
+  const at::Tensor g = use_grad_stats(p, grad_stats, input);
+  if (p.empty) return at::zeros_like(input);
+  at::Tensor gx = allocate_grad(p, input);
+  gradient_pass(p, gx, ignore_index);
+  return gx;
+}
+
+std::tuple<at::Tensor, at::Tensor> loss_forward_cpu(const at::Tensor& input,
+                                                    const at::Tensor& target,
+                                                    const std::optional<at::Tensor>& weight,
+                                                    const std::optional<at::Tensor>& class_weight,
+                                                    const LossOptions& o) {
+  Prepared p = prepare(input, target, weight, o.mode, o.from_logits, o.sharpness, o.intersection,
+                       o.ignore_index, Shapes::kUser);
+  Finalize fin = parse_finalize(p.N, p.C, input.device(), p.acc, o, class_weight);
+  const FinalizeArgs& f = fin.args;
+  at::Tensor loss = at::empty(loss_shape(f), input.options().dtype(p.acc));
+  at::Tensor coef = at::empty({f.rows(), p.C, 3}, input.options().dtype(p.acc));
+  AT_DISPATCH_FLOATING_TYPES(p.acc, "softiou_loss", [&] {
+    std::vector<scalar_t> stats(p.N * p.C * 3);
+    compute_stats(p, o.ignore_index, stats.data());
+    finalize_serial(stats.data(), p.C * 3, int64_t(3), f, loss.data_ptr<scalar_t>(),
+                    coef.data_ptr<scalar_t>());
+  });
+  return {loss, coef};
+}
+
+at::Tensor loss_backward_cpu(const at::Tensor& grad, const at::Tensor& input,
+                             const at::Tensor& target, const std::optional<at::Tensor>& weight,
+                             const at::Tensor& coef, const std::optional<at::Tensor>&,
+                             const LossOptions& o) {
+  Prepared p = prepare(input, target, weight, o.mode, o.from_logits, o.sharpness, o.intersection,
+                       o.ignore_index, Shapes::kUser);
+  if (p.empty) return at::zeros_like(input);
+  const at::Tensor g = use_loss_grad(p, coef, grad, o.per_image, o.reduction == "none");
+  at::Tensor gx = allocate_grad(p, input);
+  gradient_pass(p, gx, o.ignore_index);
+  return gx;
+}
+
+std::tuple<at::Tensor, at::Tensor> finalize_cpu(const at::Tensor& stats,
+                                                const std::optional<at::Tensor>& class_weight,
+                                                const FinalizeOptions& o) {
+  check_stats(stats);
+  const at::ScalarType acc = stats.scalar_type();
+  Finalize fin = parse_finalize(stats.size(0), stats.size(1), stats.device(), acc, o,
+                                class_weight);
+  const FinalizeArgs& f = fin.args;
+  at::Tensor loss = at::empty(loss_shape(f), stats.options());
+  at::Tensor coef = at::empty({f.rows(), f.C, 3}, stats.options());
+  const at::Tensor s = stats.contiguous();
+  AT_DISPATCH_FLOATING_TYPES(acc, "softiou_finalize", [&] {
+    finalize_serial(s.const_data_ptr<scalar_t>(), f.C * 3, int64_t(3), f,
+                    loss.data_ptr<scalar_t>(), coef.data_ptr<scalar_t>());
+  });
+  return {loss, coef};
 }
 
 }  // namespace
@@ -151,8 +218,13 @@ at::Tensor stats_backward_cpu(const at::Tensor& grad_stats, const at::Tensor& in
 const char* cpu_isa_name() { return kernels().isa; }
 
 TORCH_LIBRARY_IMPL(softiou, CPU, m) {
+  m.impl("loss", &loss_kernel<&loss_forward_cpu>);
+  m.impl("finalize", &finalize_loss_kernel<&finalize_cpu>);
   m.impl("stats", &stats_cpu);
   m.impl("stats_backward", &stats_backward_cpu);
+  m.impl("_loss_forward", &loss_forward_kernel<&loss_forward_cpu>);
+  m.impl("_loss_backward", &loss_backward_kernel<&loss_backward_cpu>);
+  m.impl("_finalize", &finalize_kernel<&finalize_cpu>);
 }
 
 }  // namespace softiou

@@ -57,5 +57,19 @@ cudaError_t launch_backward(const KernelArgs& a, void* pixel, int device, cudaSt
   return run<false>(a, nullptr, pixel, nullptr, device, stream);
 }
 
+cudaError_t launch_finalize(const void* stats, int64_t s_n, int64_t s_c, const FinalizeArgs& f,
+                            DType acc, void* loss, void* coef, cudaStream_t stream) {
+  if (acc == DType::kFloat64) {
+    finalize_kernel<double><<<1, kThreads, 0, stream>>>(static_cast<const double*>(stats), s_n,
+                                                        s_c, f, static_cast<double*>(loss),
+                                                        static_cast<double*>(coef));
+  } else {
+    finalize_kernel<float><<<1, kThreads, 0, stream>>>(static_cast<const float*>(stats), s_n, s_c,
+                                                       f, static_cast<float*>(loss),
+                                                       static_cast<float*>(coef));
+  }
+  return cudaGetLastError();
+}
+
 }  // namespace cuda
 }  // namespace softiou

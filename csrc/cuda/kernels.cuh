@@ -27,6 +27,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "../finalize.h"
 #include "../kernel_args.h"
 #include "../softiou_math.h"
 #include "kernels.h"
@@ -246,11 +247,7 @@ __global__ void __launch_bounds__(kPixelThreads<FWD>, FWD ? 2 : 3) pixel_kernel(
   for (int k = 0; k < CPT; ++k) {
     accI[k] = accP[k] = accY[k] = A(0);
     gI[k] = gP[k] = A(0);
-    if (!FWD && SLOT(k) < cw) {
-      const A* gs = static_cast<const A*>(a.grad_stats) + (n * a.C + L.c0 + SLOT(k)) * 3;
-      gI[k] = gs[0];
-      gP[k] = gs[1];
-    }
+    if (!FWD && SLOT(k) < cw) pair_gradient(a, n, L.c0 + SLOT(k), gI[k], gP[k]);
   }
   const S* xs = static_cast<const S*>(a.x) + n * a.x_sN + L.c0 * a.x_sC;
   const TT* ts = static_cast<const TT*>(a.t) + n * a.t_sN + (CLASS_MAP ? 0 : L.c0 * a.t_sC);
@@ -528,8 +525,9 @@ __global__ void __launch_bounds__(kThreads) pixel_prepass(const Launch L) {
       tc = int64_t(tp[0]);
       ok = !(a.has_ignore && tc == a.ignore_index);
     }
-    const A* gs = static_cast<const A*>(a.grad_stats) + n * a.C * 3;
     for (int64_t c = 0; c < a.C && ok; ++c) {
+      A gI, gP;
+      pair_gradient(a, n, c, gI, gP);
       const A pc = softmax_exp(softmax_arg(to_acc<A>(xp[c * a.x_sC]), sharp, a.from_logits), mx) * inv;
       A yc;
       if constexpr (CLASS_MAP) {
@@ -537,7 +535,7 @@ __global__ void __launch_bounds__(kThreads) pixel_prepass(const Launch L) {
       } else {
         yc = to_acc<A>(tp[c * a.t_sC]);
       }
-      dot += pc * w * grad_p(pc, yc, gs[c * 3 + 0], gs[c * 3 + 1], a.min_intersection);
+      dot += pc * w * grad_p(pc, yc, gI, gP, a.min_intersection);
     }
   }
   A* out = static_cast<A*>(const_cast<void*>(L.pixel)) + idx * 3;
@@ -562,11 +560,7 @@ __global__ void __launch_bounds__(kThreads) row_kernel(const Launch L) {
   const bool from_logits = a.from_logits, use_min = a.min_intersection;
   const bool sigmoid = a.prob == Prob::kSigmoid;
   A accI = A(0), accP = A(0), accY = A(0), gI = A(0), gP = A(0);
-  if (!FWD) {
-    const A* gs = static_cast<const A*>(a.grad_stats) + r * 3;
-    gI = gs[0];
-    gP = gs[1];
-  }
+  if (!FWD) pair_gradient(a, n, c, gI, gP);
   const S* xs = static_cast<const S*>(a.x) + n * a.x_sN + c * a.x_sC;
   const TT* ts = static_cast<const TT*>(a.t) + n * a.t_sN + c * a.t_sC;
 
@@ -667,6 +661,59 @@ __global__ void __launch_bounds__(kThreads) reduce_kernel(const A* partials, A* 
     __syncthreads();
   }
   if (threadIdx.x < 3) out[r * 3 + threadIdx.x] = sm[threadIdx.x][0];
+}
+
+// ---------------------------------------------------------------------------------------------
+// The finalize step (finalize.h) in one block: each thread takes pairs i = tid, tid + kThreads,
+// ...; the loss and the weights are added in a fixed tree; for the mean every thread then divides
+// the coefficients of its own pairs. Deterministic, no atomics.
+// ---------------------------------------------------------------------------------------------
+template <class A>
+__global__ void __launch_bounds__(kThreads) finalize_kernel(const A* stats, int64_t s_n,
+                                                            int64_t s_c, const FinalizeArgs f,
+                                                            A* loss, A* coef) {
+  __shared__ A sh_total[kThreads], sh_wsum[kThreads];
+  const int64_t C = f.C, pairs = f.rows() * C;
+  A total = A(0), wsum = A(0);
+  for (int64_t i = threadIdx.x; i < pairs; i += kThreads) {
+    const int64_t r = i / C, c = i % C;
+    A I, P, Y;
+    pair_stats(stats, s_n, s_c, f, r, c, I, P, Y);
+    const PairTerms<A> t = pair_terms(I, P, Y, f);
+    const A w = pair_weight(f, c, Y);
+    const A wl = w * t.loss;
+    if (f.reduction == Reduction::kNone) loss[i] = wl;
+    total += wl;
+    wsum += w;
+    A* k = coef + i * 3;
+    k[0] = w * t.dI;
+    k[1] = w * t.dP;
+    k[2] = w * t.dY;
+  }
+  sh_total[threadIdx.x] = total;
+  sh_wsum[threadIdx.x] = wsum;
+  __syncthreads();
+  for (int half = kThreads / 2; half > 0; half >>= 1) {
+    if (threadIdx.x < half) {
+      sh_total[threadIdx.x] += sh_total[threadIdx.x + half];
+      sh_wsum[threadIdx.x] += sh_wsum[threadIdx.x + half];
+    }
+    __syncthreads();
+  }
+  if (f.reduction == Reduction::kNone) return;
+  if (f.reduction == Reduction::kSum) {
+    if (threadIdx.x == 0) loss[0] = sh_total[0];
+    return;
+  }
+  // mean over the kept pairs; no kept pair: 0 (and a zero gradient)
+  const A denom = sh_wsum[0] > A(0) ? sh_wsum[0] : A(1);
+  if (threadIdx.x == 0) loss[0] = sh_total[0] / denom;
+  const A inv = A(1) / denom;
+  for (int64_t i = threadIdx.x; i < pairs; i += kThreads) {
+    coef[i * 3 + 0] *= inv;
+    coef[i * 3 + 1] *= inv;
+    coef[i * 3 + 2] *= inv;
+  }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 
+#include "../finalize.h"
 #include "../kernel_args.h"
 
 namespace softiou {
@@ -28,6 +29,12 @@ cudaError_t launch_stats(const KernelArgs& a, void* partials, void* pixel, void*
 // Gradient: writes a.grad_x. `pixel` must hold plan_backward(a).pixel_elems elements.
 Plan plan_backward(const KernelArgs& a, int device);
 cudaError_t launch_backward(const KernelArgs& a, void* pixel, int device, cudaStream_t stream);
+
+// The finalize step (finalize.h) on statistics of dtype `acc` (float32 or float64): value j of
+// pair (n, c) at stats[n * s_n + c * s_c + j]. Writes the loss and the coefficients
+// [f.rows()][f.C][3]. One launch of one block.
+cudaError_t launch_finalize(const void* stats, int64_t s_n, int64_t s_c, const FinalizeArgs& f,
+                            DType acc, void* loss, void* coef, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace softiou

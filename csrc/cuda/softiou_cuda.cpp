@@ -1,7 +1,12 @@
-// CUDA implementation of softiou::stats and softiou::stats_backward: the torch side of the
-// torch-free kernels in kernels.cu. Runs on the current stream, allocates its workspace from
-// torch's caching allocator (so it is CUDA-graph capturable) and never synchronises with the host;
-// bad values stop the kernels with a device-side assert, like F.cross_entropy.
+// CUDA implementation of the softiou operators (schemas in ops.cpp): the torch side of the
+// torch-free kernels in kernels.cu. Runs on the current stream, takes its workspaces from torch's
+// caching allocator directly (so a call allocates through the dispatcher only the tensors it
+// returns, and is CUDA-graph capturable), and never synchronises with the host; bad values stop
+// the kernels with a device-side assert, like F.cross_entropy.
+//
+//   _loss_forward:  statistics kernel(s) + second stage + finalize kernel -> (loss, coef)
+//   _loss_backward: one gradient kernel reading coef and the gradient of the loss
+#include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -10,13 +15,43 @@
 #include <algorithm>
 
 #include "../op_common.h"
+#include "../ops.h"
 #include "kernels.h"
 
 namespace softiou {
 namespace {
 
-at::Tensor workspace(int64_t elems, const Prepared& p, const at::Tensor& like) {
-  return at::empty({std::max<int64_t>(elems, 1)}, like.options().dtype(p.acc));
+// Scratch memory of one call, in accumulation-dtype elements, freed when the call returns (the
+// caching allocator keeps stream order: the kernels queued on this stream finish first).
+at::DataPtr workspace(int64_t elems, at::ScalarType acc) {
+  const size_t bytes = size_t(std::max<int64_t>(elems, 1)) * at::elementSize(acc);
+  return c10::cuda::CUDACachingAllocator::get()->allocate(bytes);
+}
+
+// The statistics [N][C][3] into `out` (accumulation dtype), zeros for an empty input.
+void compute_stats(const Prepared& p, void* out, int dev, cudaStream_t stream) {
+  if (p.empty) {
+    C10_CUDA_CHECK(cudaMemsetAsync(out, 0, size_t(p.N * p.C * 3) * at::elementSize(p.acc),
+                                   stream));
+    return;
+  }
+  const cuda::Plan plan = cuda::plan_stats(p.args, dev);
+  at::DataPtr partials = workspace(plan.partial_elems, p.acc);
+  at::DataPtr pixel = workspace(plan.pixel_elems, p.acc);
+  C10_CUDA_CHECK(cuda::launch_stats(p.args, partials.get(), pixel.get(), out, dev, stream));
+}
+
+void gradient_pass(const Prepared& p, int dev, cudaStream_t stream) {
+  const cuda::Plan plan = cuda::plan_backward(p.args, dev);
+  at::DataPtr pixel = workspace(plan.pixel_elems, p.acc);
+  C10_CUDA_CHECK(cuda::launch_backward(p.args, pixel.get(), dev, stream));
+}
+
+void finalize(const void* stats, int64_t s_n, int64_t s_c, const Finalize& fin,
+              at::ScalarType acc, const at::Tensor& loss, const at::Tensor& coef,
+              cudaStream_t stream) {
+  C10_CUDA_CHECK(cuda::launch_finalize(stats, s_n, s_c, fin.args, to_dtype(acc), loss.data_ptr(),
+                                       coef.data_ptr(), stream));
 }
 
 at::Tensor stats_cuda(const at::Tensor& input, const at::Tensor& target,
@@ -25,15 +60,10 @@ at::Tensor stats_cuda(const at::Tensor& input, const at::Tensor& target,
                       std::optional<int64_t> ignore_index) {
   c10::cuda::CUDAGuard guard(input.device());
   Prepared p = prepare(input, target, weight, mode, from_logits, sharpness, intersection,
-                       ignore_index);
-  if (p.empty) return stats_output(input, p).zero_();
-  at::Tensor out = stats_output(input, p);
+                       ignore_index, Shapes::kNormalized);
+  at::Tensor out = at::empty({p.N, p.C, 3}, input.options().dtype(p.acc));
   const int dev = input.get_device();
-  const cuda::Plan plan = cuda::plan_stats(p.args, dev);
-  at::Tensor partials = workspace(plan.partial_elems, p, input);
-  at::Tensor pixel = workspace(plan.pixel_elems, p, input);
-  C10_CUDA_CHECK(cuda::launch_stats(p.args, partials.data_ptr(), pixel.data_ptr(),
-                                    out.data_ptr(), dev, c10::cuda::getCurrentCUDAStream(dev)));
+  compute_stats(p, out.data_ptr(), dev, c10::cuda::getCurrentCUDAStream(dev));
   return out;
 }
 
@@ -44,23 +74,75 @@ at::Tensor stats_backward_cuda(const at::Tensor& grad_stats, const at::Tensor& i
                                std::optional<int64_t> ignore_index) {
   c10::cuda::CUDAGuard guard(input.device());
   Prepared p = prepare(input, target, weight, mode, from_logits, sharpness, intersection,
-                       ignore_index);
-  check_grad_stats(grad_stats, input);
+                       ignore_index, Shapes::kNormalized);
+  const at::Tensor g = use_grad_stats(p, grad_stats, input);
   if (p.empty) return at::zeros_like(input);
-  at::Tensor gx = prepare_backward(p, grad_stats);
+  at::Tensor gx = allocate_grad(p, input);
   const int dev = input.get_device();
-  const cuda::Plan plan = cuda::plan_backward(p.args, dev);
-  at::Tensor pixel = workspace(plan.pixel_elems, p, input);
-  C10_CUDA_CHECK(cuda::launch_backward(p.args, pixel.data_ptr(), dev,
-                                       c10::cuda::getCurrentCUDAStream(dev)));
-  return gx.view(input.sizes());
+  gradient_pass(p, dev, c10::cuda::getCurrentCUDAStream(dev));
+  return gx;
+}
+
+std::tuple<at::Tensor, at::Tensor> loss_forward_cuda(const at::Tensor& input,
+                                                     const at::Tensor& target,
+                                                     const std::optional<at::Tensor>& weight,
+                                                     const std::optional<at::Tensor>& class_weight,
+                                                     const LossOptions& o) {
+  c10::cuda::CUDAGuard guard(input.device());
+  Prepared p = prepare(input, target, weight, o.mode, o.from_logits, o.sharpness, o.intersection,
+                       o.ignore_index, Shapes::kUser);
+  const Finalize fin = parse_finalize(p.N, p.C, input.device(), p.acc, o, class_weight);
+  at::Tensor loss = at::empty(loss_shape(fin.args), input.options().dtype(p.acc));
+  at::Tensor coef = at::empty({fin.args.rows(), p.C, 3}, input.options().dtype(p.acc));
+  const int dev = input.get_device();
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(dev);
+  at::DataPtr stats = workspace(p.N * p.C * 3, p.acc);
+  compute_stats(p, stats.get(), dev, stream);
+  finalize(stats.get(), p.C * 3, 3, fin, p.acc, loss, coef, stream);
+  return {loss, coef};
+}
+
+at::Tensor loss_backward_cuda(const at::Tensor& grad, const at::Tensor& input,
+                              const at::Tensor& target, const std::optional<at::Tensor>& weight,
+                              const at::Tensor& coef, const std::optional<at::Tensor>&,
+                              const LossOptions& o) {
+  c10::cuda::CUDAGuard guard(input.device());
+  Prepared p = prepare(input, target, weight, o.mode, o.from_logits, o.sharpness, o.intersection,
+                       o.ignore_index, Shapes::kUser);
+  if (p.empty) return at::zeros_like(input);
+  const at::Tensor g = use_loss_grad(p, coef, grad, o.per_image, o.reduction == "none");
+  at::Tensor gx = allocate_grad(p, input);
+  const int dev = input.get_device();
+  gradient_pass(p, dev, c10::cuda::getCurrentCUDAStream(dev));
+  return gx;
+}
+
+std::tuple<at::Tensor, at::Tensor> finalize_cuda(const at::Tensor& stats,
+                                                 const std::optional<at::Tensor>& class_weight,
+                                                 const FinalizeOptions& o) {
+  c10::cuda::CUDAGuard guard(stats.device());
+  check_stats(stats);
+  const at::ScalarType acc = stats.scalar_type();
+  const Finalize fin = parse_finalize(stats.size(0), stats.size(1), stats.device(), acc, o,
+                                      class_weight);
+  at::Tensor loss = at::empty(loss_shape(fin.args), stats.options());
+  at::Tensor coef = at::empty({fin.args.rows(), fin.args.C, 3}, stats.options());
+  const at::Tensor s = stats.contiguous();
+  finalize(s.data_ptr(), fin.args.C * 3, 3, fin, acc, loss, coef,
+           c10::cuda::getCurrentCUDAStream(stats.get_device()));
+  return {loss, coef};
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(softiou, CUDA, m) {
+  m.impl("loss", &loss_kernel<&loss_forward_cuda>);
+  m.impl("finalize", &finalize_loss_kernel<&finalize_cuda>);
   m.impl("stats", &stats_cuda);
   m.impl("stats_backward", &stats_backward_cuda);
+  m.impl("_loss_forward", &loss_forward_kernel<&loss_forward_cuda>);
+  m.impl("_loss_backward", &loss_backward_kernel<&loss_backward_cuda>);
+  m.impl("_finalize", &finalize_kernel<&finalize_cuda>);
 }
 
 }  // namespace softiou

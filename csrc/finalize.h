@@ -1,0 +1,166 @@
+// softiou finalize step (SPEC sections 4 and 5): from the per-(sample, class) statistics I, P, Y to
+// the scores, the loss of each pair, the reduction, and the coefficients of the gradient
+// (d output / d I, d P, d Y of every pair) that the gradient pass reads. Torch-free and
+// host/device: the CPU op runs finalize_serial, the CUDA finalize kernel runs pair_terms and
+// pair_weight per thread; triton_kernels/kernels.py mirrors them.
+#pragma once
+
+#include <cstdint>
+
+#include "softiou_math.h"
+
+namespace softiou {
+
+enum class Metric : int32_t { kJaccard = 0, kDice = 1, kTversky = 2 };
+enum class Reduction : int32_t { kMean = 0, kSum = 1, kNone = 2 };
+
+// `classes` is carried as a bitmask of the first kKeepWords * 64 class indices.
+constexpr int kKeepWords = 64;
+constexpr int64_t kMaxListedClass = int64_t(kKeepWords) * 64;
+
+struct FinalizeArgs {
+  int64_t N = 0;  // rows of the statistics (samples; 1 after a pooled all-reduce)
+  int64_t C = 0;
+  Metric metric = Metric::kJaccard;
+  double alpha = 0.5, beta = 0.5, gamma = 1.0, smooth = 0.0, eps = 1e-7;
+  bool log_loss = false;
+  bool per_image = true;        // false: I, P, Y summed over the rows first, one score per class
+  bool absent_exclude = false;  // absent="exclude": pairs with Y == 0 get weight 0
+  Reduction reduction = Reduction::kMean;
+  const void* class_weight = nullptr;  // [C], accumulation dtype, contiguous; null: weight 1
+  bool drop_background = false;        // include_background=False
+  bool subset = false;                 // classes=[...]: only the classes set in `keep`
+  uint64_t keep[kKeepWords] = {};
+
+  // rows of the loss and the coefficients
+  SOFTIOU_HD int64_t rows() const { return per_image ? N : 1; }
+};
+
+namespace SOFTIOU_MATH_NS {
+namespace {
+
+// The loss of one pair and its derivatives in I, P and Y (for an upstream gradient of 1).
+template <class A>
+struct PairTerms {
+  A loss, dI, dP, dY;
+};
+
+template <class A>
+SOFTIOU_HD PairTerms<A> pair_terms(A I, A P, A Y, const FinalizeArgs& f) {
+  const A s = A(f.smooth), eps = A(f.eps);
+  A num, den, num_I, den_I, den_P, den_Y;  // numerator, denominator and their derivatives
+  switch (f.metric) {
+    case Metric::kDice:
+      num = A(2) * I + s;
+      den = P + Y + s;
+      num_I = A(2), den_I = A(0), den_P = A(1), den_Y = A(1);
+      break;
+    case Metric::kTversky: {
+      const A a = A(f.alpha), b = A(f.beta);
+      num = I + s;
+      den = I + a * (P - I) + b * (Y - I) + s;
+      num_I = A(1), den_I = A(1) - a - b, den_P = a, den_Y = b;
+      break;
+    }
+    default:  // jaccard: I / (P + Y - I)
+      num = I + s;
+      den = P + Y - I + s;
+      num_I = A(1), den_I = A(-1), den_P = A(1), den_Y = A(1);
+      break;
+  }
+  // an empty target with an empty prediction scores 1; denominators are clamped at eps
+  const bool both_zero = num == A(0) && den == A(0);
+  const A den_c = den < eps ? eps : den;  // a NaN passes
+  const A score = both_zero ? A(1) : num / den_c;
+  A loss, d_score;  // the loss before the focal exponent, and its derivative in the score
+  if (f.log_loss) {
+    const A sc = score < eps ? eps : score;
+    loss = -log_(sc);
+    d_score = score < eps ? A(0) : A(-1) / sc;
+  } else {
+    loss = A(1) - score;
+    d_score = A(-1);
+  }
+  if (f.gamma != 1.0) {  // loss^gamma with a zero (not infinite) derivative where the loss is 0
+    const A g = A(f.gamma), tiny = tiny_<A>();
+    const A lc = loss < tiny ? tiny : loss;
+    const A d = loss > A(0) && !(loss < tiny) ? g * pow_(lc, g - A(1)) : A(0);
+    loss = loss > A(0) ? pow_(lc, g) : A(0);
+    d_score *= d;
+  }
+  // score = num / den_c: d/dnum = 1/den_c and d/dden = -(score/den_c), written so that at a
+  // perfect score (score == 1) the two cancel bitwise in the gradient (SPEC section 8)
+  A g_num = both_zero ? A(0) : d_score / den_c;
+  A g_den = both_zero || den < eps ? A(0) : -(d_score * score) / den_c;
+  PairTerms<A> t;
+  t.loss = loss;
+  t.dI = g_num * num_I + g_den * den_I;
+  t.dP = g_den * den_P;
+  t.dY = g_den * den_Y;
+  return t;
+}
+
+// The weight of pair (., c) in the reduction: 0 for a class left out, class_weight[c], and 0 for
+// an absent class with absent="exclude".
+template <class A>
+SOFTIOU_HD A pair_weight(const FinalizeArgs& f, int64_t c, A Y) {
+  bool kept = !(f.drop_background && c == 0);
+  if (f.subset) kept = kept && c < kMaxListedClass && ((f.keep[c >> 6] >> (c & 63)) & 1u);
+  if (f.absent_exclude) kept = kept && Y > A(0);
+  if (!kept) return A(0);
+  return f.class_weight == nullptr ? A(1) : static_cast<const A*>(f.class_weight)[c];
+}
+
+// I, P, Y of output row r, class c: one row of the statistics, or all of them summed in row order.
+template <class A>
+SOFTIOU_HD void pair_stats(const A* stats, int64_t s_n, int64_t s_c, const FinalizeArgs& f,
+                           int64_t r, int64_t c, A& I, A& P, A& Y) {
+  const int64_t n0 = f.per_image ? r : 0, n1 = f.per_image ? r + 1 : f.N;
+  I = P = Y = A(0);
+  for (int64_t n = n0; n < n1; ++n) {
+    const A* s = stats + n * s_n + c * s_c;
+    I += s[0];
+    P += s[1];
+    Y += s[2];
+  }
+}
+
+// The whole finalize step on one thread, pairs in row-major order. out: the loss ([] for mean and
+// sum, [rows][C] for none); coef: [rows][C][3], d out / d (I, P, Y) of every pair (mean: already
+// divided by the sum of the weights).
+template <class A>
+inline void finalize_serial(const A* stats, int64_t s_n, int64_t s_c, const FinalizeArgs& f,
+                            A* out, A* coef) {
+  const int64_t R = f.rows(), C = f.C;
+  A total = A(0), wsum = A(0);
+  for (int64_t r = 0; r < R; ++r) {
+    for (int64_t c = 0; c < C; ++c) {
+      A I, P, Y;
+      pair_stats(stats, s_n, s_c, f, r, c, I, P, Y);
+      const PairTerms<A> t = pair_terms(I, P, Y, f);
+      const A w = pair_weight(f, c, Y);
+      const A wl = w * t.loss;
+      if (f.reduction == Reduction::kNone) out[r * C + c] = wl;
+      total += wl;
+      wsum += w;
+      A* k = coef + (r * C + c) * 3;
+      k[0] = w * t.dI;
+      k[1] = w * t.dP;
+      k[2] = w * t.dY;
+    }
+  }
+  if (f.reduction == Reduction::kNone) return;
+  if (f.reduction == Reduction::kSum) {
+    out[0] = total;
+    return;
+  }
+  // mean over the kept pairs; no kept pair: 0 (and a zero gradient)
+  const A denom = wsum > A(0) ? wsum : A(1);
+  out[0] = total / denom;
+  const A inv = A(1) / denom;
+  for (int64_t i = 0; i < R * C * 3; ++i) coef[i] *= inv;
+}
+
+}  // namespace
+}  // namespace SOFTIOU_MATH_NS
+}  // namespace softiou

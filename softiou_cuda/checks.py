@@ -1,0 +1,235 @@
+"""The production path's option and input checks (SPEC sections 1 and 7), and the options as one
+validated value.
+
+:class:`LossOptions` holds every option of the loss except the tensors (``class_weight``) and the
+process group; it is validated once when it is made (``SoftIoULoss`` makes it at construction,
+``soft_iou_loss`` gets it from a cache keyed by the options) and then carried as one value to the
+operator. The compiled operators check their arguments again in C++ (``csrc/op_common.h``) for the
+callers of ``torch.ops.softiou.*``; :func:`normalize_inputs` checks tensors for the backends that
+run in Python (Triton) and for the statistics op of the pooled data-parallel path.
+
+The reference (``softiou_cuda.reference``) has checks of its own: it is the oracle and shares no
+code with the path it checks.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import NamedTuple, Optional, Tuple
+
+import torch
+
+MODES = ("binary", "multiclass", "multilabel")
+INTERSECTIONS = ("product", "min")
+METRICS = ("jaccard", "dice", "tversky")
+ABSENT = ("include", "exclude")
+REDUCTIONS = ("mean", "sum", "none")
+INPUT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+INDEX_DTYPES = (torch.int64, torch.int32, torch.uint8)
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of the statistics and of the loss: float64 for float64 input, else float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+class LossOptions(NamedTuple):
+    """Every option of ``softiou::loss`` but the tensors, in the operator's schema order: the
+    operator takes ``(input, target, weight, class_weight, *options)``."""
+
+    mode: str = "multiclass"
+    from_logits: bool = True
+    sharpness: float = 1.0
+    intersection: str = "product"
+    metric: str = "jaccard"
+    alpha: float = 0.5
+    beta: float = 0.5
+    gamma: float = 1.0
+    log_loss: bool = False
+    smooth: float = 0.0
+    eps: float = 1e-7
+    classes: Optional[Tuple[int, ...]] = None
+    include_background: bool = True
+    ignore_index: Optional[int] = None
+    per_image: bool = True
+    absent: str = "include"
+    reduction: str = "mean"
+
+    def kwargs(self) -> dict:
+        """The options by name (the keyword arguments of ``soft_iou_loss``)."""
+        return self._asdict()
+
+    def stats_args(self) -> tuple:
+        """The options of the statistics ops, in their schema order."""
+        return (self.mode, self.from_logits, float(self.sharpness), self.intersection,
+                self.ignore_index)
+
+    def finalize_kwargs(self) -> dict:
+        """The options of the finalize step (``softiou::finalize``)."""
+        return dict(metric=self.metric, alpha=self.alpha, beta=self.beta, gamma=self.gamma,
+                    log_loss=self.log_loss, smooth=self.smooth, eps=self.eps,
+                    classes=self.classes, include_background=self.include_background,
+                    per_image=self.per_image, absent=self.absent, reduction=self.reduction)
+
+
+def _choice(name, value, allowed):
+    if not isinstance(value, str) or value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
+
+
+def _number(name, value, ok, what):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not math.isfinite(value) or not ok(value):
+        raise ValueError(f"{name} must be {what}; got {value!r}")
+    return float(value)
+
+
+def _flag(name, value):
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be a bool; got {value!r}")
+    return value
+
+
+def make_options(mode="multiclass", from_logits=True, sharpness=1.0, intersection="product",
+                 metric="jaccard", alpha=0.5, beta=0.5, gamma=1.0, log_loss=False, smooth=0.0,
+                 eps=1e-7, classes=None, include_background=True, ignore_index=None,
+                 per_image=True, absent="include", reduction="mean") -> LossOptions:
+    """Validates the options (SPEC section 7: a ValueError naming the argument) and returns them
+    as one :class:`LossOptions`. The number of classes is checked by the operator."""
+    _choice("mode", mode, MODES)
+    _choice("intersection", intersection, INTERSECTIONS)
+    _choice("metric", metric, METRICS)
+    _choice("absent", absent, ABSENT)
+    _choice("reduction", reduction, REDUCTIONS)
+    if classes is not None:
+        listed = tuple(classes)
+        if not listed or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0
+                                 for c in listed):
+            raise ValueError(f"classes must be a non-empty sequence of class indices >= 0; got "
+                             f"{classes!r}")
+        if len(set(listed)) != len(listed):
+            raise ValueError(f"classes must not repeat a class; got {list(listed)}")
+        classes = listed
+    if ignore_index is not None and (not isinstance(ignore_index, int)
+                                     or isinstance(ignore_index, bool)):
+        raise ValueError(f"ignore_index must be an int or None; got {ignore_index!r}")
+    return LossOptions(
+        mode=mode, from_logits=_flag("from_logits", from_logits),
+        sharpness=_number("sharpness", sharpness, lambda v: v > 0, "a finite number > 0"),
+        intersection=intersection, metric=metric,
+        alpha=_number("alpha", alpha, lambda v: v >= 0, "a finite number >= 0"),
+        beta=_number("beta", beta, lambda v: v >= 0, "a finite number >= 0"),
+        gamma=_number("gamma", gamma, lambda v: v > 0, "a finite number > 0"),
+        log_loss=_flag("log_loss", log_loss),
+        smooth=_number("smooth", smooth, lambda v: v >= 0, "a finite number >= 0"),
+        eps=_number("eps", eps, lambda v: v > 0, "a finite number > 0"),
+        classes=classes, include_background=_flag("include_background", include_background),
+        ignore_index=ignore_index, per_image=_flag("per_image", per_image), absent=absent,
+        reduction=reduction)
+
+
+# typed: True and 1, or 1 and 1.0, are different options (a bool is checked to be a bool)
+@functools.lru_cache(maxsize=512, typed=True)
+def _cached_options(*values) -> LossOptions:
+    return make_options(*values)
+
+
+def options(*values) -> LossOptions:
+    """:func:`make_options` with positional values in :class:`LossOptions` order, from a cache:
+    a call with options seen before costs a dictionary lookup. (Under torch.compile the options
+    are made directly: they are constants of the traced graph.)"""
+    if torch.compiler.is_compiling():
+        return make_options(*values)
+    try:
+        return _cached_options(*values)
+    except TypeError:  # an unhashable option (a list of classes): validated without the cache
+        return make_options(*values)
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs (SPEC section 1), for the backends that run in Python
+# ---------------------------------------------------------------------------------------------
+def _refuse_grad(name, tensor):
+    if tensor is not None and tensor.requires_grad:
+        raise ValueError(f"{name} requires grad, but softiou does not differentiate with respect "
+                         f"to the {name}; pass {name}.detach()")
+
+
+def normalize_inputs(input: torch.Tensor, target: torch.Tensor, weight: Optional[torch.Tensor],
+                     mode: str):
+    """``(x, t, w)`` as the statistics ops take them: ``x`` is ``[N, C, *S]`` (binary ``[N, *S]``
+    input gains its channel dim), ``t`` a class map ``[N, *S]`` (multiclass, integer) or shaped
+    like ``x``, ``w`` is ``[N, *S]`` or None. Views of the arguments; a clear error for anything
+    else."""
+    for name, value in (("input", input), ("target", target)):
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if input.dtype not in INPUT_DTYPES:
+        raise ValueError(f"input must be float32, float64, float16 or bfloat16; got {input.dtype}")
+    for name, value in (("target", target), ("weight", weight)):
+        if value is not None and value.device != input.device:
+            raise ValueError(f"{name} is on {value.device} but input is on {input.device}")
+    _refuse_grad("target", target)
+    _refuse_grad("weight", weight)
+    integer = target.dtype in INDEX_DTYPES
+    if not (integer or target.dtype.is_floating_point or target.dtype == torch.bool):
+        raise ValueError("target must be an integer class map (int64, int32, uint8) or a dense "
+                         f"float/half/bool tensor; got {target.dtype}")
+    channel = mode != "binary" or (input.dim() >= 3 and input.shape[1] == 1)
+    if input.dim() < (3 if channel else 2):
+        what = "[N, C, *spatial] with at least one spatial dim" if channel else \
+            "[N, *spatial] or [N, 1, *spatial]"
+        raise ValueError(f"{mode} input must be {what}; got shape {tuple(input.shape)}")
+    x = input if channel else input.unsqueeze(1)
+    if mode == "multiclass" and x.shape[1] < 2:
+        raise ValueError(f"multiclass mode needs C >= 2 classes; got input shape "
+                         f"{tuple(input.shape)} (use mode='binary' for one channel)")
+    spatial = tuple(x.shape[2:])
+    map_shape = (x.shape[0], *spatial)
+    if mode == "multiclass" and integer:
+        if tuple(target.shape) != map_shape:
+            raise ValueError(f"target class map must have shape [N, *spatial] = {map_shape}; got "
+                             f"{tuple(target.shape)}")
+        t = target
+    elif tuple(target.shape) == tuple(x.shape):
+        t = target
+    elif mode == "binary" and tuple(target.shape) == map_shape:
+        t = target.unsqueeze(1)
+    else:
+        also = f" or {map_shape}" if mode == "binary" else ""
+        raise ValueError(f"target must have shape {tuple(x.shape)}{also} for {mode} input of "
+                         f"shape {tuple(input.shape)}; got {tuple(target.shape)}")
+    w = weight
+    if weight is not None:
+        if not weight.dtype.is_floating_point:
+            raise ValueError(f"weight must be a floating tensor; got {weight.dtype}")
+        if tuple(weight.shape) == (x.shape[0], 1, *spatial):
+            w = weight.squeeze(1)
+        elif tuple(weight.shape) != map_shape:
+            raise ValueError(f"weight must have shape [N, *spatial] = {map_shape}; got "
+                             f"{tuple(weight.shape)}")
+    return x, t, w
+
+
+def check_class_weight(class_weight: Optional[torch.Tensor], num_classes: int,
+                       device: torch.device) -> None:
+    """``class_weight`` as the finalize step takes it: a floating ``[C]`` tensor on the device."""
+    if class_weight is None:
+        return
+    if not isinstance(class_weight, torch.Tensor) or not class_weight.dtype.is_floating_point:
+        raise ValueError("class_weight must be a floating tensor of shape [C]")
+    if tuple(class_weight.shape) != (num_classes,):
+        raise ValueError(f"class_weight must have shape [C] = ({num_classes},); got "
+                         f"{tuple(class_weight.shape)}")
+    if class_weight.device != device:
+        raise ValueError(f"class_weight is on {class_weight.device} but input is on {device}")
+    _refuse_grad("class_weight", class_weight)
+
+
+def check_classes(classes, num_classes: int, include_background: bool) -> None:
+    """The class selection against the number of classes of the input."""
+    if classes is not None and any(c >= num_classes for c in classes):
+        raise ValueError(f"classes must be indices in [0, {num_classes}); got {list(classes)}")
+    if not include_background and num_classes == 1:
+        raise ValueError("include_background=False drops class 0, the only class of this input")
