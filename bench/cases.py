@@ -16,6 +16,7 @@ class Case:
     spatial: tuple
     dtype: str = "float32"
     mode: str = "multiclass"
+    threads: int = 0     # CPU threads for this case (0: torch's default)
 
     @property
     def torch_dtype(self):
@@ -56,18 +57,30 @@ class Case:
         return x.requires_grad_(), t.to(device)
 
 
-# The issues' reference cases
+# The bar cases: the performance targets (bench/README.md) are stated on these
 CPU_BAR = Case("cpu-bar", "bar", 4, 19, (512, 1024))
 GPU_BAR = Case("gpu-bar", "bar", 8, 19, (1024, 2048))
 GPU_BAR_BF16 = Case("gpu-bar-bf16", "bar", 8, 19, (1024, 2048), "bfloat16")
 
 
+def per_call(device: str):
+    """Small inputs, where the fixed cost of a call shows: one thread on the CPU. Their providers
+    are timed in interleaved rounds, so that the machine's noise falls on all of them alike."""
+    if device == "cpu":
+        return [Case("call-2x4x16x16", "per-call", 2, 4, (16, 16), threads=1),
+                Case("call-8x19x32x32", "per-call", 8, 19, (32, 32), threads=1)]
+    return [Case("call-256x256", "per-call", 8, 19, (256, 256)),
+            Case("call-signal-1d", "per-call", 256, 1, (16384,), mode="binary")]
+
+
 def sweep(device: str, size: str = "full"):
-    """The sweep of issue 5: resolution (256x256 up to 1024x2048), classes (1, 19, 150), float32
-    and bfloat16, a 3-D volume and a 1-D signal batch. The CPU sweep is smaller (2 cores)."""
+    """The sweep: the per-call group, resolution (256x256 up to 1024x2048), classes (1, 19,
+    150), float32 and bfloat16, a 3-D volume and a 1-D signal batch. The CPU sweep is smaller
+    (2 cores)."""
     gpu = device == "cuda"
     if size == "quick":
-        return [Case("quick", "resolution", 2, 5, (64, 96)),
+        return [Case("quick-call", "per-call", 2, 4, (16, 16), threads=1),
+                Case("quick", "resolution", 2, 5, (64, 96)),
                 Case("quick-binary", "classes", 2, 1, (64, 96), mode="binary")]
     N = 8 if gpu else 4
     resolutions = [(256, 256), (512, 512), (512, 1024), (1024, 1024), (1024, 2048)]
@@ -84,4 +97,5 @@ def sweep(device: str, size: str = "full"):
     ]
     bars = [GPU_BAR, GPU_BAR_BF16] if gpu else [CPU_BAR]
     # the bar cases are also the largest resolution of the sweep on the GPU
-    return bars + [c for c in cases if not (gpu and c.spatial == (1024, 2048) and c.dtype == "float32")]
+    return per_call(device) + bars + [c for c in cases if not (gpu and c.spatial == (1024, 2048)
+                                                               and c.dtype == "float32")]

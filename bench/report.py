@@ -1,5 +1,5 @@
-"""The benchmark's output: a table on stdout, bench/results/<tag>.json and PNG plots, plus a
-summary against the issues' performance bars."""
+"""The benchmark's output: a table on stdout, bench/results/<tag>.json and PNG plots, plus the
+figures that the performance targets (bench/README.md) are stated in."""
 
 from __future__ import annotations
 
@@ -23,10 +23,37 @@ def _ms(r, d="forward+backward"):
     return r["timing"][d]["median_ms"] if r else None
 
 
-def bars(report):
-    """The figures the issues ask for, from the bar cases (None where a side is missing)."""
-    res = report["results"]
+def _per_call(res, device):
+    """The per-call group: each case's softiou time against F.cross_entropy and the peers, with
+    the dispatcher ops and (GPU) kernel launches of one forward+backward."""
     out = {}
+    mine = [f"softiou-{b}" for b in (("cpu",) if device == "cpu" else ("cuda", "triton"))]
+    for case in sorted({r["case"] for r in res if r["group"] == "per-call"}):
+        ce = _get(res, case, "cross_entropy")
+        for name in mine:
+            me = _get(res, case, name)
+            if not me:
+                continue
+            f = _ms(me)
+            out[f"{case}-{name}"] = {
+                "threads": me.get("threads"),
+                "softiou_ms": f,
+                "cross_entropy_ms": _ms(ce) if ce else None,
+                "time_over_cross_entropy": (f / _ms(ce)) if ce else None,
+                "time_over_peers": {r["provider"]: f / _ms(r) for r in res
+                                    if r["case"] == case and "timing" in r
+                                    and not r["provider"].startswith("softiou")},
+                "dispatcher_ops": me.get("dispatcher_ops"),
+                "kernel_launches": me.get("kernel_launches"),
+            }
+    return out
+
+
+def bars(report):
+    """The figures of the performance targets, from the bar and per-call cases (None where a
+    side is missing)."""
+    res = report["results"]
+    out = {"per-call": _per_call(res, report["device"])}
     if report["device"] == "cpu":
         me = _get(res, "cpu-bar", "softiou-cpu")
         if me:
@@ -65,6 +92,10 @@ def bars(report):
     return out
 
 
+def _count(v):
+    return f"{v:4d}" if v is not None else "   -"
+
+
 def _ratio(other, mine):
     return (_ms(other) / mine) if other else None
 
@@ -72,7 +103,7 @@ def _ratio(other, mine):
 def table(report):
     lines = []
     head = (f"{'case':26s} {'provider':20s} {'fwd ms':>9s} {'bwd ms':>9s} {'f+b ms':>9s} "
-            f"{'f+b GB/s':>9s} {'of copy':>7s} {'peak/in':>7s}  check")
+            f"{'f+b GB/s':>9s} {'of copy':>7s} {'peak/in':>7s} {'ops':>4s} {'kern':>4s}  check")
     lines.append(head)
     lines.append("-" * len(head))
     for r in report["results"]:
@@ -86,7 +117,8 @@ def table(report):
             f"{r['case']:26s} {r['provider']:20s} {_fmt_ms(r, 'forward')} {_fmt_ms(r, 'backward')} "
             f"{_fmt_ms(r, 'forward+backward')} {fb['achieved_GBps']:9.1f} "
             f"{fb['fraction_of_copy_bandwidth']:7.2f} "
-            f"{'   -' if peak is None else f'{peak:7.2f}'}  "
+            f"{'      -' if peak is None else f'{peak:7.2f}'} "
+            f"{_count(r.get('dispatcher_ops'))} {_count(r.get('kernel_launches'))}  "
             f"{'-' if err is None else f'{err:.1e}'}")
     return "\n".join(lines)
 

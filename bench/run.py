@@ -86,7 +86,8 @@ def check(provider, case, fn, x, t):
     return {"ok": bool(rel <= tol), "rel_err": rel}
 
 
-def time_provider(timer, fn, sets):
+def _direction_calls(fn, sets):
+    """(setup, timed call) of each direction; setup(i) prepares call i on input set i % K."""
     k = len(sets)
 
     def fresh(i):
@@ -98,11 +99,44 @@ def time_provider(timer, fn, sets):
         x, t = fresh(i)
         return (fn(x, t),)
 
-    out = {}
-    out["forward"] = timer.measure(fresh, lambda x, t: fn(x, t))
-    out["backward"] = timer.measure(setup_backward, lambda loss: loss.backward())
-    out["forward+backward"] = timer.measure(fresh, lambda x, t: fn(x, t).backward())
+    return {"forward": (fresh, lambda x, t: fn(x, t)),
+            "backward": (setup_backward, lambda loss: loss.backward()),
+            "forward+backward": (fresh, lambda x, t: fn(x, t).backward())}
+
+
+def time_provider(timer, fn, sets):
+    return {d: timer.measure(*call) for d, call in _direction_calls(fn, sets).items()}
+
+
+def time_interleaved(timer, entries):
+    """The providers of one case timed in rounds, one call of each per round, so that the
+    machine's noise falls on all of them alike (the per-call group, where a call is short)."""
+    calls = [_direction_calls(fn, sets) for _, fn, sets in entries]
+    out = [{} for _ in entries]
+    for d in DIRECTIONS:
+        for timing, summary in zip(out, timer.measure_interleaved([c[d] for c in calls])):
+            timing[d] = summary
     return out
+
+
+def call_counts(fn, x, t, device):
+    """Dispatcher ops and (GPU) kernel launches of one forward+backward, from torch.profiler."""
+    from torch.profiler import ProfilerActivity, profile
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    x.grad = None
+    with profile(activities=activities) as prof:
+        fn(x, t).backward()
+        if device == "cuda":
+            torch.cuda.synchronize()
+    x.grad = None
+    events = prof.events()
+    ops = [e for e in events if e.device_type == torch.autograd.DeviceType.CPU and "::" in e.name
+           and not e.name.startswith(("autograd::", "torch::autograd"))]
+    launches = None
+    if device == "cuda":
+        launches = len([e for e in events if e.device_type == torch.autograd.DeviceType.CUDA
+                        and "memcpy" not in e.name.lower() and "memset" not in e.name.lower()])
+    return {"dispatcher_ops": len(ops), "kernel_launches": launches}
 
 
 def gpu_peak_extra(fn, x, t):
@@ -144,6 +178,35 @@ def memory_worker(case_json, provider_name):
     print(json.dumps({"extra": m.extra}))
 
 
+def _prepare_provider(args, case, provider, sets, notes):
+    """The record of (case, provider) with its loss function under "_fn", checked against the
+    reference on the case's inputs, or the reason it is skipped."""
+    rec = {"case": case.name, "group": case.group, "N": case.N, "C": case.C,
+           "spatial": list(case.spatial), "dtype": case.dtype, "mode": case.mode,
+           "threads": case.threads or torch.get_num_threads(), "provider": provider.name}
+    if provider.name == "reference-compiled" and case.group not in ("bar", "per-call") \
+            and not args.compile_all:
+        rec["skipped"] = "torch.compile of the reference is timed on the bar and per-call " \
+                         "cases only (each new shape compiles anew)"
+        return rec
+    try:
+        fn = provider.make(case)
+    except prov.Unavailable as exc:
+        notes[provider.name] = str(exc)
+        rec["skipped"] = str(exc)
+        return rec
+    try:
+        rec["check"] = check(provider, case, fn, *sets[0])
+    except Exception as exc:  # noqa: BLE001 - a provider that fails is reported, not timed
+        rec["skipped"] = f"failed: {type(exc).__name__}: {exc}"[:300]
+        return rec
+    if not rec["check"]["ok"]:
+        rec["skipped"] = "loss differs from the reference; not timed"
+        return rec
+    rec["_fn"] = fn
+    return rec
+
+
 def run(args):
     device = args.device
     if device == "cuda" and not torch.cuda.is_available():
@@ -166,49 +229,45 @@ def run(args):
         wanted = args.providers.split(",")
         plist = [p for p in plist if p.name in wanted]
     timer = Timer(device, warmup=args.warmup, reps=args.reps, budget_s=args.budget)
+    # short calls: more repetitions, interleaved
+    call_timer = Timer(device, warmup=max(args.warmup, 10), reps=max(args.reps, 300),
+                       budget_s=args.budget)
     results, notes = [], {}
-    jobs = [(c, p) for c in all_cases for p in plist]
-    for case, provider in tqdm(jobs, desc="bench", unit="case", dynamic_ncols=True):
-        rec = {"case": case.name, "group": case.group, "N": case.N, "C": case.C,
-               "spatial": list(case.spatial), "dtype": case.dtype, "mode": case.mode,
-               "provider": provider.name}
-        if provider.name == "reference-compiled" and case.group != "bar" and not args.compile_all:
-            rec["skipped"] = "torch.compile of the reference is timed on the bar cases only " \
-                             "(each new shape compiles anew)"
-            results.append(rec)
-            continue
+    for case in tqdm(all_cases, desc="bench", unit="case", dynamic_ncols=True):
+        threads = torch.get_num_threads()
+        if case.threads:
+            torch.set_num_threads(case.threads)
         try:
-            fn = provider.make(case)
-        except prov.Unavailable as exc:
-            notes[provider.name] = str(exc)
-            rec["skipped"] = str(exc)
-            results.append(rec)
-            continue
-        sets = _input_sets(case, device, _sets_for(case, device))
-        try:
-            rec["check"] = check(provider, case, fn, *sets[0])
-        except Exception as exc:  # noqa: BLE001 - a provider that fails is reported, not timed
-            rec["skipped"] = f"failed: {type(exc).__name__}: {exc}"[:300]
-            results.append(rec)
-            continue
-        if not rec["check"]["ok"]:
-            rec["skipped"] = "loss differs from the reference; not timed"
-            results.append(rec)
-            continue
-        rec["timing"] = time_provider(timer, fn, sets)
-        for d in DIRECTIONS:
-            ms = rec["timing"][d]["median_ms"]
-            gbps = case.min_bytes(d) / (ms / 1e3) / 1e9
-            rec["timing"][d]["min_bytes"] = case.min_bytes(d)
-            rec["timing"][d]["achieved_GBps"] = gbps
-            rec["timing"][d]["fraction_of_copy_bandwidth"] = gbps / copy_bw
-        if not args.no_memory:
-            extra = gpu_peak_extra(fn, *sets[0]) if device == "cuda" else \
-                cpu_peak_extra(case, provider.name)
-            rec["peak_extra_bytes"] = extra
-            rec["peak_extra_over_input"] = None if extra is None else extra / case.input_bytes()
-        results.append(rec)
-        del sets
+            # every provider gets the same inputs: made once per case
+            sets = _input_sets(case, device, _sets_for(case, device))
+            entries = []
+            for provider in plist:
+                rec = _prepare_provider(args, case, provider, sets, notes)
+                results.append(rec)
+                if "skipped" not in rec:
+                    entries.append((rec, rec.pop("_fn"), sets))
+            if case.group == "per-call":
+                timings = time_interleaved(call_timer, entries)
+            else:
+                timings = [time_provider(timer, fn, sets) for _, fn, sets in entries]
+            for (rec, fn, sets), timing in zip(entries, timings):
+                rec["timing"] = timing
+                for d in DIRECTIONS:
+                    ms = timing[d]["median_ms"]
+                    gbps = case.min_bytes(d) / (ms / 1e3) / 1e9
+                    timing[d]["min_bytes"] = case.min_bytes(d)
+                    timing[d]["achieved_GBps"] = gbps
+                    timing[d]["fraction_of_copy_bandwidth"] = gbps / copy_bw
+                rec.update(call_counts(fn, *sets[0], device))
+                if not args.no_memory and case.group != "per-call":
+                    extra = gpu_peak_extra(fn, *sets[0]) if device == "cuda" else \
+                        cpu_peak_extra(case, rec["provider"])
+                    rec["peak_extra_bytes"] = extra
+                    rec["peak_extra_over_input"] = None if extra is None else \
+                        extra / case.input_bytes()
+            del entries, sets
+        finally:
+            torch.set_num_threads(threads)
         if device == "cuda":
             torch.cuda.empty_cache()
     return {"machine": info, "device": device, "copy_bandwidth_GBps": copy_bw,
@@ -231,7 +290,7 @@ def main(argv=None):
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--compile-all", action="store_true",
                     help="time torch.compile of the reference on every case (by default on the "
-                         "issues' bar cases only: every new shape compiles anew)")
+                         "bar and per-call cases only: every new shape compiles anew)")
     ap.add_argument("--out", default=os.path.join(REPO, "bench", "results"))
     ap.add_argument("--tag", help="name of the result files (default: the device)")
     ap.add_argument("--tune-triton", action="store_true",

@@ -55,6 +55,24 @@ class Timer:
         return summarize(times)
 
 
+    def measure_interleaved(self, calls):
+        """``measure`` for several (setup, fn) at once, in rounds of one call of each."""
+        for i in range(self.warmup):
+            for setup, fn in calls:
+                fn(*setup(i))
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+        times = [[] for _ in calls]
+        spent = 0.0
+        for i in range(self.reps):
+            for k, (setup, fn) in enumerate(calls):
+                times[k].append(self._once(fn, setup(i)))
+                spent += times[k][-1] / 1e3
+            if spent > self.budget_s and i >= 2:
+                break
+        return [summarize(t) for t in times]
+
+
 def copy_bandwidth(device: str) -> float:
     """Device-to-device copy bandwidth in GB/s, counting bytes read plus bytes written."""
     elems = (2 ** 28) if device == "cuda" else (2 ** 26)  # 1 GiB / 256 MiB of float32

@@ -36,6 +36,11 @@ def test_benchmark_quick_sweep(tmp_path):
         # one process per case: peak memory measured, at least the gradient for the fused loss
         if r["provider"] == "softiou-cpu" and r["case"] == "quick":
             assert r["peak_extra_bytes"] is not None
+        assert r["dispatcher_ops"] > 0 and r["kernel_launches"] is None  # CPU: no launches
+    # the per-call group: one thread, the dispatcher ops of a call, the time against cross-entropy
+    call = report["bars"]["per-call"]["quick-call-softiou-cpu"]
+    assert call["threads"] == 1 and call["dispatcher_ops"] <= 16
+    assert call["time_over_cross_entropy"] > 0
     assert (tmp_path / "t-time.png").exists() and (tmp_path / "t.txt").exists()
 
 

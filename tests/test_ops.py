@@ -178,3 +178,123 @@ def test_compile_fullgraph_matches_eager(device, backend):
 @pytest.mark.parametrize("device", DEVICES)
 def test_compile_fullgraph_loss_op(device):
     _compiled_vs_eager(device, "auto", use_op=True)
+
+
+# ---- the loss operator's own parts: _loss_forward, _loss_backward, finalize, _finalize --------
+def _loss_args(device, dtype=torch.float32, reduction="mean", per_image=True):
+    x, t, w = make_inputs("multiclass", "map-int64", dtype, device, weight=True, ignore_index=-1)
+    o = softiou_cuda.checks.make_options(metric="dice", gamma=1.5, classes=[0, 2, 3],
+                                         ignore_index=-1, per_image=per_image,
+                                         reduction=reduction)
+    cw = torch.tensor([1.0, 2.0, 0.5, 1.0], device=device, dtype=dtype)
+    return x, t, w, cw, o
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("reduction,per_image", [("mean", True), ("none", True), ("none", False),
+                                                 ("sum", False)])
+def test_opcheck_loss_parts(device, reduction, per_image):
+    x, t, w, cw, o = _loss_args(device, reduction=reduction, per_image=per_image)
+    xd = x.detach()
+    torch.library.opcheck(torch.ops.softiou._loss_forward.default, (xd, t, w, cw, *o))
+    loss, coef = torch.ops.softiou._loss_forward(xd, t, w, cw, *o)
+    grad = torch.randn_like(loss)
+    torch.library.opcheck(torch.ops.softiou._loss_backward.default,
+                          (grad, xd, t, w, coef, cw, *o))
+    # the loss with its options positional, in schema order
+    torch.library.opcheck(torch.ops.softiou.loss.default, (x, t, w, cw, *o))
+    stats = torch.ops.softiou.stats(xd, t, w, o.mode, o.from_logits, o.sharpness,
+                                    o.intersection, o.ignore_index).requires_grad_()
+    torch.library.opcheck(torch.ops.softiou.finalize.default, (stats, cw), o.finalize_kwargs())
+    torch.library.opcheck(torch.ops.softiou._finalize.default, (stats.detach(), cw),
+                          o.finalize_kwargs())
+
+
+GRADCHECK_LOSS_OPTIONS = [
+    dict(),
+    dict(reduction="none"),
+    dict(per_image=False, reduction="none", metric="tversky", alpha=0.2, beta=0.9),
+    dict(per_image=False, log_loss=True, smooth=0.5),
+    dict(reduction="sum", gamma=2.0, classes=[1, 3], absent="exclude"),
+    dict(include_background=False, intersection="min", metric="dice"),
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("options", GRADCHECK_LOSS_OPTIONS, ids=range(len(GRADCHECK_LOSS_OPTIONS)))
+def test_gradcheck_loss_options(device, options):
+    """The C++ autograd of softiou::loss against finite differences, float64: every reduction,
+    pooled and per image (the gradient pass reads the gradient of each output element)."""
+    x, t, w = make_inputs("multiclass", "map-int64", torch.float64, device, weight=True)
+    cw = torch.tensor([0.5, 1.0, 2.0, 1.5], dtype=torch.float64, device=device)
+    assert torch.autograd.gradcheck(
+        lambda x: softiou_cuda.soft_iou_loss(x, t, w, class_weight=cw, backend="auto",
+                                             **options),
+        (x,), eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_gradcheck_finalize_op(device):
+    """softiou::finalize's backward (coefficients times the gradient) against finite
+    differences, including d/dY, which the statistics' backward does not use."""
+    g = torch.Generator().manual_seed(0)
+    stats = (torch.rand(3, 4, 3, generator=g, dtype=torch.float64) * 5 + 0.5).to(device)
+    stats[..., 0] = torch.minimum(stats[..., 0], stats[..., 1:].amin(-1))
+    for kwargs in (dict(), dict(per_image=False, reduction="none", metric="dice"),
+                   dict(reduction="none", gamma=2.0, log_loss=True, classes=[0, 3])):
+        assert torch.autograd.gradcheck(
+            lambda s: torch.ops.softiou.finalize(s, None, **kwargs),
+            (stats.clone().requires_grad_(),), eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+def test_loss_op_in_inference_mode():
+    """Inference tensors skip autograd: the op's CPU kernel computes the loss alone."""
+    x, t, w = make_inputs("multiclass", "map-int64", torch.float64, "cpu", weight=True)
+    want = softiou_cuda.soft_iou_loss(x.detach(), t, w, metric="dice")
+    with torch.inference_mode():
+        got = torch.ops.softiou.loss(x.detach().clone(), t.clone(), w.clone(), metric="dice")
+        got_fin = torch.ops.softiou.finalize(
+            torch.ops.softiou.stats(x.detach().clone(), t.clone(), w.clone(), "multiclass", True,
+                                    1.0, "product", None), metric="dice")
+    assert torch.equal(got, want) and torch.equal(got_fin, want)
+
+
+def test_double_backward_is_refused():
+    """The loss is differentiable once: asking for its second derivative is an error, while a
+    first derivative with create_graph=True is allowed."""
+    x, t, w = make_inputs("multiclass", "map-int64", torch.float64, "cpu")
+    (g,) = torch.autograd.grad(softiou_cuda.soft_iou_loss(x, t), x, create_graph=True)
+    want = torch.autograd.grad(softiou_cuda.soft_iou_loss(x, t), x)[0]
+    assert torch.equal(g.detach(), want)
+    with pytest.raises(RuntimeError, match="differentiable once"):
+        g.sum().backward()
+
+
+def test_class_weight_that_requires_grad_is_refused():
+    x, t, _ = make_inputs("multiclass", "map-int64", torch.float32, "cpu")
+    cw = torch.ones(4, requires_grad=True)
+    with pytest.raises(ValueError, match="class_weight requires grad"):
+        softiou_cuda.soft_iou_loss(x, t, class_weight=cw)
+
+
+class LossModule(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.loss = softiou_cuda.SoftIoULoss(metric="dice", ignore_index=3, classes=[0, 1, 2],
+                                             class_weight=[1.0, 2.0, 0.5, 1.0])
+
+    def forward(self, img, target, weight):
+        return self.loss(self.conv(img), target, weight)
+
+
+def test_torch_export_keeps_the_operator():
+    """torch.export traces the module into a graph that holds softiou::loss (its fake kernel
+    gives the shapes) and runs the same as eager."""
+    torch.manual_seed(0)
+    module = LossModule()
+    args = (torch.randn(2, 3, 12, 10), torch.randint(0, 4, (2, 12, 10)), torch.rand(2, 12, 10))
+    exported = torch.export.export(module, args)
+    assert any(node.target == torch.ops.softiou.loss.default
+               for node in exported.graph.nodes), exported.graph
+    torch.testing.assert_close(exported.module()(*args), module(*args), rtol=0, atol=0)

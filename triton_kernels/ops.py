@@ -262,14 +262,15 @@ def _finalize_backward(ctx, grad, _grad_coef):
 triton_finalize.register_autograd(_finalize_backward, setup_context=_finalize_setup)
 
 
-def finalize(stats, class_weight=None, *, metric, alpha, beta, gamma, log_loss, smooth, eps,
-             classes, include_background, per_image, absent, reduction):
-    """The finalize step with the keyword arguments of ``softiou::finalize``: the loss."""
-    checks.check_classes(classes, stats.shape[1], include_background)
+def finalize(stats, class_weight=None, **options):
+    """The finalize step with the keyword arguments (and defaults) of ``softiou::finalize``:
+    the loss."""
+    o = LossOptions(**options)
+    checks.check_classes(o.classes, stats.shape[1], o.include_background)
     checks.check_class_weight(class_weight, stats.shape[1], stats.device)
-    return triton_finalize(stats, class_weight, metric, alpha, beta, gamma, log_loss, smooth,
-                           eps, None if classes is None else list(classes), include_background,
-                           per_image, absent, reduction)[0]
+    return triton_finalize(stats, class_weight, o.metric, o.alpha, o.beta, o.gamma, o.log_loss,
+                           o.smooth, o.eps, None if o.classes is None else list(o.classes),
+                           o.include_background, o.per_image, o.absent, o.reduction)[0]
 
 
 # ---------------------------------------------------------------------------------------------
