@@ -13,6 +13,7 @@ two runs give the same numbers.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import time
@@ -236,6 +237,10 @@ def main(argv=None):
         print(f"\nwrote {args.out}/results.json, curves.png, predictions.png "
               f"({time.time() - t0:.0f} s)")
     if world > 1:
+        # the DistributedDataParallel models (their reducers hold the process group) are gone
+        # before the group is: destroying it under a live one can hang a rank at exit
+        gc.collect()
+        dist.barrier()
         dist.destroy_process_group()
     elif not args.no_1d:
         from .signal1d import main as main_1d

@@ -11,29 +11,29 @@ same formula: an all-reduce forward and an all-reduce of the gradient backward.
 
 from __future__ import annotations
 
-import functools
-
 import torch
 
-
-@functools.lru_cache(maxsize=None)
-def _funcol():
-    # importing the module registers the collectives' autograd formulas (where torch has them)
-    import torch.distributed._functional_collectives as funcol
-    return funcol
+_DIFFERENTIABLE = None
 
 
+@torch.compiler.assume_constant_result
 def collective_is_differentiable() -> bool:
-    """Whether this torch's functional all_reduce has an autograd formula."""
-    _funcol()
-    return torch._C._dispatch_has_kernel_for_dispatch_key("_c10d_functional::all_reduce",
-                                                          "Autograd")
+    """Whether this torch's functional all_reduce has an autograd formula (asked once; a
+    constant for torch.compile)."""
+    global _DIFFERENTIABLE
+    if _DIFFERENTIABLE is None:
+        # importing the module registers the collectives' autograd formulas (where torch has them)
+        from torch.distributed import _functional_collectives  # noqa: F401
+        _DIFFERENTIABLE = torch._C._dispatch_has_kernel_for_dispatch_key(
+            "_c10d_functional::all_reduce", "Autograd")
+    return _DIFFERENTIABLE
 
 
 def _sum_over_ranks(tensor: torch.Tensor, group) -> torch.Tensor:
-    out = _funcol().all_reduce(tensor, "sum", group)
+    from torch.distributed import _functional_collectives as funcol
+    out = funcol.all_reduce(tensor, "sum", group)
     # eager: an AsyncCollectiveTensor, waited here; traced: already a plain tensor
-    return out.wait() if isinstance(out, _funcol().AsyncCollectiveTensor) else out
+    return out.wait() if isinstance(out, funcol.AsyncCollectiveTensor) else out
 
 
 class _AllReduceSum(torch.autograd.Function):

@@ -1,9 +1,14 @@
 """Data-parallel training: with per_image=False and a process group, the statistics are summed over
-the ranks by a differentiable all-reduce, so 2 gloo processes under DistributedDataParallel get
-the loss and the parameter gradients of one process on the whole batch."""
+the ranks by a differentiable all-reduce (torch.distributed's functional collective, or the
+fallback formula where this torch's collective has no autograd), so 2 gloo processes under
+DistributedDataParallel get the loss and the parameter gradients of one process on the whole
+batch. Each configuration runs several times per session (a rank that dies at shutdown, or a
+warning in a training step, fails the test), and the pooled path traces with
+torch.compile(fullgraph=True)."""
 
 import os
 import socket
+import warnings
 
 import pytest
 import torch
@@ -11,8 +16,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import softiou_cuda
+from softiou_cuda import distributed as sdist
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RUNS = 3  # 2-rank runs per configuration and session
 
 
 def _model():
@@ -35,18 +42,44 @@ def _loss(model, x, t, w, group, backend):
                                       ignore_index=255, metric="dice", backend=backend)
 
 
-def _worker(rank, world, port, backend, out):
+def _use_fallback_formula():
+    """The autograd.Function formula, as on a torch without differentiable collectives."""
+    real = sdist.all_reduce_sum
+    sdist.all_reduce_sum = lambda tensor, group: real(tensor, group, fallback=True)
+
+
+def _run_rank(rank, world, port, fn, *args):
+    """One rank: ``fn(rank, *args)``, then a clean shutdown. Everything fn made (DDP's reducer
+    holds the process group) is freed before the group is destroyed; destroying the group under
+    a live DistributedDataParallel can hang the process at exit."""
+    import faulthandler
+    import gc
+    import sys
+    faulthandler.dump_traceback_later(120, exit=True, file=sys.stderr)  # a hang fails the test
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        fn(rank, *args)
+        gc.collect()
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+    faulthandler.cancel_dump_traceback_later()
+
+
+def _ddp_step(rank, backend, fallback, out):
+    if fallback:
+        _use_fallback_formula()
     model = torch.nn.parallel.DistributedDataParallel(_model())
     x, t, w = _batch()
     share = slice(rank * 2, rank * 2 + 2)
-    loss = _loss(model, x[share], t[share], w[share], dist.group.WORLD, backend)
-    loss.backward()
-    if rank == 0:
-        torch.save({"loss": loss.detach(), "grads": [p.grad for p in model.parameters()]}, out)
-    dist.barrier()
-    dist.destroy_process_group()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loss = _loss(model, x[share], t[share], w[share], dist.group.WORLD, backend)
+        loss.backward()
+    result = {"loss": loss.detach(), "grads": [p.grad.clone() for p in model.parameters()],
+              "warnings": [f"{w.category.__name__}: {w.message}" for w in caught]}
+    torch.save(result, f"{out}.{rank}")
 
 
 def _free_port():
@@ -55,18 +88,67 @@ def _free_port():
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("backend", ["cpu", "reference"])
-def test_two_gloo_ranks_equal_one_process(tmp_path, backend):
-    if backend not in softiou_cuda.available_backends("cpu"):
-        pytest.skip(f"{backend} backend not built")
-    out = str(tmp_path / "rank0.pt")
-    mp.start_processes(_worker, args=(2, _free_port(), backend, out), nprocs=2,
-                       start_method="spawn")
-    got = torch.load(out)
+def _one_process():
     model = _model()
     x, t, w = _batch()
-    loss = _loss(model, x, t, w, None, backend)
+    loss = _loss(model, x, t, w, None, "auto")
     loss.backward()
-    torch.testing.assert_close(got["loss"], loss.detach(), rtol=1e-6, atol=1e-7)
-    for g, p in zip(got["grads"], model.parameters()):
-        torch.testing.assert_close(g, p.grad, rtol=1e-5, atol=1e-7)
+    return loss.detach(), [p.grad for p in model.parameters()]
+
+
+CONFIGS = [("cpu", False), ("cpu", True), ("reference", False)]
+
+
+@pytest.mark.parametrize("run", range(RUNS))
+@pytest.mark.parametrize("backend,fallback", CONFIGS,
+                         ids=["cpu", "cpu-fallback-formula", "reference"])
+def test_two_gloo_ranks_equal_one_process(tmp_path, backend, fallback, run):
+    if backend not in softiou_cuda.available_backends("cpu"):
+        pytest.skip(f"{backend} backend not built")
+    if backend == "reference" and not sdist.collective_is_differentiable():
+        pytest.skip("the reference's process_group needs a differentiable functional all_reduce")
+    out = str(tmp_path / "rank")
+    # raises if a rank fails or dies (a signal at shutdown included)
+    mp.start_processes(_run_rank, args=(2, _free_port(), _ddp_step, backend, fallback, out),
+                       nprocs=2, start_method="spawn")
+    want_loss, want_grads = _one_process()
+    for rank in range(2):
+        got = torch.load(f"{out}.{rank}")
+        assert got["warnings"] == [], got["warnings"]
+        torch.testing.assert_close(got["loss"], want_loss, rtol=1e-6, atol=1e-7)
+        for g, want in zip(got["grads"], want_grads):
+            torch.testing.assert_close(g, want, rtol=1e-5, atol=1e-7)
+
+
+def _compile_step(rank, fallback, out):
+    if fallback:
+        _use_fallback_formula()
+    x, t, w = _batch()
+    logits = torch.randn(2, 4, 12, 10, generator=torch.Generator().manual_seed(rank),
+                         requires_grad=True)
+    share = slice(rank * 2, rank * 2 + 2)
+
+    def step(logits):
+        return softiou_cuda.soft_iou_loss(logits, t[share], w[share], per_image=False,
+                                          process_group=dist.group.WORLD, ignore_index=255)
+    eager = step(logits)
+    (g_eager,) = torch.autograd.grad(eager, logits)
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")(logits)
+    (g_compiled,) = torch.autograd.grad(compiled, logits)
+    torch.save({"eager": (eager.detach(), g_eager), "compiled": (compiled.detach(), g_compiled)},
+               f"{out}.{rank}")
+
+
+@pytest.mark.parametrize("fallback", [False, True], ids=["collective", "fallback-formula"])
+def test_pooled_path_compiles_fullgraph(tmp_path, fallback):
+    """statistics -> all-reduce -> finalize traces without a graph break (fullgraph=True) and
+    gives eager's loss and gradient on every rank."""
+    if not softiou_cuda.ops.HAS_EXTENSION:
+        pytest.skip("the C++ extension is not built")
+    out = str(tmp_path / "rank")
+    mp.start_processes(_run_rank, args=(2, _free_port(), _compile_step, fallback, out),
+                       nprocs=2, start_method="spawn")
+    for rank in range(2):
+        got = torch.load(f"{out}.{rank}")
+        torch.testing.assert_close(got["compiled"][0], got["eager"][0], rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(got["compiled"][1], got["eager"][1], rtol=1e-5, atol=1e-7)
