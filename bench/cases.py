@@ -10,13 +10,14 @@ import torch
 @dataclasses.dataclass(frozen=True)
 class Case:
     name: str
-    group: str           # resolution | classes | dtype | volume | signal
+    group: str           # per-call | bar | ce | resolution | classes | dtype | volume | signal
     N: int
     C: int
     spatial: tuple
     dtype: str = "float32"
     mode: str = "multiclass"
     threads: int = 0     # CPU threads for this case (0: torch's default)
+    loss: str = "iou"    # "iou", or "ce+iou": cross-entropy plus the IoU loss (SPEC section 9)
 
     @property
     def torch_dtype(self):
@@ -61,6 +62,8 @@ class Case:
 CPU_BAR = Case("cpu-bar", "bar", 4, 19, (512, 1024))
 GPU_BAR = Case("gpu-bar", "bar", 8, 19, (1024, 2048))
 GPU_BAR_BF16 = Case("gpu-bar-bf16", "bar", 8, 19, (1024, 2048), "bfloat16")
+CPU_BAR_CE = Case("cpu-bar-ce", "ce", 4, 19, (512, 1024), loss="ce+iou")
+GPU_BAR_CE = Case("gpu-bar-ce", "ce", 8, 19, (1024, 2048), loss="ce+iou")
 
 
 def per_call(device: str):
@@ -81,7 +84,8 @@ def sweep(device: str, size: str = "full"):
     if size == "quick":
         return [Case("quick-call", "per-call", 2, 4, (16, 16), threads=1),
                 Case("quick", "resolution", 2, 5, (64, 96)),
-                Case("quick-binary", "classes", 2, 1, (64, 96), mode="binary")]
+                Case("quick-binary", "classes", 2, 1, (64, 96), mode="binary"),
+                Case("quick-ce", "ce", 2, 5, (64, 96), loss="ce+iou")]
     N = 8 if gpu else 4
     resolutions = [(256, 256), (512, 512), (512, 1024), (1024, 1024), (1024, 2048)]
     if not gpu:
@@ -95,7 +99,7 @@ def sweep(device: str, size: str = "full"):
         Case("volume-128^3", "volume", 2, 14, (128, 128, 128) if gpu else (64, 128, 128)),
         Case("signal-1d", "signal", 256 if gpu else 64, 1, (16384,), mode="binary"),
     ]
-    bars = [GPU_BAR, GPU_BAR_BF16] if gpu else [CPU_BAR]
+    bars = [GPU_BAR, GPU_BAR_BF16, GPU_BAR_CE] if gpu else [CPU_BAR, CPU_BAR_CE]
     # the bar cases are also the largest resolution of the sweep on the GPU
     return per_call(device) + bars + [c for c in cases if not (gpu and c.spatial == (1024, 2048)
                                                                and c.dtype == "float32")]

@@ -27,19 +27,59 @@ class Unavailable(Exception):
     pass
 
 
+def _ce_weight(case):
+    """The weight of the cross-entropy term: 1 in the "ce+iou" cases."""
+    return 1.0 if case.loss == "ce+iou" else 0.0
+
+
+def _iou_only(case, what):
+    if case.loss != "iou":
+        raise Unavailable(f"{what} computes the IoU loss only")
+
+
+def _softiou_available(backend):
+    if backend not in softiou_cuda.available_backends("cuda" if backend in ("cuda", "triton")
+                                                      else "cpu"):
+        raise Unavailable(f"softiou backend {backend!r} is not built here")
+
+
 def _softiou(backend):
     def make(case):
-        if backend not in softiou_cuda.available_backends("cuda" if backend in ("cuda", "triton")
-                                                          else "cpu"):
-            raise Unavailable(f"softiou backend {backend!r} is not built here")
+        _softiou_available(backend)
+        mode, ce_weight = case.mode, _ce_weight(case)
+        return lambda x, t: softiou_cuda.soft_iou_loss(x, t, mode=mode, backend=backend,
+                                                       ce_weight=ce_weight)
+    return make
+
+
+def _softiou_without_ce(backend):
+    """softiou's IoU loss alone, in the cross-entropy + IoU cases: what the term adds to it is
+    timed on the same inputs, interleaved."""
+    def make(case):
+        if case.loss != "ce+iou":
+            raise Unavailable("timed in the cross-entropy + IoU cases")
+        _softiou_available(backend)
         mode = case.mode
         return lambda x, t: softiou_cuda.soft_iou_loss(x, t, mode=mode, backend=backend)
     return make
 
 
+def _cross_entropy_and_softiou(backend):
+    """The cross-entropy and softiou called apart: what the fused term replaces."""
+    def make(case):
+        if case.loss != "ce+iou":
+            raise Unavailable("timed in the cross-entropy + IoU cases")
+        _softiou_available(backend)
+        mode, ce = case.mode, _cross_entropy(case)
+        return lambda x, t: ce(x, t) + softiou_cuda.soft_iou_loss(x, t, mode=mode,
+                                                                   backend=backend)
+    return make
+
+
 def _reference(case):
-    mode = case.mode
-    return lambda x, t: reference.soft_iou_loss(x, t, mode=mode, check_values=False)
+    mode, ce_weight = case.mode, _ce_weight(case)
+    return lambda x, t: reference.soft_iou_loss(x, t, mode=mode, ce_weight=ce_weight,
+                                                check_values=False)
 
 
 _compiled = {}
@@ -50,12 +90,13 @@ def _reference_compiled(case):
     """torch.compile of the reference. Where Inductor fails to build its persistent-reduction
     kernels (seen with torch 2.11 / Triton 3.6 on an H100), it retries with looped reductions
     (triton.persistent_reductions=False) and says so in the report."""
-    key = case.mode
+    key = (case.mode, case.loss)
     if key not in _compiled:
-        mode = case.mode
+        mode, ce_weight = case.mode, _ce_weight(case)
 
         def fn(x, t):
-            return reference.soft_iou_loss(x, t, mode=mode, check_values=False)
+            return reference.soft_iou_loss(x, t, mode=mode, ce_weight=ce_weight,
+                                           check_values=False)
         state = {"fn": torch.compile(fn)}
 
         def call(x, t):
@@ -77,7 +118,14 @@ def _reference_compiled(case):
 def _monai(case):
     if importlib.util.find_spec("monai") is None:
         raise Unavailable("monai is not installed")
-    from monai.losses import DiceLoss
+    from monai.losses import DiceCELoss, DiceLoss
+    if case.loss == "ce+iou":  # DiceCELoss(jaccard=True): its Jaccard plus the cross-entropy
+        if case.mode == "multiclass":
+            loss = DiceCELoss(jaccard=True, softmax=True, to_onehot_y=True, smooth_nr=0.0,
+                              smooth_dr=1e-7)
+            return lambda x, t: loss(x, t.unsqueeze(1))
+        loss = DiceCELoss(jaccard=True, sigmoid=True, smooth_nr=0.0, smooth_dr=1e-7)
+        return lambda x, t: loss(x, t.to(x.dtype))
     if case.mode == "multiclass":
         loss = DiceLoss(jaccard=True, softmax=True, to_onehot_y=True, smooth_nr=0.0,
                         smooth_dr=1e-7)
@@ -87,6 +135,7 @@ def _monai(case):
 
 
 def _kornia(case):
+    _iou_only(case, "kornia's dice_loss")
     if importlib.util.find_spec("kornia") is None:
         raise Unavailable("kornia is not installed")
     if case.mode != "multiclass" or len(case.spatial) != 2:
@@ -96,6 +145,7 @@ def _kornia(case):
 
 
 def _smp(case):
+    _iou_only(case, "segmentation_models_pytorch's JaccardLoss")
     if importlib.util.find_spec("segmentation_models_pytorch") is None:
         raise Unavailable("segmentation_models_pytorch is not installed")
     from segmentation_models_pytorch.losses import JaccardLoss
@@ -109,9 +159,20 @@ def _cross_entropy(case):
     return lambda x, t: F.binary_cross_entropy_with_logits(x, t.to(x.dtype))
 
 
+def _yardstick(case):
+    _iou_only(case, "the yardstick")
+    return _cross_entropy(case)
+
+
 def providers(device: str):
     names = {"cpu": ["cpu"], "cuda": ["cuda", "triton"]}[device]
     out = [Provider(f"softiou-{b}", _softiou(b)) for b in names]
+    out += [Provider(f"softiou-{b}-without-ce", _softiou_without_ce(b), metric="jaccard-only",
+                     note="softiou's IoU loss alone (the cross-entropy + IoU cases)")
+            for b in names]
+    out += [Provider(f"cross_entropy+softiou-{b}", _cross_entropy_and_softiou(b),
+                     note="F.cross_entropy and softiou called apart (the cross-entropy + IoU "
+                          "cases)") for b in names]
     out += [
         Provider("reference-eager", _reference, note="softiou_cuda.reference, eager"),
         Provider("reference-compiled", _reference_compiled,
@@ -121,7 +182,7 @@ def providers(device: str):
                  note="kornia.losses.dice_loss(average='macro'): Dice, not Jaccard"),
         Provider("smp", _smp, metric="jaccard-pooled",
                  note="segmentation_models_pytorch JaccardLoss (batch-pooled, absent classes 0)"),
-        Provider("cross_entropy", _cross_entropy, metric="none",
+        Provider("cross_entropy", _yardstick, metric="none",
                  note="F.cross_entropy (binary: BCE with logits), the yardstick"),
     ]
     return out
@@ -131,6 +192,8 @@ def expected_loss(metric: str, case, x, t) -> Optional[torch.Tensor]:
     """The reference value a provider must reproduce before it is timed."""
     x64 = x.detach().double()
     if metric == "jaccard":
+        return reference.soft_iou_loss(x64, t, mode=case.mode, ce_weight=_ce_weight(case))
+    if metric == "jaccard-only":
         return reference.soft_iou_loss(x64, t, mode=case.mode)
     if metric == "dice-macro":
         return reference.soft_iou_loss(x64, t, mode=case.mode, metric="dice")

@@ -49,11 +49,39 @@ def _per_call(res, device):
     return out
 
 
+def _cross_entropy_group(res, device):
+    """The cross-entropy + IoU cases: the fused term against softiou's IoU loss alone and against
+    F.cross_entropy and softiou called apart (on the same inputs, timed in turn)."""
+    out = {}
+    for case in sorted({r["case"] for r in res if r["group"] == "ce"}):
+        for backend in (("cpu",) if device == "cpu" else ("cuda", "triton")):
+            me = _get(res, case, f"softiou-{backend}")
+            if not me:
+                continue
+            f = _ms(me)
+            alone = _get(res, case, f"softiou-{backend}-without-ce")
+            apart = _get(res, case, f"cross_entropy+softiou-{backend}")
+            out[f"{case}-{backend}"] = {
+                "fused_ms": f,
+                "softiou_alone_ms": _ms(alone) if alone else None,
+                "time_over_softiou_alone": (f / _ms(alone)) if alone else None,
+                "apart_ms": _ms(apart) if apart else None,
+                "time_over_apart": (f / _ms(apart)) if apart else None,
+                "time_over_peers": {r["provider"]: f / _ms(r) for r in res
+                                    if r["case"] == case and "timing" in r
+                                    and not r["provider"].startswith(("softiou", "cross_entropy+"))},
+                "peak_extra_over_logits": me.get("peak_extra_over_input"),
+                "apart_peak_extra_over_logits": apart.get("peak_extra_over_input") if apart else None,
+            }
+    return out
+
+
 def bars(report):
-    """The figures of the performance targets, from the bar and per-call cases (None where a
-    side is missing)."""
+    """The figures of the performance targets, from the bar, per-call and cross-entropy cases
+    (None where a side is missing)."""
     res = report["results"]
-    out = {"per-call": _per_call(res, report["device"])}
+    out = {"per-call": _per_call(res, report["device"]),
+           "cross-entropy": _cross_entropy_group(res, report["device"])}
     if report["device"] == "cpu":
         me = _get(res, "cpu-bar", "softiou-cpu")
         if me:

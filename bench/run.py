@@ -248,6 +248,8 @@ def run(args):
                     entries.append((rec, rec.pop("_fn"), sets))
             if case.group == "per-call":
                 timings = time_interleaved(call_timer, entries)
+            elif case.group == "ce":  # the term against softiou alone: the same inputs, in turn
+                timings = time_interleaved(timer, entries)
             else:
                 timings = [time_provider(timer, fn, sets) for _, fn, sets in entries]
             for (rec, fn, sets), timing in zip(entries, timings):

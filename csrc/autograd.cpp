@@ -72,9 +72,10 @@ struct SavedLossOptions : torch::CustomClassHolder {
   double sharpness, alpha, beta, gamma, smooth, eps;
   std::optional<std::vector<int64_t>> classes;
   std::optional<int64_t> ignore_index;
+  double ce_weight, label_smoothing;
 };
 
-constexpr int kLossArgs = 21;  // arguments of LossFunction::forward after the context
+constexpr int kLossArgs = 23;  // arguments of LossFunction::forward after the context
 
 class LossFunction : public torch::autograd::Function<LossFunction> {
  public:
@@ -104,6 +105,8 @@ class LossFunction : public torch::autograd::Function<LossFunction> {
     o->eps = eps;
     if (classes.has_value()) o->classes = classes->vec();
     o->ignore_index = ignore_index;
+    o->ce_weight = ce_weight;
+    o->label_smoothing = label_smoothing;
     ctx->saved_data["options"] = c10::IValue::make_capsule(std::move(o));
     ctx->mark_non_differentiable({coef});
     return loss;
@@ -121,7 +124,7 @@ class LossFunction : public torch::autograd::Function<LossFunction> {
         grads[0], saved[0], saved[1], optional(saved[2]), saved[3], optional(saved[4]), o.mode,
         o.from_logits, o.sharpness, o.intersection, o.metric, o.alpha, o.beta, o.gamma,
         o.log_loss, o.smooth, o.eps, classes, o.include_background, o.ignore_index, o.per_image,
-        o.absent, o.reduction);
+        o.absent, o.reduction, o.ce_weight, o.label_smoothing);
     return out;
   }
 };

@@ -31,6 +31,15 @@ struct FinalizeArgs {
   bool drop_background = false;        // include_background=False
   bool subset = false;                 // classes=[...]: only the classes set in `keep`
   uint64_t keep[kKeepWords] = {};
+  // SPEC section 9, the cross-entropy term (ce not null): the loss gains
+  // ce_weight * sum_i num_i / sum_i den_i ("mean"; 0 for a zero denominator) or
+  // ce_weight * sum_i num_i ("sum"), over the ce_count entries (num_i, den_i) at
+  // ce[i * ce_sN + {0, 1}] (per sample, or per warp on the GPU); d loss / d num (the same for
+  // every sample) is written after the pairs' coefficients.
+  double ce_weight = 0.0;
+  const void* ce = nullptr;
+  int64_t ce_sN = 0, ce_count = 0;
+  bool ce_slot = false;  // the coefficients have the term's slot (the loss's): written, 0 without
 
   // rows of the loss and the coefficients
   SOFTIOU_HD int64_t rows() const { return per_image ? N : 1; }
@@ -125,9 +134,23 @@ SOFTIOU_HD void pair_stats(const A* stats, int64_t s_n, int64_t s_c, const Final
   }
 }
 
+// The cross-entropy term from its sums: adds it to the loss (out[0]) and writes d loss / d num.
+template <class A>
+SOFTIOU_HD void add_cross_entropy(A num, A den, const FinalizeArgs& f, A* out, A* coef_ce) {
+  const A lam = A(f.ce_weight);
+  if (f.reduction == Reduction::kSum) {
+    out[0] += lam * num;
+    *coef_ce = lam;
+    return;
+  }
+  const A d = den > A(0) ? den : A(1);
+  out[0] += lam * (num / d);
+  *coef_ce = lam / d;
+}
+
 // The whole finalize step on one thread, pairs in row-major order. out: the loss ([] for mean and
 // sum, [rows][C] for none); coef: [rows][C][3], d out / d (I, P, Y) of every pair (mean: already
-// divided by the sum of the weights).
+// divided by the sum of the weights), then with the cross-entropy term d out / d num.
 template <class A>
 inline void finalize_serial(const A* stats, int64_t s_n, int64_t s_c, const FinalizeArgs& f,
                             A* out, A* coef) {
@@ -149,16 +172,24 @@ inline void finalize_serial(const A* stats, int64_t s_n, int64_t s_c, const Fina
       k[2] = w * t.dY;
     }
   }
+  if (f.ce_slot) coef[R * C * 3] = A(0);
   if (f.reduction == Reduction::kNone) return;
   if (f.reduction == Reduction::kSum) {
     out[0] = total;
-    return;
+  } else {  // mean over the kept pairs; no kept pair: 0 (and a zero gradient)
+    const A denom = wsum > A(0) ? wsum : A(1);
+    out[0] = total / denom;
+    const A inv = A(1) / denom;
+    for (int64_t i = 0; i < R * C * 3; ++i) coef[i] *= inv;
   }
-  // mean over the kept pairs; no kept pair: 0 (and a zero gradient)
-  const A denom = wsum > A(0) ? wsum : A(1);
-  out[0] = total / denom;
-  const A inv = A(1) / denom;
-  for (int64_t i = 0; i < R * C * 3; ++i) coef[i] *= inv;
+  if (f.ce != nullptr) {
+    A num = A(0), den = A(0);
+    for (int64_t i = 0; i < f.ce_count; ++i) {
+      num += static_cast<const A*>(f.ce)[i * f.ce_sN];
+      den += static_cast<const A*>(f.ce)[i * f.ce_sN + 1];
+    }
+    add_cross_entropy(num, den, f, out, coef + R * C * 3);
+  }
 }
 
 }  // namespace

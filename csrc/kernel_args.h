@@ -76,6 +76,17 @@ struct KernelArgs {
   int64_t go_sN = 0, go_sC = 0;
   // the gradient of the input [N, C, M] (input dtype, strides g_s*)
   void* grad_x = nullptr;
+
+  // SPEC section 9, the cross-entropy term. Forward (ce = true): the statistics pass also adds
+  // up, per item, its numerator sum v w l and its denominator (the two values after an item's
+  // C x 3 statistics). Backward: ce_coef[n * ce_sN] times the gradient of the loss is
+  // d loss / d numerator of sample n (null: no term). class_weight: the term's class weights
+  // c_k, [C], accumulation dtype, contiguous (null: 1).
+  bool ce = false;
+  double label_smoothing = 0.0;
+  const void* class_weight = nullptr;
+  const void* ce_coef = nullptr;
+  int64_t ce_sN = 0;
   int64_t g_sN = 0, g_sC = 0, g_sM = 0;
 };
 

@@ -258,6 +258,20 @@ struct Finalize {
   at::Tensor class_weight;  // in the accumulation dtype, contiguous (owns args.class_weight)
 };
 
+// class_weight as the kernels read it: [C], accumulation dtype, contiguous (undefined: none).
+inline at::Tensor class_weights(int64_t C, const at::Device& device, at::ScalarType acc,
+                                const std::optional<at::Tensor>& class_weight) {
+  if (!class_weight.has_value() || !class_weight->defined()) return at::Tensor();
+  const auto& cw = *class_weight;
+  TORCH_CHECK_VALUE(cw.device() == device, "softiou: class_weight is on ", cw.device(),
+                    " but input is on ", device);
+  TORCH_CHECK_VALUE(at::isFloatingType(cw.scalar_type()), "softiou: class_weight must be a ",
+                    "floating tensor of shape [C]; got ", cw.scalar_type());
+  TORCH_CHECK_VALUE(cw.dim() == 1 && cw.size(0) == C, "softiou: class_weight must have ",
+                    "shape [C] = (", C, ",); got ", cw.sizes());
+  return cw.scalar_type() == acc && cw.is_contiguous() ? cw : cw.to(acc).contiguous();
+}
+
 inline Finalize parse_finalize(int64_t N, int64_t C, const at::Device& device,
                                at::ScalarType acc, const FinalizeOptions& o,
                                const std::optional<at::Tensor>& class_weight) {
@@ -322,19 +336,61 @@ inline Finalize parse_finalize(int64_t N, int64_t C, const at::Device& device,
     }
     f.subset = true;
   }
-  if (class_weight.has_value() && class_weight->defined()) {
-    const auto& cw = *class_weight;
-    TORCH_CHECK_VALUE(cw.device() == device, "softiou: class_weight is on ", cw.device(),
-                      " but input is on ", device);
-    TORCH_CHECK_VALUE(at::isFloatingType(cw.scalar_type()), "softiou: class_weight must be a ",
-                      "floating tensor of shape [C]; got ", cw.scalar_type());
-    TORCH_CHECK_VALUE(cw.dim() == 1 && cw.size(0) == C, "softiou: class_weight must have ",
-                      "shape [C] = (", C, ",); got ", cw.sizes());
-    out.class_weight = cw.scalar_type() == acc && cw.is_contiguous() ? cw
-                                                                      : cw.to(acc).contiguous();
-    f.class_weight = out.class_weight.data_ptr();
-  }
+  out.class_weight = class_weights(C, device, acc, class_weight);
+  if (out.class_weight.defined()) f.class_weight = out.class_weight.data_ptr();
   return out;
+}
+
+// SPEC section 9: the checks of ce_weight and label_smoothing (label_smoothing is checked even
+// with the term off: a value that would be refused with it on is refused).
+inline void check_cross_entropy(const LossOptions& o) {
+  TORCH_CHECK_VALUE(o.ce_weight >= 0 && o.ce_weight < 1e308,
+                    "softiou: ce_weight must be a finite number >= 0; got ", o.ce_weight);
+  TORCH_CHECK_VALUE(o.label_smoothing >= 0 && o.label_smoothing < 1,
+                    "softiou: label_smoothing must be a number in [0, 1); got ", o.label_smoothing);
+  TORCH_CHECK_VALUE(o.label_smoothing == 0 || o.mode == "multiclass", "softiou: label_smoothing ",
+                    "must be 0 in ", std::string(o.mode), " mode (binary cross-entropy); got ",
+                    o.label_smoothing);
+  if (o.ce_weight > 0) {
+    TORCH_CHECK_VALUE(o.from_logits, "softiou: ce_weight > 0 needs from_logits=True: the ",
+                      "cross-entropy is of logits");
+    TORCH_CHECK_VALUE(o.reduction != "none", "softiou: ce_weight > 0 needs reduction='mean' or ",
+                      "'sum': the cross-entropy and the per-pair losses of reduction='none' ",
+                      "have different shapes");
+  }
+}
+
+// The loss's options checked and parsed, and the kernel arguments of its cross-entropy term (the
+// statistics pass accumulates it when `forward` and ce_weight > 0).
+inline Finalize prepare_loss(Prepared& p, const LossOptions& o,
+                             const std::optional<at::Tensor>& class_weight,
+                             const at::Device& device, bool forward) {
+  check_cross_entropy(o);
+  Finalize fin = parse_finalize(p.N, p.C, device, p.acc, o, class_weight);
+  fin.args.ce_weight = o.ce_weight;
+  fin.args.ce_slot = true;
+  p.args.ce = forward && o.ce_weight > 0;
+  p.args.label_smoothing = o.label_smoothing;
+  p.args.class_weight = fin.args.class_weight;
+  return fin;
+}
+
+// softiou::stats_ce: the statistics with the cross-entropy term's sums (accumulate: forward).
+// Returns the class weights as the kernels read them (the tensor owns their memory).
+inline at::Tensor prepare_cross_entropy(Prepared& p, const CrossEntropyOptions& o,
+                                        const std::optional<at::Tensor>& class_weight,
+                                        const at::Device& device, bool accumulate) {
+  TORCH_CHECK_VALUE(o.from_logits, "softiou: the cross-entropy term needs from_logits=True");
+  TORCH_CHECK_VALUE(o.label_smoothing >= 0 && o.label_smoothing < 1,
+                    "softiou: label_smoothing must be a number in [0, 1); got ", o.label_smoothing);
+  TORCH_CHECK_VALUE(o.label_smoothing == 0 || o.mode == "multiclass", "softiou: label_smoothing ",
+                    "must be 0 in ", std::string(o.mode), " mode (binary cross-entropy); got ",
+                    o.label_smoothing);
+  at::Tensor cw = class_weights(p.C, device, p.acc, class_weight);
+  p.args.ce = accumulate;
+  p.args.label_smoothing = o.label_smoothing;
+  p.args.class_weight = cw.defined() ? cw.data_ptr() : nullptr;
+  return cw;
 }
 
 // The shape of the loss: [] for mean and sum; [N, C] (per image) or [C] (pooled) for none.
@@ -344,25 +400,57 @@ inline std::vector<int64_t> loss_shape(const FinalizeArgs& f) {
   return {f.C};
 }
 
-// Points the kernel arguments at the finalize coefficients [rows, C, 3] and at the gradient of
-// the loss (a scalar, [N, C] or [C], any strides).
+// The coefficients the loss's forward saves for its backward: d loss / d (I, P, Y) of every pair
+// ([rows][C][3]), then d loss / d (the cross-entropy's numerator).
+inline int64_t coef_elems(const FinalizeArgs& f) { return f.rows() * f.C * 3 + 1; }
+
+// Points the kernel arguments at the saved coefficients and at the gradient of the loss (a
+// scalar, [N, C] or [C], any strides).
 inline at::Tensor use_loss_grad(Prepared& p, const at::Tensor& coef, const at::Tensor& grad,
-                                bool per_image, bool per_pair) {
+                                const FinalizeArgs& f) {
+  TORCH_CHECK_VALUE(coef.dim() == 1 && coef.numel() == coef_elems(f) &&
+                        coef.scalar_type() == p.acc && coef.is_contiguous(),
+                    "softiou: coef must be the coefficients of the loss's forward, ",
+                    coef_elems(f), " contiguous ", p.acc, " values; got ", coef.sizes(), " ",
+                    coef.scalar_type());
   at::Tensor g = grad.scalar_type() == p.acc ? grad : grad.to(p.acc);
-  p.args.coef = coef.data_ptr();
-  p.args.co_sN = per_image ? coef.stride(0) : 0;
-  p.args.co_sC = coef.stride(1);
-  p.args.co_sK = coef.stride(2);
-  p.args.grad_out = g.data_ptr();
-  if (!per_pair) {
-    p.args.go_sN = p.args.go_sC = 0;
-  } else if (per_image) {
-    p.args.go_sN = g.stride(0);
-    p.args.go_sC = g.stride(1);
+  KernelArgs& a = p.args;
+  a.coef = coef.data_ptr();
+  a.co_sN = f.per_image ? f.C * 3 : 0;
+  a.co_sC = 3;
+  a.co_sK = 1;
+  a.grad_out = g.data_ptr();
+  if (f.reduction != Reduction::kNone) {
+    a.go_sN = a.go_sC = 0;
+  } else if (f.per_image) {
+    a.go_sN = g.stride(0);
+    a.go_sC = g.stride(1);
   } else {
-    p.args.go_sN = 0;
-    p.args.go_sC = g.stride(0);
+    a.go_sN = 0;
+    a.go_sC = g.stride(0);
   }
+  if (f.ce_weight > 0) {
+    a.ce_coef = static_cast<const char*>(coef.data_ptr()) +
+                (coef_elems(f) - 1) * at::elementSize(p.acc);
+    a.ce_sN = 0;
+  }
+  return g;
+}
+
+// The gradient of softiou::stats_ce's per-sample cross-entropy sums [N, 2]: its first column,
+// d loss / d numerator, is what the gradient pass reads (the denominator does not depend on
+// the input). Undefined: no term.
+inline at::Tensor use_grad_ce(Prepared& p, const std::optional<at::Tensor>& grad_ce,
+                              const at::Tensor& input) {
+  if (!grad_ce.has_value() || !grad_ce->defined()) return at::Tensor();
+  TORCH_CHECK_VALUE(grad_ce->dim() == 2 && grad_ce->size(0) == p.N && grad_ce->size(1) == 2,
+                    "softiou: grad_ce must have shape [N, 2] = [", p.N, ", 2]; got ",
+                    grad_ce->sizes());
+  TORCH_CHECK_VALUE(grad_ce->device() == input.device(), "softiou: grad_ce is on ",
+                    grad_ce->device(), " but input is on ", input.device());
+  at::Tensor g = grad_ce->scalar_type() == p.acc ? *grad_ce : grad_ce->to(p.acc);
+  p.args.ce_coef = g.data_ptr();
+  p.args.ce_sN = g.stride(0);
   return g;
 }
 

@@ -4,6 +4,8 @@
 //                            forward, one gradient pass backward (autograd in autograd.cpp)
 //   softiou::stats           one fused pass: per-(sample, class) sums I, P, Y  -> [N, C, 3]
 //   softiou::stats_backward  the gradient pass from the gradient of those sums
+//   softiou::stats_ce        stats with the cross-entropy term's per-sample sums [N, 2] (SPEC
+//                            section 9; the pooled path keeps that term local), and its backward
 //   softiou::finalize        the finalize step alone (SPEC sections 4-5), from [N, C, 3]
 //                            statistics: the pooled data-parallel path all-reduces the statistics
 //                            between stats and finalize
@@ -53,6 +55,16 @@ TORCH_LIBRARY(softiou, m) {
   m.def(
       "stats_backward(Tensor grad_stats, Tensor input, Tensor target, Tensor? weight, str mode, "
       "bool from_logits, float sharpness, str intersection, int? ignore_index) -> Tensor",
+      tags);
+  m.def(
+      "stats_ce(Tensor input, Tensor target, Tensor? weight, Tensor? class_weight, str mode, "
+      "bool from_logits, float sharpness, str intersection, int? ignore_index, "
+      "float label_smoothing) -> (Tensor, Tensor)",
+      tags);
+  m.def(
+      "stats_ce_backward(Tensor grad_stats, Tensor? grad_ce, Tensor input, Tensor target, "
+      "Tensor? weight, Tensor? class_weight, str mode, bool from_logits, float sharpness, "
+      "str intersection, int? ignore_index, float label_smoothing) -> Tensor",
       tags);
   m.def("loss(Tensor input, Tensor target, Tensor? weight=None, " SOFTIOU_LOSS_OPTION_SCHEMA
         ") -> Tensor",

@@ -31,6 +31,17 @@ struct LossOptions : FinalizeOptions {
   double sharpness;
   c10::string_view intersection;
   std::optional<int64_t> ignore_index;
+  double ce_weight, label_smoothing;  // SPEC section 9
+};
+
+// The statistics with the cross-entropy term's sums (softiou::stats_ce, the pooled path)
+struct CrossEntropyOptions {
+  c10::string_view mode;
+  bool from_logits;
+  double sharpness;
+  c10::string_view intersection;
+  std::optional<int64_t> ignore_index;
+  double label_smoothing;
 };
 
 // The loss options in schema order: the declarations (with the defaults of softiou::loss), the
@@ -41,17 +52,19 @@ struct LossOptions : FinalizeOptions {
   "float sharpness=1.0, str intersection=\"product\", str metric=\"jaccard\", "               \
   "float alpha=0.5, float beta=0.5, float gamma=1.0, bool log_loss=False, float smooth=0.0, "   \
   "float eps=1e-07, int[]? classes=None, bool include_background=True, "                        \
-  "int? ignore_index=None, bool per_image=True, str absent=\"include\", str reduction=\"mean\""
+  "int? ignore_index=None, bool per_image=True, str absent=\"include\", str reduction=\"mean\", " \
+  "float ce_weight=0.0, float label_smoothing=0.0"
 #define SOFTIOU_LOSS_OPTION_PARAMS                                                              \
   const std::optional<at::Tensor>&class_weight, c10::string_view mode, bool from_logits,        \
       double sharpness, c10::string_view intersection, c10::string_view metric, double alpha,    \
       double beta, double gamma, bool log_loss, double smooth, double eps,                       \
       at::OptionalIntArrayRef classes, bool include_background,                                  \
       std::optional<int64_t> ignore_index, bool per_image, c10::string_view absent,              \
-      c10::string_view reduction
+      c10::string_view reduction, double ce_weight, double label_smoothing
 #define SOFTIOU_LOSS_OPTION_ARGS                                                                \
   class_weight, mode, from_logits, sharpness, intersection, metric, alpha, beta, gamma, log_loss, \
-      smooth, eps, classes, include_background, ignore_index, per_image, absent, reduction
+      smooth, eps, classes, include_background, ignore_index, per_image, absent, reduction,      \
+      ce_weight, label_smoothing
 
 #define SOFTIOU_FINALIZE_OPTION_SCHEMA                                                          \
   "str metric=\"jaccard\", float alpha=0.5, float beta=0.5, float gamma=1.0, "                  \
@@ -76,6 +89,8 @@ inline LossOptions loss_options(SOFTIOU_LOSS_OPTION_PARAMS) {
   o.sharpness = sharpness;
   o.intersection = intersection;
   o.ignore_index = ignore_index;
+  o.ce_weight = ce_weight;
+  o.label_smoothing = label_smoothing;
   (void)class_weight;
   return o;
 }
@@ -102,6 +117,38 @@ using LossBackwardImpl = at::Tensor (*)(const at::Tensor& grad, const at::Tensor
 using FinalizeImpl = std::tuple<at::Tensor, at::Tensor> (*)(
     const at::Tensor& stats, const std::optional<at::Tensor>& class_weight,
     const FinalizeOptions& o);
+
+using StatsCeImpl = std::tuple<at::Tensor, at::Tensor> (*)(
+    const at::Tensor& input, const at::Tensor& target, const std::optional<at::Tensor>& weight,
+    const std::optional<at::Tensor>& class_weight, const CrossEntropyOptions& o);
+using StatsCeBackwardImpl = at::Tensor (*)(const at::Tensor& grad_stats,
+                                           const std::optional<at::Tensor>& grad_ce,
+                                           const at::Tensor& input, const at::Tensor& target,
+                                           const std::optional<at::Tensor>& weight,
+                                           const std::optional<at::Tensor>& class_weight,
+                                           const CrossEntropyOptions& o);
+
+#define SOFTIOU_STATS_CE_PARAMS                                                                 \
+  const at::Tensor &input, const at::Tensor &target, const std::optional<at::Tensor>&weight,    \
+      const std::optional<at::Tensor>&class_weight, c10::string_view mode, bool from_logits,     \
+      double sharpness, c10::string_view intersection, std::optional<int64_t> ignore_index,      \
+      double label_smoothing
+
+template <StatsCeImpl F>
+std::tuple<at::Tensor, at::Tensor> stats_ce_kernel(SOFTIOU_STATS_CE_PARAMS) {
+  return F(input, target, weight, class_weight,
+           CrossEntropyOptions{mode, from_logits, sharpness, intersection, ignore_index,
+                               label_smoothing});
+}
+
+template <StatsCeBackwardImpl F>
+at::Tensor stats_ce_backward_kernel(const at::Tensor& grad_stats,
+                                    const std::optional<at::Tensor>& grad_ce,
+                                    SOFTIOU_STATS_CE_PARAMS) {
+  return F(grad_stats, grad_ce, input, target, weight, class_weight,
+           CrossEntropyOptions{mode, from_logits, sharpness, intersection, ignore_index,
+                               label_smoothing});
+}
 
 template <LossForwardImpl F>
 std::tuple<at::Tensor, at::Tensor> loss_forward_kernel(const at::Tensor& input,

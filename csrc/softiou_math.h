@@ -43,6 +43,10 @@ SOFTIOU_HD float log1p_(float x) { return log1pf(x); }
 SOFTIOU_HD double log1p_(double x) { return log1p(x); }
 SOFTIOU_HD float pow_(float x, float y) { return powf(x, y); }
 SOFTIOU_HD double pow_(double x, double y) { return pow(x, y); }
+SOFTIOU_HD float log_pos(float x) { return __logf(x); }
+SOFTIOU_HD double log_pos(double x) { return log(x); }
+SOFTIOU_HD float log1p_pos(float x) { return log1pf(x); }
+SOFTIOU_HD double log1p_pos(double x) { return log1p(x); }
 #else
 // Cody-Waite reduction and the Cephes polynomial: within 2 ulp of expf, and written with plain
 // float arithmetic and integer bit moves so that loops calling it vectorise.
@@ -69,6 +73,44 @@ SOFTIOU_HD float exp_nonpos(float z) {
   return z < lo ? 0.0f : res;
 }
 SOFTIOU_HD double exp_nonpos(double z) { return __builtin_exp(z); }
+// log of a positive normal float (the kernels take it of a softmax's sum, which is >= 1, and of
+// 1 + e^-|z| in [1, 2]): exponent and mantissa in [sqrt(1/2), sqrt(2)) by bit moves, then the
+// Cephes polynomial; within 2 ulp of logf, and vectorisable like exp_nonpos. 0, Inf and NaN are
+// not handled (NaN passes).
+SOFTIOU_HD float log_pos(float x) {
+  uint32_t u;
+  std::memcpy(&u, &x, sizeof(u));
+  int32_t e = int32_t(u >> 23) - 127;
+  uint32_t mb = (u & 0x007fffffu) | 0x3f800000u;  // mantissa in [1, 2)
+  float m;
+  std::memcpy(&m, &mb, sizeof(m));
+  const bool big = m > 1.41421356f;
+  m = big ? 0.5f * m : m;
+  e = big ? e + 1 : e;
+  const float f = m - 1.0f;
+  const float z = f * f;
+  float p = 7.0376836292e-2f;
+  p = p * f - 1.1514610310e-1f;
+  p = p * f + 1.1676998740e-1f;
+  p = p * f - 1.2420140846e-1f;
+  p = p * f + 1.4249322787e-1f;
+  p = p * f - 1.6668057665e-1f;
+  p = p * f + 2.0000714765e-1f;
+  p = p * f - 2.4999993993e-1f;
+  p = p * f + 3.3333331174e-1f;
+  const float fe = float(e);
+  float y = p * f * z + fe * -2.12194440e-4f - 0.5f * z;
+  y = f + y + fe * 0.693359375f;
+  return x != x ? x : y;
+}
+SOFTIOU_HD double log_pos(double x) { return __builtin_log(x); }
+// log(1 + x) for x >= 0 (x = e^-|z| in the binary cross-entropy): log(u) * x / (u - 1) with
+// u = 1 + x (exact where u rounds to 1), vectorisable.
+SOFTIOU_HD float log1p_pos(float x) {
+  const float u = 1.0f + x;
+  return u == 1.0f ? x : log_pos(u) * (x / (u - 1.0f));
+}
+SOFTIOU_HD double log1p_pos(double x) { return __builtin_log1p(x); }
 SOFTIOU_HD float log_(float x) { return __builtin_logf(x); }
 SOFTIOU_HD double log_(double x) { return __builtin_log(x); }
 SOFTIOU_HD float log1p_(float x) { return __builtin_log1pf(x); }
@@ -118,6 +160,31 @@ SOFTIOU_HD void pair_gradient(const KernelArgs& a, int64_t n, int64_t c, A& gI, 
   const A go = a.grad_out == nullptr ? A(1) : static_cast<const A*>(a.grad_out)[n * a.go_sN + c * a.go_sC];
   gI = go * k[0];
   gP = go * k[a.co_sK];
+}
+
+// SPEC section 9. The cross-entropy of a pixel under the softmax is l = Q lse - QL, with q_k the
+// term's weight of class k (class map: (1 - eps) c_t [k == t] + (eps / C) c_k; dense target:
+// c_k ((1 - eps) y_k + eps / C)), Q = sum_k q_k, QL = sum_k q_k l_k (l_k = a x_k) and
+// lse = log sum_k e^(l_k); its derivative in l_k is Q p_k - q_k. Binary / multilabel:
+// c_k BCEWithLogits(z, y) = c_k (max(z, 0) - z y + log(1 + e^-|z|)), with derivative
+// c_k (p - y) in z. The gradient kernels scale these by the pixel's v w and by ce_gradient.
+template <class A>
+SOFTIOU_HD A bce_with_logits(A z, A y, A e_neg_abs_z) {
+  return (z > A(0) ? z : A(0)) - z * y + log1p_pos(e_neg_abs_z);
+}
+
+// d loss / d (the cross-entropy's numerator) for sample n: 0 when the term is off.
+template <class A>
+SOFTIOU_HD A ce_gradient(const KernelArgs& a, int64_t n) {
+  if (a.ce_coef == nullptr) return A(0);
+  const A go = a.grad_out == nullptr ? A(1) : static_cast<const A*>(a.grad_out)[n * a.go_sN];
+  return go * static_cast<const A*>(a.ce_coef)[n * a.ce_sN];
+}
+
+// The term's weight of class c (1 without class weights).
+template <class A>
+SOFTIOU_HD A ce_class_weight(const KernelArgs& a, int64_t c) {
+  return a.class_weight == nullptr ? A(1) : static_cast<const A*>(a.class_weight)[c];
 }
 
 // dL/dp for one element, from the gradients of the loss with respect to I and P of its

@@ -67,11 +67,11 @@ def main(argv=None):
             pick = torch.randperm(len(train[0]), generator=g)[:args.batch]
             x, y = train[0][pick], train[1][pick]
             logits = model(x)
-            loss = 0
-            if "bce" in name:
-                loss = loss + F.binary_cross_entropy_with_logits(logits, y)
-            if "jaccard" in name:
-                loss = loss + softiou_cuda.soft_iou_loss(logits, y, mode="binary", per_image=False)
+            if name == "bce":
+                loss = F.binary_cross_entropy_with_logits(logits, y)
+            else:  # the Jaccard loss, with the binary cross-entropy fused in for "bce+jaccard"
+                loss = softiou_cuda.soft_iou_loss(logits, y, mode="binary", per_image=False,
+                                                  ce_weight=1.0 if "bce" in name else 0.0)
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -28,7 +28,8 @@ def soft_iou_loss(input: torch.Tensor, target: torch.Tensor,
                   eps: float = 1e-7, class_weight: Optional[torch.Tensor] = None,
                   classes: Optional[Sequence[int]] = None, include_background: bool = True,
                   ignore_index: Optional[int] = None, per_image: bool = True,
-                  absent: str = "include", reduction: str = "mean", process_group=None,
+                  absent: str = "include", reduction: str = "mean", ce_weight: float = 0.0,
+                  label_smoothing: float = 0.0, process_group=None,
                   backend: str = "auto") -> torch.Tensor:
     """Soft IoU (Jaccard), Dice or Tversky loss, fused (see SPEC.md and the README).
 
@@ -53,6 +54,11 @@ def soft_iou_loss(input: torch.Tensor, target: torch.Tensor,
         per_image: one score per (image, class) (default) or per class over the batch.
         absent: ``"include"`` every selected pair, or ``"exclude"`` pairs with no target pixel.
         reduction: ``"mean"``, ``"sum"`` or ``"none"`` (``[N, C]``, or ``[C]`` pooled).
+        ce_weight: ``λ >= 0``: add ``λ`` times the cross-entropy (multiclass; binary
+            cross-entropy with logits in binary/multilabel mode), computed in the same passes
+            (SPEC section 9): with ``class_weight``, ``weight``, ``ignore_index`` and
+            ``sharpness``, like ``F.cross_entropy``. Needs logits, and ``"mean"`` or ``"sum"``.
+        label_smoothing: ``ε`` in ``[0, 1)`` of the cross-entropy (multiclass).
         process_group: with ``per_image=False``, sum the statistics over the ranks of this
             ``torch.distributed`` group (differentiably): the IoU of the global batch.
         backend: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"triton"`` or ``"reference"``.
@@ -61,7 +67,8 @@ def soft_iou_loss(input: torch.Tensor, target: torch.Tensor,
         classes = tuple(classes)
     options = checks.options(mode, from_logits, sharpness, intersection, metric, alpha, beta,
                              gamma, log_loss, smooth, eps, classes, include_background,
-                             ignore_index, per_image, absent, reduction)
+                             ignore_index, per_image, absent, reduction, ce_weight,
+                             label_smoothing)
     return _loss(input, target, weight, class_weight, options, process_group, backend)
 
 
@@ -85,16 +92,27 @@ def _loss(input, target, weight, class_weight, options: LossOptions, process_gro
 
 def _pooled_over_ranks(name, input, target, weight, class_weight, options, group):
     """``per_image=False`` over a process group: the statistics of this rank's batch, summed over
-    the batch and over the ranks (a differentiable all-reduce), then the finalize step."""
+    the batch and over the ranks (a differentiable all-reduce), then the finalize step. The
+    cross-entropy term (SPEC section 9) stays this rank's mean, as F.cross_entropy's does."""
     x, t, w = checks.normalize_inputs(input, target, weight, options.mode)
     if name == "triton":
         ops = backends.triton_ops()
-        stats_fn, finalize_fn = ops.triton_stats, ops.finalize
+        stats_fn, stats_ce_fn, finalize_fn = ops.triton_stats, ops.triton_stats_ce, ops.finalize
     else:
-        stats_fn, finalize_fn = torch.ops.softiou.stats, torch.ops.softiou.finalize
-    stats = stats_fn(x, t, w, *options.stats_args())
+        stats_fn, stats_ce_fn = torch.ops.softiou.stats, torch.ops.softiou.stats_ce
+        finalize_fn = torch.ops.softiou.finalize
+    ce = None
+    if options.ce_weight > 0:
+        stats, ce = stats_ce_fn(x, t, w, class_weight, *options.stats_ce_args())
+    else:
+        stats = stats_fn(x, t, w, *options.stats_args())
     pooled = distributed.all_reduce_sum(stats.sum(dim=0, keepdim=True), group)
-    return finalize_fn(pooled, class_weight, **options.finalize_kwargs())
+    loss = finalize_fn(pooled, class_weight, **options.finalize_kwargs())
+    if ce is not None:
+        num, den = ce.sum(dim=0).unbind()
+        term = num if options.reduction == "sum" else num / torch.where(den > 0, den, 1.0)
+        loss = loss + options.ce_weight * term
+    return loss
 
 
 class SoftIoULoss(torch.nn.Module):
@@ -111,13 +129,15 @@ class SoftIoULoss(torch.nn.Module):
                  class_weight=None, classes: Optional[Sequence[int]] = None,
                  include_background: bool = True, ignore_index: Optional[int] = None,
                  per_image: bool = True, absent: str = "include", reduction: str = "mean",
-                 process_group=None, backend: str = "auto"):
+                 ce_weight: float = 0.0, label_smoothing: float = 0.0, process_group=None,
+                 backend: str = "auto"):
         super().__init__()
         self.options = checks.make_options(
             mode=mode, from_logits=from_logits, sharpness=sharpness, intersection=intersection,
             metric=metric, alpha=alpha, beta=beta, gamma=gamma, log_loss=log_loss, smooth=smooth,
             eps=eps, classes=classes, include_background=include_background,
-            ignore_index=ignore_index, per_image=per_image, absent=absent, reduction=reduction)
+            ignore_index=ignore_index, per_image=per_image, absent=absent, reduction=reduction,
+            ce_weight=ce_weight, label_smoothing=label_smoothing)
         if class_weight is not None:
             class_weight = torch.as_tensor(class_weight, dtype=torch.float32)
             if class_weight.dim() != 1 or not torch.isfinite(class_weight).all() \

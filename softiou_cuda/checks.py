@@ -55,6 +55,8 @@ class LossOptions(NamedTuple):
     per_image: bool = True
     absent: str = "include"
     reduction: str = "mean"
+    ce_weight: float = 0.0
+    label_smoothing: float = 0.0
 
     def kwargs(self) -> dict:
         """The options by name (the keyword arguments of ``soft_iou_loss``)."""
@@ -64,6 +66,11 @@ class LossOptions(NamedTuple):
         """The options of the statistics ops, in their schema order."""
         return (self.mode, self.from_logits, float(self.sharpness), self.intersection,
                 self.ignore_index)
+
+    def stats_ce_args(self) -> tuple:
+        """The options of the statistics ops with the cross-entropy's sums (after the class
+        weights), in their schema order."""
+        return self.stats_args() + (self.label_smoothing,)
 
     def finalize_kwargs(self) -> dict:
         """The options of the finalize step (``softiou::finalize``)."""
@@ -94,7 +101,8 @@ def _flag(name, value):
 def make_options(mode="multiclass", from_logits=True, sharpness=1.0, intersection="product",
                  metric="jaccard", alpha=0.5, beta=0.5, gamma=1.0, log_loss=False, smooth=0.0,
                  eps=1e-7, classes=None, include_background=True, ignore_index=None,
-                 per_image=True, absent="include", reduction="mean") -> LossOptions:
+                 per_image=True, absent="include", reduction="mean", ce_weight=0.0,
+                 label_smoothing=0.0) -> LossOptions:
     """Validates the options (SPEC section 7: a ValueError naming the argument) and returns them
     as one :class:`LossOptions`. The number of classes is checked by the operator."""
     _choice("mode", mode, MODES)
@@ -114,6 +122,18 @@ def make_options(mode="multiclass", from_logits=True, sharpness=1.0, intersectio
     if ignore_index is not None and (not isinstance(ignore_index, int)
                                      or isinstance(ignore_index, bool)):
         raise ValueError(f"ignore_index must be an int or None; got {ignore_index!r}")
+    # SPEC section 9
+    ce_weight = _number("ce_weight", ce_weight, lambda v: v >= 0, "a finite number >= 0")
+    label_smoothing = _number("label_smoothing", label_smoothing, lambda v: 0 <= v < 1,
+                              "a number in [0, 1)")
+    if ce_weight > 0 and from_logits is not True:
+        raise ValueError("ce_weight > 0 needs from_logits=True: the cross-entropy is of logits")
+    if ce_weight > 0 and reduction == "none":
+        raise ValueError("ce_weight > 0 needs reduction='mean' or 'sum': the cross-entropy and the "
+                         "per-pair losses of reduction='none' have different shapes")
+    if label_smoothing != 0 and mode != "multiclass":
+        raise ValueError(f"label_smoothing must be 0 in {mode} mode (binary cross-entropy); got "
+                         f"{label_smoothing}")
     return LossOptions(
         mode=mode, from_logits=_flag("from_logits", from_logits),
         sharpness=_number("sharpness", sharpness, lambda v: v > 0, "a finite number > 0"),
@@ -126,7 +146,7 @@ def make_options(mode="multiclass", from_logits=True, sharpness=1.0, intersectio
         eps=_number("eps", eps, lambda v: v > 0, "a finite number > 0"),
         classes=classes, include_background=_flag("include_background", include_background),
         ignore_index=ignore_index, per_image=_flag("per_image", per_image), absent=absent,
-        reduction=reduction)
+        reduction=reduction, ce_weight=ce_weight, label_smoothing=label_smoothing)
 
 
 # typed: True and 1, or 1 and 1.0, are different options (a bool is checked to be a bool)

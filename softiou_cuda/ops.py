@@ -56,11 +56,13 @@ def input_classes(input: torch.Tensor, mode: str) -> int:
 
 
 def loss_outputs_like(input, mode, per_image, reduction):
-    """Empty (loss, coefficients [rows, C, 3]) for an input of the loss."""
+    """Empty (loss, coefficients) for an input of the loss: the coefficients are
+    [rows * C * 3 + 1], d loss / d (I, P, Y) of every pair then d loss / d the cross-entropy's
+    numerator (csrc/op_common.h: coef_elems)."""
     N, C = input.shape[0], input_classes(input, mode)
     acc = accumulation_dtype(input.dtype)
     loss = input.new_empty(loss_shape(N, C, per_image, reduction), dtype=acc)
-    return loss, input.new_empty((N if per_image else 1, C, 3), dtype=acc)
+    return loss, input.new_empty(((N if per_image else 1) * C * 3 + 1,), dtype=acc)
 
 
 def finalize_outputs_like(stats, per_image, reduction):
@@ -90,6 +92,19 @@ def _stats_fake(input, target, weight, mode, from_logits, sharpness, intersectio
 def _stats_backward_fake(grad_stats, input, target, weight, mode, from_logits, sharpness,
                          intersection, ignore_index):
     _same_device(input, target=target, weight=weight, grad_stats=grad_stats)
+    return torch.empty_like(input)
+
+
+def _stats_ce_fake(input, target, weight, class_weight, mode, from_logits, sharpness,
+                   intersection, ignore_index, label_smoothing):
+    _same_device(input, target=target, weight=weight, class_weight=class_weight)
+    acc = accumulation_dtype(input.dtype)
+    return (input.new_empty((input.shape[0], input.shape[1], 3), dtype=acc),
+            input.new_empty((input.shape[0], 2), dtype=acc))
+
+
+def _stats_ce_backward_fake(grad_stats, grad_ce, input, *args):
+    _same_device(input, grad_stats=grad_stats, grad_ce=grad_ce)
     return torch.empty_like(input)
 
 
@@ -149,6 +164,35 @@ def register_stats_autograd(op, backward_op):
     torch.library.register_autograd(op, backward, setup_context=setup_context)
 
 
+def register_stats_ce_autograd(op, backward_op):
+    """The autograd of a statistics op with the cross-entropy's per-sample sums
+    (``softiou::stats_ce``, ``softiou::triton_stats_ce``): its backward is
+    ``backward_op(grad_stats, grad_ce, input, target, weight, class_weight, *options)``."""
+
+    def setup_context(ctx, inputs, output):
+        input, target, weight, class_weight = inputs[:4]
+        for name, tensor in (("target", target), ("weight", weight),
+                             ("class_weight", class_weight)):
+            if tensor is not None and tensor.requires_grad:
+                raise ValueError(f"{name} requires grad, but softiou does not differentiate with "
+                                 f"respect to the {name}; pass {name}.detach()")
+        ctx.save_for_backward(input, target, weight, class_weight)
+        ctx.options = inputs[4:]
+
+    def backward(ctx, grad_stats, grad_ce):
+        input, target, weight, class_weight = ctx.saved_tensors
+        grad_input = None
+        if ctx.needs_input_grad[0]:
+            if grad_stats is None:
+                grad_stats = input.new_zeros((input.shape[0], input.shape[1], 3),
+                                             dtype=accumulation_dtype(input.dtype))
+            grad_input = backward_op(grad_stats, grad_ce, input, target, weight, class_weight,
+                                     *ctx.options)
+        return (grad_input,) + (None,) * 9
+
+    torch.library.register_autograd(op, backward, setup_context=setup_context)
+
+
 def stats(x, t, w, mode, from_logits, sharpness, intersection, ignore_index):
     """The compiled statistics op on normalized inputs (see checks.normalize_inputs)."""
     return torch.ops.softiou.stats(x, t, w, mode, from_logits, sharpness, intersection,
@@ -159,7 +203,10 @@ if HAS_EXTENSION:
     for _name, _fake in (("stats", _stats_fake), ("stats_backward", _stats_backward_fake),
                          ("loss", _loss_fake), ("_loss_forward", _loss_forward_fake),
                          ("_loss_backward", _loss_backward_fake), ("finalize", _finalize_fake),
-                         ("_finalize", _finalize_forward_fake)):
+                         ("_finalize", _finalize_forward_fake), ("stats_ce", _stats_ce_fake),
+                         ("stats_ce_backward", _stats_ce_backward_fake)):
         torch.library.register_fake(f"softiou::{_name}")(_fake)
     register_stats_autograd("softiou::stats",
                             lambda *args: torch.ops.softiou.stats_backward(*args))
+    register_stats_ce_autograd("softiou::stats_ce",
+                               lambda *args: torch.ops.softiou.stats_ce_backward(*args))

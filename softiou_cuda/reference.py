@@ -4,8 +4,9 @@ This module is the oracle every backend is tested against. It is written to be r
 SPEC, one function per section, and computes everything the obvious way (it builds the one-hot
 target the fused kernels never build).
 
-The fused backends replace only :func:`statistics` (section 3). Input checks (sections 1 and 7)
-and the scores and reduction (sections 4 and 5) are the functions below for every backend.
+It shares no code with the fused backends (softiou_cuda.checks, the C++ and Triton kernels),
+which it checks: sections 1 and 7 (inputs, options, errors), 2-3 (probabilities, statistics),
+4-5 (scores, loss, reduction) and 9 (the cross-entropy term) are the functions below.
 """
 
 from __future__ import annotations
@@ -121,7 +122,8 @@ def check_options(num_classes: int, device: torch.device, *, mode: str, from_log
                   gamma: float, log_loss: bool, smooth: float, eps: float,
                   class_weight: Optional[torch.Tensor], classes: Optional[Sequence[int]],
                   include_background: bool, ignore_index: Optional[int], per_image: bool,
-                  absent: str, reduction: str) -> None:
+                  absent: str, reduction: str, ce_weight: float = 0.0,
+                  label_smoothing: float = 0.0) -> None:
     """Section 7 for the options: every bad value raises a ValueError naming the argument."""
     _choice("mode", mode, MODES)
     _choice("intersection", intersection, INTERSECTIONS)
@@ -144,6 +146,17 @@ def check_options(num_classes: int, device: torch.device, *, mode: str, from_log
     number("gamma", gamma, lambda v: v > 0, "a finite number > 0")
     number("smooth", smooth, lambda v: v >= 0, "a finite number >= 0")
     number("eps", eps, lambda v: v > 0, "a finite number > 0")
+    # section 9
+    number("ce_weight", ce_weight, lambda v: v >= 0, "a finite number >= 0")
+    number("label_smoothing", label_smoothing, lambda v: 0 <= v < 1, "a number in [0, 1)")
+    if ce_weight > 0 and not from_logits:
+        raise ValueError("ce_weight > 0 needs from_logits=True: the cross-entropy is of logits")
+    if ce_weight > 0 and reduction == "none":
+        raise ValueError("ce_weight > 0 needs reduction='mean' or 'sum': the cross-entropy and the "
+                         "per-pair losses of reduction='none' have different shapes")
+    if label_smoothing != 0 and mode != "multiclass":
+        raise ValueError(f"label_smoothing must be 0 in {mode} mode (binary cross-entropy); got "
+                         f"{label_smoothing}")
     if ignore_index is not None and (not isinstance(ignore_index, int)
                                      or isinstance(ignore_index, bool)):
         raise ValueError(f"ignore_index must be an int or None; got {ignore_index!r}")
@@ -368,6 +381,60 @@ def loss_from_stats(stats: torch.Tensor, *, metric: str = "jaccard", alpha: floa
     return total / torch.where(wsum > 0, wsum, torch.ones_like(wsum))
 
 
+# --------------------------------------------------------------------------------------------
+# Section 9. Cross-entropy in the same pass
+# --------------------------------------------------------------------------------------------
+def cross_entropy_sums(x: torch.Tensor, t: torch.Tensor, w: Optional[torch.Tensor], mode: str,
+                       sharpness: float = 1.0, class_weight: Optional[torch.Tensor] = None,
+                       ignore_index: Optional[int] = None, label_smoothing: float = 0.0,
+                       compute_dtype: Optional[torch.dtype] = None):
+    """``(numerator, denominator)`` of the cross-entropy of normalized inputs, summed over the
+    batch: the term is ``numerator / denominator`` for ``"mean"`` and ``numerator`` for
+    ``"sum"``."""
+    acc = compute_dtype or accumulation_dtype(x.dtype)
+    C = x.shape[1]
+    z = sharpness * x.to(acc)
+    c = (class_weight.to(acc) if class_weight is not None
+         else torch.ones(C, dtype=acc, device=x.device))
+    c_b = c.reshape(1, C, *([1] * (x.dim() - 2)))  # broadcast over [N, C, *S]
+    pw = torch.ones(x.shape[:1] + x.shape[2:], dtype=acc, device=x.device) if w is None \
+        else w.to(acc)  # pixel weights [N, *S]
+    eps = label_smoothing
+    if mode == "multiclass":
+        logp = torch.log_softmax(z, dim=1)
+        if t.dtype in CLASS_MAP_DTYPES:  # class map
+            t = t.long()
+            valid = t != ignore_index if ignore_index is not None else torch.ones_like(t, dtype=torch.bool)
+            tk = torch.where(valid, t, 0)
+            logp_t = logp.gather(1, tk.unsqueeze(1)).squeeze(1)
+            c_t = c[tk]
+            ell = -(1 - eps) * c_t * logp_t - (eps / C) * (c_b * logp).sum(1)
+            vw = torch.where(valid, pw, torch.zeros_like(pw))
+            return (vw * ell).sum(), (vw * c_t).sum()
+        y = (1 - eps) * t.to(acc) + eps / C
+        ell = -(c_b * y * logp).sum(1)
+        return (pw * ell).sum(), pw.sum()
+    # binary / multilabel: c_c * BCEWithLogits(z, y), per element
+    if t.dtype in CLASS_MAP_DTYPES:
+        t = t.long()
+        valid = t != ignore_index if ignore_index is not None else torch.ones_like(t, dtype=torch.bool)
+        y = torch.where(valid, t, 0).to(acc)
+    else:
+        valid = torch.ones_like(z, dtype=torch.bool)
+        y = t.to(acc)
+    bce = torch.clamp_min(z, 0) - z * y + torch.log1p(torch.exp(-z.abs()))
+    v = valid.expand_as(z).to(acc)
+    return (v * pw.unsqueeze(1) * c_b * bce).sum(), v.sum()
+
+
+def cross_entropy_term(num: torch.Tensor, den: torch.Tensor, reduction: str) -> torch.Tensor:
+    """The term of section 9 from its sums: the mean (0, connected to the graph, for a zero
+    denominator) or the sum."""
+    if reduction == "sum":
+        return num
+    return num / torch.where(den > 0, den, torch.ones_like(den))
+
+
 def soft_iou_loss(input: torch.Tensor, target: torch.Tensor, weight: Optional[torch.Tensor] = None,
                   *, mode: str = "multiclass", from_logits: bool = True, sharpness: float = 1.0,
                   intersection: str = "product", metric: str = "jaccard", alpha: float = 0.5,
@@ -377,6 +444,7 @@ def soft_iou_loss(input: torch.Tensor, target: torch.Tensor, weight: Optional[to
                   classes: Optional[Sequence[int]] = None, include_background: bool = True,
                   ignore_index: Optional[int] = None, per_image: bool = True,
                   absent: str = "include", reduction: str = "mean", process_group=None,
+                  ce_weight: float = 0.0, label_smoothing: float = 0.0,
                   check_values: bool = True,
                   compute_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
     """The whole SPEC in eager PyTorch (the oracle). ``check_values=False`` skips the data checks
@@ -388,11 +456,16 @@ def soft_iou_loss(input: torch.Tensor, target: torch.Tensor, weight: Optional[to
                   log_loss=log_loss, smooth=smooth, eps=eps, class_weight=class_weight,
                   classes=classes, include_background=include_background,
                   ignore_index=ignore_index, per_image=per_image, absent=absent,
-                  reduction=reduction)
+                  reduction=reduction, ce_weight=ce_weight, label_smoothing=label_smoothing)
     stats = statistics_normalized(x, t, w, mode, from_logits, sharpness, intersection,
                                   ignore_index, check_values, compute_dtype)
-    return loss_from_stats(stats, metric=metric, alpha=alpha, beta=beta, gamma=gamma,
+    loss = loss_from_stats(stats, metric=metric, alpha=alpha, beta=beta, gamma=gamma,
                            log_loss=log_loss, smooth=smooth, eps=eps, class_weight=class_weight,
                            classes=classes, include_background=include_background,
                            per_image=per_image, absent=absent, reduction=reduction,
                            process_group=process_group)
+    if ce_weight > 0:  # section 9; under a process group the local mean
+        num, den = cross_entropy_sums(x, t, w, mode, sharpness, class_weight, ignore_index,
+                                      label_smoothing, compute_dtype)
+        loss = loss + ce_weight * cross_entropy_term(num, den, reduction)
+    return loss

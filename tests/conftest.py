@@ -5,9 +5,19 @@ can run here: ``cpu`` (C++), ``triton`` on the CPU through Triton's interpreter 
 present, and ``cuda`` and ``triton`` on a GPU.
 """
 
+import atexit
 import os
+import shutil
+import tempfile
 
-import torch
+# torch.compile's on-disk caches (Inductor, AOTAutograd) are keyed without the custom operators'
+# fake kernels: a session must not reuse graphs compiled against another build of softiou.
+if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+    _cache = tempfile.mkdtemp(prefix="softiou-inductor-")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = _cache
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+
+import torch  # noqa: E402
 
 # Triton reads TRITON_INTERPRET when it is imported: decide before anything imports it.
 if not torch.cuda.is_available():

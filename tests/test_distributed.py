@@ -2,7 +2,8 @@
 the ranks by a differentiable all-reduce (torch.distributed's functional collective, or the
 fallback formula where this torch's collective has no autograd), so 2 gloo processes under
 DistributedDataParallel get the loss and the parameter gradients of one process on the whole
-batch. Each configuration runs several times per session (a rank that dies at shutdown, or a
+batch (the cross-entropy term of SPEC section 9 stays each rank's own). Each configuration runs
+several times per session (a rank that dies at shutdown, or a
 warning in a training step, fails the test), and the pooled path traces with
 torch.compile(fullgraph=True)."""
 
@@ -17,6 +18,7 @@ import torch.multiprocessing as mp
 
 import softiou_cuda
 from softiou_cuda import distributed as sdist
+from softiou_cuda import reference
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUNS = 3  # 2-rank runs per configuration and session
@@ -37,9 +39,10 @@ def _batch():
     return x, t, w
 
 
-def _loss(model, x, t, w, group, backend):
+def _loss(model, x, t, w, group, backend, ce_weight=0.0):
     return softiou_cuda.soft_iou_loss(model(x), t, w, per_image=False, process_group=group,
-                                      ignore_index=255, metric="dice", backend=backend)
+                                      ignore_index=255, metric="dice", backend=backend,
+                                      ce_weight=ce_weight)
 
 
 def _use_fallback_formula():
@@ -67,7 +70,7 @@ def _run_rank(rank, world, port, fn, *args):
     faulthandler.cancel_dump_traceback_later()
 
 
-def _ddp_step(rank, backend, fallback, out):
+def _ddp_step(rank, backend, fallback, ce_weight, out):
     if fallback:
         _use_fallback_formula()
     model = torch.nn.parallel.DistributedDataParallel(_model())
@@ -75,7 +78,7 @@ def _ddp_step(rank, backend, fallback, out):
     share = slice(rank * 2, rank * 2 + 2)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        loss = _loss(model, x[share], t[share], w[share], dist.group.WORLD, backend)
+        loss = _loss(model, x[share], t[share], w[share], dist.group.WORLD, backend, ce_weight)
         loss.backward()
     result = {"loss": loss.detach(), "grads": [p.grad.clone() for p in model.parameters()],
               "warnings": [f"{w.category.__name__}: {w.message}" for w in caught]}
@@ -88,34 +91,47 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _one_process():
+def _one_process(ce_weight):
+    """One process on the whole batch: the loss of each rank (the IoU of the whole batch, plus
+    the rank's own cross-entropy, SPEC section 9) and the gradient DDP averages to (the IoU's,
+    plus the mean over ranks of the cross-entropy's)."""
     model = _model()
     x, t, w = _batch()
-    loss = _loss(model, x, t, w, None, "auto")
-    loss.backward()
-    return loss.detach(), [p.grad for p in model.parameters()]
+    logits = model(x)
+    iou = softiou_cuda.soft_iou_loss(logits, t, w, per_image=False, ignore_index=255,
+                                     metric="dice")
+    ces = []
+    for rank in range(2):
+        share = slice(rank * 2, rank * 2 + 2)
+        num, den = reference.cross_entropy_sums(logits[share], t[share], w[share], "multiclass",
+                                                ignore_index=255)
+        ces.append(ce_weight * reference.cross_entropy_term(num, den, "mean"))
+    (iou + sum(ces) / 2).backward()
+    return [(iou + ce).detach() for ce in ces], [p.grad for p in model.parameters()]
 
 
-CONFIGS = [("cpu", False), ("cpu", True), ("reference", False)]
+CONFIGS = [("cpu", False, 0.0), ("cpu", True, 0.0), ("reference", False, 0.0),
+           ("cpu", False, 0.5)]
 
 
 @pytest.mark.parametrize("run", range(RUNS))
-@pytest.mark.parametrize("backend,fallback", CONFIGS,
-                         ids=["cpu", "cpu-fallback-formula", "reference"])
-def test_two_gloo_ranks_equal_one_process(tmp_path, backend, fallback, run):
+@pytest.mark.parametrize("backend,fallback,ce_weight", CONFIGS,
+                         ids=["cpu", "cpu-fallback-formula", "reference", "cpu-cross-entropy"])
+def test_two_gloo_ranks_equal_one_process(tmp_path, backend, fallback, ce_weight, run):
     if backend not in softiou_cuda.available_backends("cpu"):
         pytest.skip(f"{backend} backend not built")
     if backend == "reference" and not sdist.collective_is_differentiable():
         pytest.skip("the reference's process_group needs a differentiable functional all_reduce")
     out = str(tmp_path / "rank")
     # raises if a rank fails or dies (a signal at shutdown included)
-    mp.start_processes(_run_rank, args=(2, _free_port(), _ddp_step, backend, fallback, out),
+    mp.start_processes(_run_rank,
+                       args=(2, _free_port(), _ddp_step, backend, fallback, ce_weight, out),
                        nprocs=2, start_method="spawn")
-    want_loss, want_grads = _one_process()
+    want_losses, want_grads = _one_process(ce_weight)
     for rank in range(2):
         got = torch.load(f"{out}.{rank}")
         assert got["warnings"] == [], got["warnings"]
-        torch.testing.assert_close(got["loss"], want_loss, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(got["loss"], want_losses[rank], rtol=1e-6, atol=1e-7)
         for g, want in zip(got["grads"], want_grads):
             torch.testing.assert_close(g, want, rtol=1e-5, atol=1e-7)
 

@@ -56,15 +56,28 @@ def _pair_gradient(coef_ptr, go_ptr, n, c, kn, kc, kk, gon, goc, mask, HAS_GO: t
 
 
 @triton.jit
-def pixel_kernel(x_ptr, t_ptr, w_ptr, coef_ptr, go_ptr, out_ptr, gx_ptr,
+def _ce_gradient(ce_ptr, go_ptr, n, ce_sn, gon, HAS_GO: tl.constexpr,
+                 ACC: tl.constexpr):  # softiou_math.h: ce_gradient
+    g = tl.load(ce_ptr + n * ce_sn).to(ACC)
+    if HAS_GO:
+        g = g * tl.load(go_ptr + n * gon).to(ACC)
+    return g
+
+
+@triton.jit
+def pixel_kernel(x_ptr, t_ptr, w_ptr, coef_ptr, go_ptr, out_ptr, gx_ptr, cw_ptr, ce_ptr,
                  C, M, chunk, n_chunks,
                  sxn, sxc, sxm, stn, stc, stm, swn, swm, sgn, sgc, sgm,
-                 kn, kc, kk, gon, goc,
-                 sharp, ignore,
+                 kn, kc, kk, gon, goc, ce_sn,
+                 sharp, ignore, ls_bits,
                  FWD: tl.constexpr, CLASS_MAP: tl.constexpr, HAS_W: tl.constexpr,
                  HAS_IGNORE: tl.constexpr, SOFTMAX: tl.constexpr, FROM_LOGITS: tl.constexpr,
-                 USE_MIN: tl.constexpr, HAS_GO: tl.constexpr, ACC: tl.constexpr,
+                 USE_MIN: tl.constexpr, HAS_GO: tl.constexpr, CE: tl.constexpr,
+                 HAS_CW: tl.constexpr, ACC: tl.constexpr,
                  BLOCK_C: tl.constexpr, BLOCK_M: tl.constexpr):
+    """Forward: the partial sums of program pid at out[pid * (3C + 2)]: I, P, Y per class, then
+    the cross-entropy's numerator and denominator (CE). Backward: the gradient, with the
+    cross-entropy term's (CE)."""
     pid = tl.program_id(0)
     n = (pid // n_chunks).to(tl.int64)
     k = (pid % n_chunks).to(tl.int64)
@@ -76,10 +89,20 @@ def pixel_kernel(x_ptr, t_ptr, w_ptr, coef_ptr, go_ptr, out_ptr, gx_ptr,
     accI = tl.zeros([BLOCK_C, BLOCK_M], ACC)
     accP = tl.zeros([BLOCK_C, BLOCK_M], ACC)
     accY = tl.zeros([BLOCK_C, BLOCK_M], ACC)
+    ce_num = tl.zeros([BLOCK_M], ACC)
+    ce_den = tl.zeros([BLOCK_M], ACC)
     nbad = tl.zeros([BLOCK_M], tl.int32)
+    if CE:  # the cross-entropy term's class weights and label smoothing
+        ls = _from_bits(ls_bits, ACC)
+        if HAS_CW:
+            cwv = tl.load(cw_ptr + c64, mask=cmask, other=0.0).to(ACC)
+        else:
+            cwv = tl.where(cmask, 1.0, 0.0).to(ACC)
     if not FWD:
         gI, gP = _pair_gradient(coef_ptr, go_ptr, n, c64, kn, kc, kk, gon, goc, cmask, HAS_GO,
                                 ACC)
+        if CE:
+            gce = _ce_gradient(ce_ptr, go_ptr, n, ce_sn, gon, HAS_GO, ACC)
     for m0 in range(m_begin, m_end, BLOCK_M):
         m = m0 + tl.arange(0, BLOCK_M).to(tl.int64)
         mmask = m < m_end
@@ -116,6 +139,7 @@ def pixel_kernel(x_ptr, t_ptr, w_ptr, coef_ptr, go_ptr, out_ptr, gx_ptr,
             y = tl.load(t_ptr + n * stn + c64[:, None] * stc + m[None, :] * stm, mask=mask2,
                         other=0).to(ACC)
             nbad += tl.sum((_outside_unit_interval(y) & mask2).to(tl.int32), axis=0)
+            valid = mmask
             v2 = mask2
         if HAS_W:
             w = tl.load(w_ptr + n * swn + m * swm, mask=mmask, other=0.0).to(ACC)
@@ -123,10 +147,21 @@ def pixel_kernel(x_ptr, t_ptr, w_ptr, coef_ptr, go_ptr, out_ptr, gx_ptr,
         else:
             w = tl.full([BLOCK_M], 1.0, ACC)
         ww = w[None, :]
+        if CE:  # softiou_math.h: the term's weights q_k = c_k ((1 - eps) y_k + eps / C)
+            q = tl.where(v2, cwv[:, None] * ((1.0 - ls) * y + ls / C), 0.0)
         if FWD:
             accI += tl.where(v2, ww * _intersection(p, y, USE_MIN), 0.0)
             accP += tl.where(v2, ww * p, 0.0)
             accY += tl.where(v2, ww * y, 0.0)
+            if CE:  # l = sum_k q_k (lse - l_k); denominator w c_t (class map) or w (dense)
+                lse = mx + tl.log(s)
+                ell = tl.sum(tl.where(v2, q * (lse[None, :] - l), 0.0), axis=0)
+                ce_num += tl.where(valid, w * ell, 0.0)
+                if CLASS_MAP:
+                    ce_den += tl.where(valid, w * tl.sum(tl.where(v2, cwv[:, None] * y, 0.0),
+                                                         axis=0), 0.0)
+                else:
+                    ce_den += tl.where(valid, w, 0.0)
         else:
             # grad_p, then the softmax backward with softmax_arg_dx
             g = tl.where(v2, ww * (gI[:, None] * _intersection_dp(p, y, USE_MIN) + gP[:, None]),
@@ -140,6 +175,9 @@ def pixel_kernel(x_ptr, t_ptr, w_ptr, coef_ptr, go_ptr, out_ptr, gx_ptr,
                     dx = fac * p * (g - dot[None, :])
             else:
                 dx = g
+            if CE:  # + a gce w (Q p_k - q_k)
+                Q = tl.sum(q, axis=0)
+                dx += sharp * gce * tl.where(v2, ww * (Q[None, :] * p - q), 0.0)
             tl.store(gx_ptr + n * sgn + c64[:, None] * sgc + m[None, :] * sgm,
                      dx.to(gx_ptr.dtype.element_ty), mask=mask2)
     if FWD:
@@ -147,22 +185,26 @@ def pixel_kernel(x_ptr, t_ptr, w_ptr, coef_ptr, go_ptr, out_ptr, gx_ptr,
         P = tl.sum(accP, axis=1)
         Y = tl.sum(accY, axis=1)
         P = tl.where(tl.sum(nbad, axis=0) > 0, float("nan"), P)
-        base = out_ptr + pid.to(tl.int64) * C * 3 + c64 * 3
-        tl.store(base, I, mask=cmask)
-        tl.store(base + 1, P, mask=cmask)
-        tl.store(base + 2, Y, mask=cmask)
+        row = out_ptr + pid.to(tl.int64) * (C * 3 + 2)
+        tl.store(row + c64 * 3, I, mask=cmask)
+        tl.store(row + c64 * 3 + 1, P, mask=cmask)
+        tl.store(row + c64 * 3 + 2, Y, mask=cmask)
+        tl.store(row + C * 3, tl.sum(ce_num, axis=0))
+        tl.store(row + C * 3 + 1, tl.sum(ce_den, axis=0))
 
 
 @triton.jit
-def row_kernel(x_ptr, t_ptr, w_ptr, coef_ptr, go_ptr, out_ptr, gx_ptr,
+def row_kernel(x_ptr, t_ptr, w_ptr, coef_ptr, go_ptr, out_ptr, gx_ptr, cw_ptr, ce_ptr,
                C, M, chunk, n_chunks,
                sxn, sxc, sxm, stn, stc, stm, swn, swm, sgn, sgc, sgm,
-               kn, kc, kk, gon, goc,
-               sharp, ignore,
+               kn, kc, kk, gon, goc, ce_sn,
+               sharp, ignore, ls_bits,
                FWD: tl.constexpr, INT_TARGET: tl.constexpr, HAS_W: tl.constexpr,
                HAS_IGNORE: tl.constexpr, SIGMOID: tl.constexpr, FROM_LOGITS: tl.constexpr,
-               USE_MIN: tl.constexpr, HAS_GO: tl.constexpr, ACC: tl.constexpr,
-               BLOCK: tl.constexpr):
+               USE_MIN: tl.constexpr, HAS_GO: tl.constexpr, CE: tl.constexpr,
+               HAS_CW: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    """Forward: the partial sums of program pid at out[pid * 5]: I, P, Y, then the binary
+    cross-entropy's numerator and denominator (CE)."""
     pid = tl.program_id(0)
     r = (pid // n_chunks).to(tl.int64)
     k = (pid % n_chunks).to(tl.int64)
@@ -173,9 +215,18 @@ def row_kernel(x_ptr, t_ptr, w_ptr, coef_ptr, go_ptr, out_ptr, gx_ptr,
     accI = tl.zeros([BLOCK], ACC)
     accP = tl.zeros([BLOCK], ACC)
     accY = tl.zeros([BLOCK], ACC)
+    ce_num = tl.zeros([BLOCK], ACC)
+    ce_den = tl.zeros([BLOCK], ACC)
     nbad = tl.zeros([BLOCK], tl.int32)
+    if CE:
+        if HAS_CW:
+            cw = tl.load(cw_ptr + c).to(ACC)
+        else:
+            cw = 1.0
     if not FWD:
         gI, gP = _pair_gradient(coef_ptr, go_ptr, n, c, kn, kc, kk, gon, goc, True, HAS_GO, ACC)
+        if CE:
+            gce = _ce_gradient(ce_ptr, go_ptr, n, ce_sn, gon, HAS_GO, ACC)
     for m0 in range(m_begin, m_end, BLOCK):
         m = m0 + tl.arange(0, BLOCK).to(tl.int64)
         mm = m < m_end
@@ -219,31 +270,66 @@ def row_kernel(x_ptr, t_ptr, w_ptr, coef_ptr, go_ptr, out_ptr, gx_ptr,
             accI += tl.where(valid, w * _intersection(p, y, USE_MIN), 0.0)
             accP += tl.where(valid, w * p, 0.0)
             accY += tl.where(valid, w * y, 0.0)
+            if CE:  # softiou_math.h: bce_with_logits; denominator the kept elements
+                bce = tl.where(z > 0, z, 0.0) - z * y + tl.log(1.0 + e)
+                ce_num += tl.where(valid, w * cw * bce, 0.0)
+                ce_den += tl.where(valid, 1.0, 0.0)
         else:
             g = tl.where(valid, w * (gI * _intersection_dp(p, y, USE_MIN) + gP), 0.0)
-            tl.store(gx_ptr + n * sgn + c * sgc + m * sgm, (g * dp_dx).to(gx_ptr.dtype.element_ty),
+            dx = g * dp_dx
+            if CE:  # + a gce w c (p - y)
+                dx += sharp * gce * tl.where(valid, w * cw * (p - y), 0.0)
+            tl.store(gx_ptr + n * sgn + c * sgc + m * sgm, dx.to(gx_ptr.dtype.element_ty),
                      mask=mm)
     if FWD:
         I = tl.sum(accI, axis=0)
         P = tl.sum(accP, axis=0)
         Y = tl.sum(accY, axis=0)
         P = tl.where(tl.sum(nbad, axis=0) > 0, float("nan"), P)
-        base = out_ptr + pid.to(tl.int64) * 3
+        base = out_ptr + pid.to(tl.int64) * 5
         tl.store(base, I)
         tl.store(base + 1, P)
         tl.store(base + 2, Y)
+        tl.store(base + 3, tl.sum(ce_num, axis=0))
+        tl.store(base + 4, tl.sum(ce_den, axis=0))
 
 
 @triton.jit
-def reduce_kernel(part_ptr, out_ptr, inner, n_chunks, BLOCK: tl.constexpr):
-    """out[o, i] = sum_k part[o, k, i] for k = 0, 1, ... in order (one program per o)."""
+def reduce_kernel(part_ptr, out_ptr, inner, row, n_chunks, BLOCK: tl.constexpr):
+    """out[o, i] = sum_k part[(o * n_chunks + k) * row + i], i < inner, for k = 0, 1, ... in
+    order (one program per o)."""
     o = tl.program_id(0).to(tl.int64)
     i = tl.arange(0, BLOCK)
     mask = i < inner
-    acc = tl.load(part_ptr + o * n_chunks * inner + i, mask=mask, other=0.0)
+    acc = tl.load(part_ptr + o * n_chunks * row + i, mask=mask, other=0.0)
     for k in range(1, n_chunks):
-        acc += tl.load(part_ptr + (o * n_chunks + k) * inner + i, mask=mask, other=0.0)
+        acc += tl.load(part_ptr + (o * n_chunks + k) * row + i, mask=mask, other=0.0)
     tl.store(out_ptr + o * inner + i, acc, mask=mask)
+
+
+@triton.jit
+def _ce_sums(part_ptr, first, count, stride, off, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    """The cross-entropy's (numerator, denominator) of partial entries first .. first+count-1,
+    at part[i * stride + off + (0, 1)], added in a fixed order."""
+    num = tl.zeros([BLOCK], ACC)
+    den = tl.zeros([BLOCK], ACC)
+    for i0 in range(0, count, BLOCK):
+        i = first + i0 + tl.arange(0, BLOCK).to(tl.int64)
+        mask = i0 + tl.arange(0, BLOCK) < count
+        num += tl.load(part_ptr + i * stride + off, mask=mask, other=0.0).to(ACC)
+        den += tl.load(part_ptr + i * stride + off + 1, mask=mask, other=0.0).to(ACC)
+    return tl.sum(num, axis=0), tl.sum(den, axis=0)
+
+
+@triton.jit
+def ce_reduce_kernel(part_ptr, out_ptr, per_sample, stride, off, ACC: tl.constexpr,
+                     BLOCK: tl.constexpr):
+    """out[n] = the cross-entropy's (numerator, denominator) of sample n: its per_sample
+    partial entries (one program per sample)."""
+    n = tl.program_id(0).to(tl.int64)
+    num, den = _ce_sums(part_ptr, n * per_sample, per_sample, stride, off, ACC, BLOCK)
+    tl.store(out_ptr + n * 2, num)
+    tl.store(out_ptr + n * 2 + 1, den)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -343,17 +429,19 @@ def _pair_weight(cw_ptr, keep_ptr, c, valid, Y, HAS_CW: tl.constexpr, DROP_BG: t
 
 @triton.jit
 def finalize_kernel(part_ptr, cw_ptr, keep_ptr, loss_ptr, coef_ptr,
-                    C, R, n_rows, K, sn, sc, sk,
-                    alpha_bits, beta_bits, gamma_bits, smooth_bits, eps_bits,
+                    C, R, n_rows, K, sn, sc, sk, ce_count, ce_stride, ce_off,
+                    alpha_bits, beta_bits, gamma_bits, smooth_bits, eps_bits, ce_weight_bits,
                     METRIC: tl.constexpr, LOG_LOSS: tl.constexpr, GAMMA_ONE: tl.constexpr,
                     PER_IMAGE: tl.constexpr, ABSENT_EXCLUDE: tl.constexpr,
                     REDUCTION: tl.constexpr, HAS_CW: tl.constexpr, DROP_BG: tl.constexpr,
-                    SUBSET: tl.constexpr, ACC: tl.constexpr, TINY: tl.constexpr,
-                    BLOCK: tl.constexpr):
+                    SUBSET: tl.constexpr, CE: tl.constexpr, ACC: tl.constexpr,
+                    TINY: tl.constexpr, BLOCK: tl.constexpr):
     """One program. The statistics of pair (row n, class c) are the sum over k < K of
     part[n*sn + c*sc + k*sk + (0, 1, 2)] (pooled: over all n_rows rows too). Writes the loss
     ([] for mean and sum, [R, C] for none; REDUCTION 0 mean, 1 sum, 2 none) and the coefficients
-    [R, C, 3] (d loss / d (I, P, Y) of each pair). Two passes: the mean's divisor first."""
+    [R, C, 3] (d loss / d (I, P, Y) of each pair). Two passes: the mean's divisor first. CE: the
+    cross-entropy term (finalize.h: add_cross_entropy) from its ce_count partial entries at
+    part[i * ce_stride + ce_off + (0, 1)]; d loss / d numerator goes to coef[R * C * 3]."""
     alpha = _from_bits(alpha_bits, ACC)
     beta = _from_bits(beta_bits, ACC)
     gamma = _from_bits(gamma_bits, ACC)
@@ -379,13 +467,26 @@ def finalize_kernel(part_ptr, cw_ptr, keep_ptr, loss_ptr, coef_ptr,
         total += wl
         wsum += w
     scale = 1.0
+    loss_value = tl.sum(total, axis=0)
     if REDUCTION == 0:  # mean over the kept pairs; no kept pair: 0
         ws = tl.sum(wsum, axis=0)
         denom = tl.where(ws > 0.0, ws, 1.0)
-        tl.store(loss_ptr, tl.sum(total, axis=0) / denom)
+        loss_value = loss_value / denom
         scale = 1.0 / denom
-    elif REDUCTION == 1:
-        tl.store(loss_ptr, tl.sum(total, axis=0))
+    if CE:
+        lam = _from_bits(ce_weight_bits, ACC)
+        num, den = _ce_sums(part_ptr, 0, ce_count, ce_stride, ce_off, ACC, BLOCK)
+        if REDUCTION == 1:
+            term = num
+            k_ce = lam
+        else:
+            d = tl.where(den > 0.0, den, 1.0)
+            term = num / d
+            k_ce = lam / d
+        loss_value += lam * term
+        tl.store(coef_ptr + R * C * 3, k_ce)
+    if REDUCTION != 2:
+        tl.store(loss_ptr, loss_value)
     for p0 in range(0, R * C, BLOCK):
         idx = p0 + tl.arange(0, BLOCK).to(tl.int64)
         valid = idx < R * C

@@ -25,9 +25,9 @@ from torch import Tensor
 
 from .. import checks
 from ..checks import LossOptions, accumulation_dtype
-from ..ops import loss_shape, register_stats_autograd
+from ..ops import loss_shape, register_stats_autograd, register_stats_ce_autograd
 from . import configs
-from .kernels import finalize_kernel, pixel_kernel, reduce_kernel, row_kernel
+from .kernels import ce_reduce_kernel, finalize_kernel, pixel_kernel, reduce_kernel, row_kernel
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
@@ -83,11 +83,13 @@ def _strides(t: Optional[Tensor]):
 
 
 def _run(input, target, weight, mode, from_logits, sharpness, intersection, ignore_index,
-         coef=None, coef_strides=(0, 0, 1), grad_out=None, grad_out_strides=(0, 0)):
+         coef=None, coef_strides=(0, 0, 1), grad_out=None, grad_out_strides=(0, 0),
+         ce=False, class_weight=None, label_smoothing=0.0, ce_coef=None, ce_stride=0):
     """The statistics pass (coef None): returns the per-program partial sums and their layout
-    (part, n_chunks, pixel) for reduce_kernel or finalize_kernel. The gradient pass (coef given,
-    with grad_out: the gradient of the loss as go * coef, see _pair_gradient): returns the
-    gradient of the input."""
+    (part, n_chunks, pixel) for reduce_kernel or finalize_kernel; with ce, they hold the
+    cross-entropy term's sums too. The gradient pass (coef given, with grad_out: the gradient of
+    the loss as go * coef, see _pair_gradient; ce_coef: the cross-entropy term's gradient per
+    sample, see _ce_gradient): returns the gradient of the input."""
     fwd = coef is None
     direction = "forward" if fwd else "backward"
     x, t, w, N, C, M, acc, class_map = _prepare(input, target, weight, mode)
@@ -100,9 +102,11 @@ def _run(input, target, weight, mode, from_logits, sharpness, intersection, igno
     stn, stc, stm = _strides(t)
     swn, _, swm = _strides(w)
     sgn, sgc, sgm = _strides(gx) if not fwd else (0, 0, 0)
+    with_ce = ce if fwd else ce_coef is not None
+    cw = class_weight.to(acc).contiguous() if with_ce and class_weight is not None else None
     common = dict(FWD=fwd, HAS_W=w is not None, HAS_IGNORE=ignore_index is not None,
                   FROM_LOGITS=from_logits, USE_MIN=intersection == "min",
-                  HAS_GO=grad_out is not None,
+                  HAS_GO=grad_out is not None, CE=with_ce, HAS_CW=cw is not None,
                   ACC=tl.float64 if acc == torch.float64 else tl.float32)
     target_programs = configs.programs_target(input.device, direction)
     if pixel:
@@ -116,13 +120,14 @@ def _run(input, target, weight, mode, from_logits, sharpness, intersection, igno
     chunk = _cdiv(tiles, per_row) * tile
     n_chunks = _cdiv(M, chunk)
     grid = (rows * n_chunks,)
-    part = torch.empty((rows * n_chunks * (C if pixel else 1) * 3,), dtype=acc,
+    part = torch.empty((rows * n_chunks * _partial_row(C, pixel),), dtype=acc,
                        device=input.device) if fwd else dummy
     args = (x, t, w if w is not None else dummy, coef if coef is not None else dummy,
             grad_out if grad_out is not None else dummy, part, gx if gx is not None else dummy,
+            cw if cw is not None else dummy, ce_coef if ce_coef is not None else dummy,
             C, M, chunk, n_chunks, sxn, sxc, sxm, stn, stc, stm, swn, swm, sgn, sgc, sgm,
-            *coef_strides, *grad_out_strides, float(sharpness),
-            int(ignore_index) if ignore_index is not None else 0)
+            *coef_strides, *grad_out_strides, ce_stride, float(sharpness),
+            int(ignore_index) if ignore_index is not None else 0, _bits(label_smoothing))
     if pixel:
         _launcher(pixel_kernel)[grid](*args, CLASS_MAP=class_map, SOFTMAX=softmax,
                                       BLOCK_C=block_c, BLOCK_M=block_m, num_warps=warps, **common)
@@ -135,12 +140,24 @@ def _run(input, target, weight, mode, from_logits, sharpness, intersection, igno
     return part, n_chunks, pixel
 
 
+def _partial_row(C, pixel):
+    """Values per program of the partial sums: I, P, Y per class (the pixel kernel) or of one
+    class (the row kernel), then the cross-entropy's numerator and denominator."""
+    return C * 3 + 2 if pixel else 5
+
+
 def _partials_layout(N, C, n_chunks, pixel):
-    """(sn, sc, sk) of the partial sums of pair (n, c), chunk k: [N][K][C][3] from the pixel
-    kernel, [N][C][K][3] from the row kernel."""
+    """(sn, sc, sk) of the partial sums of pair (n, c), chunk k: [N][K][3C + 2] from the pixel
+    kernel, [N][C][K][5] from the row kernel."""
+    row = _partial_row(C, pixel)
     if pixel:
-        return n_chunks * C * 3, 3, C * 3
-    return C * n_chunks * 3, n_chunks * 3, 3
+        return n_chunks * row, 3, row
+    return C * n_chunks * row, n_chunks * row, row
+
+
+def _ce_layout(C, n_chunks, pixel):
+    """(entries per sample, stride, offset) of the cross-entropy's sums in the partials."""
+    return (n_chunks if pixel else C * n_chunks), _partial_row(C, pixel), (C * 3 if pixel else 3)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -157,10 +174,15 @@ def triton_stats(input: Tensor, target: Tensor, weight: Optional[Tensor], mode: 
         return torch.zeros((N, C, 3), dtype=acc, device=input.device)
     part, n_chunks, pixel = _run(input, target, weight, mode, from_logits, sharpness,
                                  intersection, ignore_index)
-    out = torch.empty((N, C, 3), dtype=acc, device=input.device)
+    return _reduce(part, N, C, n_chunks, pixel)
+
+
+def _reduce(part, N, C, n_chunks, pixel):
+    """The statistics [N, C, 3] from the partial sums (fixed order)."""
+    out = torch.empty((N, C, 3), dtype=part.dtype, device=part.device)
     rows = N if pixel else N * C
     inner = (C if pixel else 1) * 3
-    _launcher(reduce_kernel)[(rows,)](part, out, inner, n_chunks,
+    _launcher(reduce_kernel)[(rows,)](part, out, inner, _partial_row(C, pixel), n_chunks,
                                       BLOCK=configs.next_power_of_2(max(inner, 4)), num_warps=4)
     return out
 
@@ -179,6 +201,51 @@ def triton_stats_backward(grad_stats: Tensor, input: Tensor, target: Tensor,
 
 
 register_stats_autograd(triton_stats, triton_stats_backward)
+
+
+@torch.library.triton_op("softiou::triton_stats_ce", mutates_args=())
+def triton_stats_ce(input: Tensor, target: Tensor, weight: Optional[Tensor],
+                    class_weight: Optional[Tensor], mode: str, from_logits: bool,
+                    sharpness: float, intersection: str, ignore_index: Optional[int],
+                    label_smoothing: float) -> Tuple[Tensor, Tensor]:
+    """The statistics [N, C, 3] and the cross-entropy term's per-sample sums [N, 2] (SPEC
+    section 9), in one pass."""
+    N, C = input.shape[0], input.shape[1]
+    acc = accumulation_dtype(input.dtype)
+    if input.numel() == 0:
+        return (torch.zeros((N, C, 3), dtype=acc, device=input.device),
+                torch.zeros((N, 2), dtype=acc, device=input.device))
+    part, n_chunks, pixel = _run(input, target, weight, mode, from_logits, sharpness,
+                                 intersection, ignore_index, ce=True, class_weight=class_weight,
+                                 label_smoothing=label_smoothing)
+    ce = torch.empty((N, 2), dtype=acc, device=input.device)
+    per_sample, stride, off = _ce_layout(C, n_chunks, pixel)
+    _launcher(ce_reduce_kernel)[(N,)](part, ce, per_sample, stride, off,
+                                      ACC=tl.float64 if acc == torch.float64 else tl.float32,
+                                      BLOCK=128, num_warps=4)
+    return _reduce(part, N, C, n_chunks, pixel), ce
+
+
+@torch.library.triton_op("softiou::triton_stats_ce_backward", mutates_args=())
+def triton_stats_ce_backward(grad_stats: Tensor, grad_ce: Optional[Tensor], input: Tensor,
+                             target: Tensor, weight: Optional[Tensor],
+                             class_weight: Optional[Tensor], mode: str, from_logits: bool,
+                             sharpness: float, intersection: str, ignore_index: Optional[int],
+                             label_smoothing: float) -> Tensor:
+    """The gradient of the input from the gradients of the statistics and of the
+    cross-entropy's sums (only the numerator's depends on the input)."""
+    if input.numel() == 0:
+        return torch.zeros_like(input)
+    acc = accumulation_dtype(input.dtype)
+    g = grad_stats.to(acc)
+    gce = grad_ce.to(acc) if grad_ce is not None else None
+    return _run(input, target, weight, mode, from_logits, sharpness, intersection, ignore_index,
+                coef=g, coef_strides=g.stride(), class_weight=class_weight,
+                label_smoothing=label_smoothing, ce_coef=gce,
+                ce_stride=gce.stride(0) if gce is not None else 0)
+
+
+register_stats_ce_autograd(triton_stats_ce, triton_stats_ce_backward)
 
 
 def stats(x, t, w, mode, from_logits, sharpness, intersection, ignore_index):
@@ -205,24 +272,30 @@ def _keep_mask(classes, num_classes, device):
 
 
 def _finalize(part, layout, N, C, K, class_weight, metric, alpha, beta, gamma, log_loss,
-              smooth, eps, classes, include_background, per_image, absent, reduction):
-    """Launches finalize_kernel on partial sums (layout (sn, sc, sk), K chunks per pair):
-    returns (loss, coefficients [rows, C, 3])."""
+              smooth, eps, classes, include_background, per_image, absent, reduction,
+              ce_weight=0.0, ce_layout=None, flat_coef=False):
+    """Launches finalize_kernel on partial sums (layout (sn, sc, sk), K chunks per pair; with
+    ce_weight > 0 the cross-entropy term from its sums at ce_layout (count, stride, offset)):
+    returns (loss, coefficients [rows, C, 3], or flat [rows * C * 3 + 1] with d loss / d the
+    cross-entropy's numerator last)."""
     acc = part.dtype
     device = part.device
     rows = N if per_image else 1
     loss = torch.empty(loss_shape(rows, C, per_image, reduction), dtype=acc, device=device)
-    coef = torch.empty((rows, C, 3), dtype=acc, device=device)
+    coef = torch.zeros((rows * C * 3 + 1,), dtype=acc, device=device) if flat_coef else \
+        torch.empty((rows, C, 3), dtype=acc, device=device)
+    ce = ce_weight > 0
+    ce_count, ce_stride, ce_off = ce_layout if ce else (0, 1, 0)
     cw = None if class_weight is None else class_weight.to(acc).contiguous()
     keep = _keep_mask(classes, C, device) if classes is not None else None
     dummy = coef
     _launcher(finalize_kernel)[(1,)](
         part, cw if cw is not None else dummy, keep if keep is not None else dummy, loss, coef,
-        C, rows, N, K, *layout, _bits(alpha), _bits(beta), _bits(gamma), _bits(smooth),
-        _bits(eps), METRIC=METRICS[metric], LOG_LOSS=log_loss, GAMMA_ONE=gamma == 1.0,
-        PER_IMAGE=per_image, ABSENT_EXCLUDE=absent == "exclude",
-        REDUCTION=REDUCTIONS[reduction], HAS_CW=cw is not None,
-        DROP_BG=not include_background, SUBSET=keep is not None,
+        C, rows, N, K, *layout, ce_count, ce_stride, ce_off, _bits(alpha), _bits(beta),
+        _bits(gamma), _bits(smooth), _bits(eps), _bits(ce_weight), METRIC=METRICS[metric],
+        LOG_LOSS=log_loss, GAMMA_ONE=gamma == 1.0, PER_IMAGE=per_image,
+        ABSENT_EXCLUDE=absent == "exclude", REDUCTION=REDUCTIONS[reduction],
+        HAS_CW=cw is not None, DROP_BG=not include_background, SUBSET=keep is not None, CE=ce,
         ACC=tl.float64 if acc == torch.float64 else tl.float32, TINY=TINY[acc], BLOCK=128,
         num_warps=4)
     return loss, coef
@@ -282,29 +355,37 @@ def triton_loss(input: Tensor, target: Tensor, weight: Optional[Tensor],
                 intersection: str, metric: str, alpha: float, beta: float, gamma: float,
                 log_loss: bool, smooth: float, eps: float, classes: Optional[List[int]],
                 include_background: bool, ignore_index: Optional[int], per_image: bool,
-                absent: str, reduction: str) -> Tuple[Tensor, Tensor]:
-    """The loss of normalized inputs [N, C, *S] and the coefficients of its gradient."""
+                absent: str, reduction: str, ce_weight: float,
+                label_smoothing: float) -> Tuple[Tensor, Tensor]:
+    """The loss of normalized inputs [N, C, *S] and the coefficients of its gradient
+    ([rows * C * 3 + 1], as softiou::_loss_forward's)."""
     N, C = input.shape[0], input.shape[1]
     acc = accumulation_dtype(input.dtype)
     if input.numel() == 0:
-        part, n_chunks, pixel = torch.zeros(N * C * 3, dtype=acc, device=input.device), 1, True
+        part = torch.zeros(N * _partial_row(C, True), dtype=acc, device=input.device)
+        n_chunks, pixel = 1, True
     else:
         part, n_chunks, pixel = _run(input, target, weight, mode, from_logits, sharpness,
-                                     intersection, ignore_index)
+                                     intersection, ignore_index, ce=ce_weight > 0,
+                                     class_weight=class_weight, label_smoothing=label_smoothing)
+    per_sample, stride, off = _ce_layout(C, n_chunks, pixel)
     return _finalize(part, _partials_layout(N, C, n_chunks, pixel), N, C, n_chunks,
                      class_weight, metric, alpha, beta, gamma, log_loss, smooth, eps, classes,
-                     include_background, per_image, absent, reduction)
+                     include_background, per_image, absent, reduction, ce_weight=ce_weight,
+                     ce_layout=(N * per_sample, stride, off), flat_coef=True)
 
 
 @torch.library.triton_op("softiou::triton_loss_backward", mutates_args=())
 def triton_loss_backward(grad: Tensor, input: Tensor, target: Tensor, weight: Optional[Tensor],
-                         coef: Tensor, mode: str, from_logits: bool, sharpness: float,
-                         intersection: str, ignore_index: Optional[int], per_image: bool,
-                         reduction: str) -> Tensor:
+                         coef: Tensor, class_weight: Optional[Tensor], mode: str,
+                         from_logits: bool, sharpness: float, intersection: str,
+                         ignore_index: Optional[int], per_image: bool, reduction: str,
+                         ce_weight: float, label_smoothing: float) -> Tensor:
     """The gradient of the input: one launch of the gradient kernel, reading the pairs'
-    coefficients and the gradient of the loss."""
+    coefficients, the cross-entropy term's (the last value) and the gradient of the loss."""
     if input.numel() == 0:
         return torch.zeros_like(input)
+    C = input.shape[1]
     g = grad.to(coef.dtype)
     if reduction != "none":
         go_strides = (0, 0)
@@ -312,10 +393,11 @@ def triton_loss_backward(grad: Tensor, input: Tensor, target: Tensor, weight: Op
         go_strides = (g.stride(0), g.stride(1))
     else:
         go_strides = (0, g.stride(0))
-    kn, kc, kk = coef.stride()
+    ce_coef = coef[-1:] if ce_weight > 0 else None
     return _run(input, target, weight, mode, from_logits, sharpness, intersection, ignore_index,
-                coef=coef, coef_strides=(kn if per_image else 0, kc, kk), grad_out=g,
-                grad_out_strides=go_strides)
+                coef=coef, coef_strides=(C * 3 if per_image else 0, 3, 1), grad_out=g,
+                grad_out_strides=go_strides, class_weight=class_weight,
+                label_smoothing=label_smoothing, ce_coef=ce_coef)
 
 
 _LOSS_OPTIONS = LossOptions._fields
@@ -325,18 +407,19 @@ def _loss_setup(ctx, inputs, output):
     input, target, weight, class_weight = inputs[:4]
     options = LossOptions(*inputs[4:])
     ctx.mark_non_differentiable(output[1])
-    ctx.save_for_backward(input, target, weight, output[1])
+    ctx.save_for_backward(input, target, weight, output[1], class_weight)
     ctx.options = options
 
 
 def _loss_backward(ctx, grad, _grad_coef):
-    input, target, weight, coef = ctx.saved_tensors
+    input, target, weight, coef, class_weight = ctx.saved_tensors
     o = ctx.options
     grad_input = None
     if ctx.needs_input_grad[0]:
-        grad_input = triton_loss_backward(grad, input, target, weight, coef, o.mode,
-                                          o.from_logits, o.sharpness, o.intersection,
-                                          o.ignore_index, o.per_image, o.reduction)
+        grad_input = triton_loss_backward(grad, input, target, weight, coef, class_weight,
+                                          o.mode, o.from_logits, o.sharpness, o.intersection,
+                                          o.ignore_index, o.per_image, o.reduction, o.ce_weight,
+                                          o.label_smoothing)
     return (grad_input,) + (None,) * (3 + len(_LOSS_OPTIONS))
 
 

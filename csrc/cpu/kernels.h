@@ -21,8 +21,10 @@ struct ItemError {
   double value = 0.0;  // the offending value
 };
 
-// stats: partials is [items][C][3] in the accumulation dtype; scratch holds scratch_elems(C)
-// accumulation-dtype values; errors[item] receives the first bad value of each item.
+// stats: partials is [items][C * 3 + 2] in the accumulation dtype (I, P, Y per class, then the
+// cross-entropy's numerator and denominator, 0 when KernelArgs::ce is off); scratch holds
+// scratch_elems(C) accumulation-dtype values; errors[item] receives the first bad value of each
+// item.
 using StatsFn = void (*)(const KernelArgs& a, int64_t chunk, int64_t item_begin, int64_t item_end,
                          void* partials, void* scratch, ItemError* errors);
 // backward: writes a.grad_x for the items' pixels.
@@ -35,7 +37,10 @@ struct KernelTable {
   const char* isa;
 };
 
-inline int64_t scratch_elems(int64_t C) { return 6 * C * kTile; }
+inline int64_t scratch_elems(int64_t C) { return 7 * C * kTile; }
+
+// Values per item of the statistics' partial sums.
+inline int64_t partial_row(int64_t C) { return C * 3 + 2; }
 
 // One table per instruction set, each compiled from kernels_impl.h.
 namespace baseline {

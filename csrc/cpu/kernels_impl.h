@@ -163,6 +163,10 @@ struct Tile {
   A aux[kTile];      // softmax maximum, then the dot product in the backward
   A sum[kTile];      // softmax: 1 / sum_c e_c
   A dsum[kTile];     // class-map softmax backward: sum_c e_c gP_c
+  // the cross-entropy term (softmax): Q = sum_k q_k, QL = sum_k q_k l_k, lse = log sum_k e^l_k
+  A ceQ[kTile];
+  A ceQL[kTile];
+  A lse[kTile];
 };
 
 template <class A, class S, class TT, bool CLASS_MAP>
@@ -173,23 +177,30 @@ struct Kernel {
   const A sharp;
   const bool from_logits;
   const bool use_min;
+  const A ls;    // label smoothing of the cross-entropy term
+  A csum = A(0);  // sum_k c_k of its class weights
 
   explicit Kernel(const KernelArgs& args)
       : a(args), C(args.C), sharp(A(args.sharpness)), from_logits(args.from_logits),
-        use_min(args.min_intersection) {}
+        use_min(args.min_intersection), ls(A(args.label_smoothing)) {
+    for (int64_t c = 0; c < C; ++c) csum += ce_class_weight<A>(a, c);
+  }
 
   // Loads one tile (sample n, pixels [m, m + cnt)) and turns the input into probabilities.
   // With backward = true it also keeps the raw input in R and the sigmoid slope in D. With
   // normalize = false a softmax stops before the division: X holds the exponentials e and
   // tl.sum holds 1/sum_c e (the class-map loops fold that factor into their per-pixel weights).
+  // With ce (the cross-entropy term of the statistics pass; it needs logits): tl.ceQ, ceQL and
+  // lse for a softmax, and c_k BCEWithLogits per element in D for a sigmoid.
   void prepare(Tile<A>& tl, int64_t n, int64_t m, int cnt, bool backward, ItemError& err,
-               bool normalize = true) const {
+               bool normalize = true, bool ce = false) const {
     load_weight_target(tl, n, m, cnt, err);
     const S* xp = static_cast<const S*>(a.x) + n * a.x_sN + m * a.x_sM;
     const bool fused_softmax = a.prob == Prob::kSoftmax && from_logits;
     const S* in_place = nullptr;  // the logits, when the softmax reads them where they are
     if (fused_softmax) {
       if (logits_max(tl, xp, cnt)) in_place = xp;
+      if (ce) ce_logit_sums(tl, in_place);
     } else {
       load_rows<A>(xp, C, a.x_sC, a.x_sM, cnt, tl.X);
       if (!from_logits) {
@@ -218,7 +229,7 @@ struct Kernel {
             }
           }
         }
-        exp_and_sum<false>(tl, in_place, nullptr);
+        exp_and_sum<false>(tl, in_place, nullptr, ce ? tl.lse : nullptr);
         if (!normalize) break;
         const A* inv = tl.sum;
         for (int64_t c = 0; c < C; ++c) {
@@ -231,7 +242,18 @@ struct Kernel {
         for (int64_t c = 0; c < C; ++c) {
           A* x = tl.X + c * kTile;
           A* d = backward ? tl.D + c * kTile : nullptr;
-          if (from_logits) {
+          if (from_logits && ce) {  // forward with the cross-entropy: c_k BCE in D
+            A* bce = tl.D + c * kTile;
+            const A* y = tl.Yb + c * kTile;
+            const A ck = ce_class_weight<A>(a, c);
+            for (int t = 0; t < kTile; ++t) {
+              const A z = sigmoid_arg(x[t], sharp, true);
+              const A e = exp_nonpos(z < A(0) ? z : -z);
+              const A inv = A(1) / (A(1) + e);
+              bce[t] = ck * bce_with_logits(z, y[t], e);
+              x[t] = z < A(0) ? e * inv : inv;
+            }
+          } else if (from_logits) {
             for (int t = 0; t < kTile; ++t) {
               A p, slope;
               sigmoid_and_slope(sigmoid_arg(x[t], sharp, true), p, slope);
@@ -279,17 +301,18 @@ struct Kernel {
   // Softmax, second step: X = e = e^(l - shift), the shift from the maximum in tl.aux, and
   // tl.sum = 1 / sum_c e. l is read from the input (xp: logits_max read it in place) or from X.
   // DSUM: also tl.dsum = sum_c e_c gP[c] (the class-map backward).
+  // log_s (not null): also log sum_c e, before the division.
   template <bool DSUM>
-  void exp_and_sum(Tile<A>& tl, const S* xp, const A* gP) const {
+  void exp_and_sum(Tile<A>& tl, const S* xp, const A* gP, A* log_s = nullptr) const {
     if (xp != nullptr) {
-      exp_rows<true, DSUM>(tl, xp, gP);
+      exp_rows<true, DSUM>(tl, xp, gP, log_s);
     } else {
-      exp_rows<false, DSUM>(tl, xp, gP);
+      exp_rows<false, DSUM>(tl, xp, gP, log_s);
     }
   }
 
   template <bool FROM_INPUT, bool DSUM>
-  void exp_rows(Tile<A>& tl, const S* xp, const A* gP) const {
+  void exp_rows(Tile<A>& tl, const S* xp, const A* gP, A* log_s) const {
     A* mx = tl.aux;
     A* s = tl.sum;
     A* ds = tl.dsum;
@@ -323,7 +346,47 @@ struct Kernel {
         if (DSUM) ds[t] += x[t] * g;
       }
     }
+    if (log_s != nullptr) {  // lse = shift + log S (S >= 1: the maximum's term is 1)
+      for (int t = 0; t < kTile; ++t) log_s[t] = mx[t] + log_pos(s[t] > A(0) ? s[t] : A(1));
+    }
     for (int t = 0; t < kTile; ++t) s[t] = softmax_inv_sum(s[t]);
+  }
+
+  // The cross-entropy term's per-pixel sums of a softmax: tl.ceQ = Q and tl.ceQL = QL (see
+  // softiou_math.h), from the logits l = a*x read in place (xp) or from X, before the
+  // exponentials replace them.
+  void ce_logit_sums(Tile<A>& tl, const S* xp) const {
+    auto logit = [&](int64_t c, int t) {
+      return xp != nullptr ? softmax_arg(to_acc<A>(xp[c * a.x_sC + t]), sharp, true)
+                           : tl.X[c * kTile + t];
+    };
+    const A keep = A(1) - ls, spread = ls / A(C);
+    if constexpr (CLASS_MAP) {  // q_k = (1 - eps) c_t [k == t] + (eps / C) c_k
+      for (int t = 0; t < kTile; ++t) {
+        const int32_t c = tl.cls[t];
+        const int32_t cc = c < 0 ? 0 : c;
+        const A qt = keep * ce_class_weight<A>(a, cc);
+        tl.ceQ[t] = qt + spread * csum;
+        tl.ceQL[t] = qt * logit(cc, t);
+      }
+      if (ls != A(0)) {
+        for (int64_t c = 0; c < C; ++c) {
+          const A q = spread * ce_class_weight<A>(a, c);
+          for (int t = 0; t < kTile; ++t) tl.ceQL[t] += q * logit(c, t);
+        }
+      }
+    } else {  // q_k = c_k ((1 - eps) y_k + eps / C)
+      for (int t = 0; t < kTile; ++t) tl.ceQ[t] = tl.ceQL[t] = A(0);
+      for (int64_t c = 0; c < C; ++c) {
+        const A ck = ce_class_weight<A>(a, c);
+        const A* y = tl.Yb + c * kTile;
+        for (int t = 0; t < kTile; ++t) {
+          const A q = ck * (keep * y[t] + spread);
+          tl.ceQ[t] += q;
+          tl.ceQL[t] += q * logit(c, t);
+        }
+      }
+    }
   }
 
   // Four rows: o_r = e^(l_r - mx), s += sum_r o_r, ds += sum_r o_r g[r], with l_r = a*x of input
@@ -486,22 +549,35 @@ struct Kernel {
     tl.Yb = tl.X + C * kTile;
     tl.Vb = tl.Yb + C * kTile;
     tl.R = nullptr;
-    tl.D = nullptr;
     A* accI = tl.Vb + C * kTile;
     A* accP = accI + C * kTile;
     A* accY = accP + C * kTile;
+    tl.D = accY + C * kTile;  // the cross-entropy of each element (sigmoid)
+    const bool ce = a.ce;
     for (int64_t item = ib; item < ie; ++item) {
       const int64_t n = item / K, k = item % K;
       const int64_t m_begin = k * chunk, m_end = min64(a.M, m_begin + chunk);
       for (int64_t i = 0; i < C * kTile; ++i) accI[i] = accP[i] = accY[i] = A(0);
+      A ce_num = A(0), ce_den = A(0);  // the cross-entropy term, added tile by tile
       ItemError err;
       for (int64_t m = m_begin; m < m_end; m += kTile) {
         const int cnt = int(min64(kTile, m_end - m));
         if (softmax_of_logits()) {
           // class map, softmax of logits: X holds e, p = e / S. P takes every class, I and Y
           // the target class of each pixel; 1/S is folded into the pixel's weight
-          prepare(tl, n, m, cnt, false, err, false);
+          prepare(tl, n, m, cnt, false, err, false, ce);
           A* ws = tl.aux;
+          if (ce) {  // l = Q lse - QL, denominator v w c_t (section 9)
+            A sn = A(0), sd = A(0);
+            for (int t = 0; t < kTile; ++t) {
+              const int32_t c = tl.cls[t];
+              const A vw = c >= 0 ? tl.w[t] : A(0);
+              sn += vw != A(0) ? vw * (tl.ceQ[t] * tl.lse[t] - tl.ceQL[t]) : A(0);
+              sd += vw * ce_class_weight<A>(a, c < 0 ? 0 : c);
+            }
+            ce_num += sn;
+            ce_den += sd;
+          }
           for (int t = 0; t < kTile; ++t) ws[t] = tl.w[t] * tl.sum[t];
           for (int64_t c = 0; c < C; ++c) {
             const A* e = tl.X + c * kTile;
@@ -517,7 +593,29 @@ struct Kernel {
           }
           continue;
         }
-        prepare(tl, n, m, cnt, false, err);
+        prepare(tl, n, m, cnt, false, err, true, ce);
+        if (ce && a.prob == Prob::kSoftmax) {  // dense target: denominator sum w
+          A sn = A(0), sd = A(0);
+          for (int t = 0; t < kTile; ++t) {
+            const A vw = tl.pv[t] != A(0) ? tl.w[t] : A(0);
+            sn += vw != A(0) ? vw * (tl.ceQ[t] * tl.lse[t] - tl.ceQL[t]) : A(0);
+            sd += vw;
+          }
+          ce_num += sn;
+          ce_den += sd;
+        } else if (ce) {  // sigmoid: per element, denominator the number of kept elements
+          A sn = A(0), sd = A(0);
+          for (int64_t c = 0; c < C; ++c) {
+            const A* v = tl.Vb + c * kTile;
+            const A* bce = tl.D + c * kTile;
+            for (int t = 0; t < kTile; ++t) {
+              sn += v[t] != A(0) ? tl.w[t] * bce[t] : A(0);
+              sd += v[t];
+            }
+          }
+          ce_num += sn;
+          ce_den += sd;
+        }
         if constexpr (CLASS_MAP) {
           // y is one-hot: P takes every class, I and Y only the target class of each pixel,
           // added pixel by pixel (min(p, y) = p*y when y is 0 or 1)
@@ -552,7 +650,9 @@ struct Kernel {
         }
       }
       // fixed-order reduction of the lanes
-      A* out = partials + item * C * 3;
+      A* out = partials + item * partial_row(C);
+      out[C * 3 + 0] = ce_num;
+      out[C * 3 + 1] = ce_den;
       for (int64_t c = 0; c < C; ++c) {
         A sP = A(0);
         for (int t = 0; t < kTile; ++t) sP += accP[c * kTile + t];
@@ -595,31 +695,38 @@ struct Kernel {
   // g_c = w (gP_c + [c == t] gI_c) and D = (sum_c e_c gP_c + e_t gI_t) / S,
   //   dL/dx_c = a p_c (g_c - sum_j p_j g_j) = (a w / S) e_c (gP_c - D) + [c == t] (a w / S) e_t gI_t,
   // with sum_c e_c gP_c taken in the exponentials' pass and the output written in one more pass.
-  // gI, gP: the pair gradients of sample n, [C] each.
+  // gI, gP: the pair gradients of sample n, [C] each. The cross-entropy term (gce: its gradient
+  // for sample n, see ce_gradient) adds a gce w (Q p_c - q_c): D becomes D - gce Q, the target
+  // class's term gains -a gce w (1 - eps) c_t and every class -a gce w (eps / C) c_c.
   void backward_softmax_map(Tile<A>& tl, int64_t n, int64_t m, int cnt, const A* gI,
-                            const A* gP, ItemError& err) const {
+                            const A* gP, A gce, ItemError& err) const {
     load_weight_target(tl, n, m, cnt, err);
     const S* xp = static_cast<const S*>(a.x) + n * a.x_sN + m * a.x_sM;
     exp_and_sum<true>(tl, logits_max(tl, xp, cnt) ? xp : nullptr, gP);
     A* D = tl.dsum;
     A* k = tl.aux;  // a w / S, 0 where the pixel is not kept
     A* extra = tl.R;  // the target class's term
+    A* kc = tl.R + kTile;  // the cross-entropy's label-smoothing term, per unit class weight
+    const A keep = A(1) - ls, spread = ls / A(C);
     for (int t = 0; t < kTile; ++t) {  // branch-free: the compiler vectorises it with gathers
       const int32_t c = tl.cls[t];
       const int32_t cc = c < 0 ? 0 : c;
       const A et_gI = c >= 0 ? tl.X[cc * kTile + t] * gI[cc] : A(0);
-      D[t] = tl.sum[t] * (D[t] + et_gI);
-      k[t] = c >= 0 ? sharp * tl.w[t] * tl.sum[t] : A(0);
-      extra[t] = k[t] * et_gI;
+      const A vw = c >= 0 ? tl.w[t] : A(0);
+      const A ct = ce_class_weight<A>(a, cc);
+      D[t] = tl.sum[t] * (D[t] + et_gI) - gce * (keep * ct + spread * csum);
+      k[t] = sharp * vw * tl.sum[t];
+      extra[t] = k[t] * et_gI - sharp * gce * vw * keep * ct;
+      kc[t] = sharp * gce * vw * spread;
     }
     S* gx = static_cast<S*>(a.grad_x) + n * a.g_sN + m * a.g_sM;
     const bool dense = a.g_sM == 1 && cnt == kTile;
     for (int64_t c = 0; c < C; ++c) {
       const A* e = tl.X + c * kTile;
-      const A g = gP[c];
+      const A g = gP[c], cw = ce_class_weight<A>(a, c);
       A* dx = tl.Yb;  // one row of the result
       for (int t = 0; t < kTile; ++t) {
-        const A v = tl.pv[t] != A(0) ? k[t] * e[t] * (g - D[t]) : A(0);
+        const A v = tl.pv[t] != A(0) ? k[t] * e[t] * (g - D[t]) - kc[t] * cw : A(0);
         dx[t] = tl.cls[t] == int32_t(c) ? v + extra[t] : v;
       }
       S* out = gx + c * a.g_sC;
@@ -646,10 +753,11 @@ struct Kernel {
       const int64_t n = item / K, k = item % K;
       const int64_t m_begin = k * chunk, m_end = min64(a.M, m_begin + chunk);
       ItemError err;
+      const A gce = ce_gradient<A>(a, n);
       if (softmax_of_logits()) {
         for (int64_t c = 0; c < C; ++c) pair_gradient(a, n, c, gIs[c], gPs[c]);
         for (int64_t m = m_begin; m < m_end; m += kTile)
-          backward_softmax_map(tl, n, m, int(min64(kTile, m_end - m)), gIs, gPs, err);
+          backward_softmax_map(tl, n, m, int(min64(kTile, m_end - m)), gIs, gPs, gce, err);
         errors[item] = err;
         continue;
       }
@@ -657,17 +765,22 @@ struct Kernel {
         const int cnt = int(min64(kTile, m_end - m));
         prepare(tl, n, m, cnt, true, err);
         A* dot = tl.aux;
-        for (int t = 0; t < kTile; ++t) dot[t] = A(0);
+        A* Q = tl.ceQ;  // the cross-entropy's sum_k q_k (dense softmax)
+        for (int t = 0; t < kTile; ++t) dot[t] = Q[t] = A(0);
+        const A keep = A(1) - ls, spread = ls / A(C);
+        const bool with_ce = gce != A(0);
         // g = dL/dp, and for the softmax sum_c p_c g_c
         for (int64_t c = 0; c < C; ++c) {
           A gI, gP;
           pair_gradient(a, n, c, gI, gP);
           const A* p = tl.X + c * kTile;
           A* g = G + c * kTile;
+          const A ck = ce_class_weight<A>(a, c);
           for (int t = 0; t < kTile; ++t) {
             const bool ok = valid(tl, c, t) != A(0);
             g[t] = ok ? tl.w[t] * grad_p(p[t], target(tl, c, t), gI, gP, use_min) : A(0);
             dot[t] += p[t] * g[t];
+            Q[t] += ck * (keep * target(tl, c, t) + spread);
           }
         }
         // dL/dx through the activation
@@ -677,13 +790,24 @@ struct Kernel {
           const A* r = tl.R + c * kTile;
           const A* d = tl.D + c * kTile;
           A* dx = tl.Yb + c * kTile;  // the target row is no longer needed: stage dx there
+          const A ck = ce_class_weight<A>(a, c);
           switch (a.prob) {
-            case Prob::kSoftmax:
-              for (int t = 0; t < kTile; ++t)
-                dx[t] = softmax_arg_dx(r[t], sharp, from_logits) * p[t] * (g[t] - dot[t]);
+            case Prob::kSoftmax:  // with the cross-entropy (logits only): + a gce w (Q p - q_c)
+              for (int t = 0; t < kTile; ++t) {  // (a class map's Yb is not loaded: a select)
+                const A q = ck * (keep * dx[t] + spread);
+                const A cev = with_ce && tl.pv[t] != A(0) ? gce * tl.w[t] * (Q[t] * p[t] - q)
+                                                          : A(0);
+                dx[t] = softmax_arg_dx(r[t], sharp, from_logits) * p[t] * (g[t] - dot[t]) +
+                        sharp * cev;
+              }
               break;
-            case Prob::kSigmoid:
-              for (int t = 0; t < kTile; ++t) dx[t] = g[t] * d[t];
+            case Prob::kSigmoid:  // with the cross-entropy (logits only): + a gce v w c_k (p - y)
+              for (int t = 0; t < kTile; ++t) {
+                const A cev = with_ce && valid(tl, c, t) != A(0)
+                                  ? gce * tl.w[t] * ck * (p[t] - dx[t])
+                                  : A(0);
+                dx[t] = g[t] * d[t] + sharp * cev;
+              }
               break;
             case Prob::kIdentity:
               for (int t = 0; t < kTile; ++t) dx[t] = g[t];

@@ -95,29 +95,35 @@ void run_items(const Items& it, const Prepared& p, F&& body) {
   });
 }
 
-// The statistics [N][C][3] (accumulation dtype A) into `out`: the kernel's per-item partial sums,
-// added per sample in item order.
+// The statistics [N][C][3] (accumulation dtype A) into `out` and, with the cross-entropy term
+// (p.args.ce), its per-sample sums [N][2] into `ce`: the kernel's per-item partial sums, added
+// per sample in item order.
 template <class A>
-void compute_stats(const Prepared& p, std::optional<int64_t> ignore_index, A* out) {
-  const int64_t row = p.N * p.C * 3;
-  std::fill(out, out + row, A(0));
+void compute_stats(const Prepared& p, std::optional<int64_t> ignore_index, A* out, A* ce) {
+  const int64_t per = p.C * 3;
+  std::fill(out, out + p.N * per, A(0));
+  if (ce != nullptr) std::fill(ce, ce + p.N * 2, A(0));
   if (p.empty) return;
   const KernelArgs& a = p.args;
   const Items it = plan(a);
-  std::vector<A> partials(it.count * a.C * 3);
+  const int64_t row = cpu::partial_row(a.C);
+  std::vector<A> partials(it.count * row);
   std::vector<cpu::ItemError> errors(it.count);
   const auto& k = kernels();
   run_items(it, p, [&](int64_t b, int64_t e, void* scratch) {
     k.stats(a, it.chunk, b, e, partials.data(), scratch, errors.data());
   });
   raise_first(errors, a, ignore_index);
-  const int64_t per = a.C * 3;
   at::parallel_for(0, a.N, 1, [&](int64_t nb, int64_t ne) {
     for (int64_t n = nb; n < ne; ++n) {
       A* o = out + n * per;
       for (int64_t k2 = 0; k2 < it.per_sample; ++k2) {
-        const A* s = partials.data() + (n * it.per_sample + k2) * per;
+        const A* s = partials.data() + (n * it.per_sample + k2) * row;
         for (int64_t i = 0; i < per; ++i) o[i] += s[i];
+        if (ce != nullptr) {
+          ce[n * 2 + 0] += s[per + 0];
+          ce[n * 2 + 1] += s[per + 1];
+        }
       }
     }
   });
@@ -144,9 +150,24 @@ at::Tensor stats_cpu(const at::Tensor& input, const at::Tensor& target,
                        ignore_index, Shapes::kNormalized);
   at::Tensor out = at::empty({p.N, p.C, 3}, input.options().dtype(p.acc));
   AT_DISPATCH_FLOATING_TYPES(p.acc, "softiou_stats", [&] {
-    compute_stats(p, ignore_index, out.data_ptr<scalar_t>());
+    compute_stats<scalar_t>(p, ignore_index, out.data_ptr<scalar_t>(), nullptr);
   });
   return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> stats_ce_cpu(const at::Tensor& input, const at::Tensor& target,
+                                                const std::optional<at::Tensor>& weight,
+                                                const std::optional<at::Tensor>& class_weight,
+                                                const CrossEntropyOptions& o) {
+  Prepared p = prepare(input, target, weight, o.mode, o.from_logits, o.sharpness, o.intersection,
+                       o.ignore_index, Shapes::kNormalized);
+  const at::Tensor cw = prepare_cross_entropy(p, o, class_weight, input.device(), true);
+  at::Tensor out = at::empty({p.N, p.C, 3}, input.options().dtype(p.acc));
+  at::Tensor ce = at::empty({p.N, 2}, input.options().dtype(p.acc));
+  AT_DISPATCH_FLOATING_TYPES(p.acc, "softiou_stats_ce", [&] {
+    compute_stats<scalar_t>(p, o.ignore_index, out.data_ptr<scalar_t>(), ce.data_ptr<scalar_t>());
+  });
+  return {out, ce};
 }
 
 at::Tensor stats_backward_cpu(const at::Tensor& grad_stats, const at::Tensor& input,
@@ -162,6 +183,23 @@ at::Tensor stats_backward_cpu(const at::Tensor& grad_stats, const at::Tensor& in
   return gx;
 }
 
+at::Tensor stats_ce_backward_cpu(const at::Tensor& grad_stats,
+                                 const std::optional<at::Tensor>& grad_ce,
+                                 const at::Tensor& input, const at::Tensor& target,
+                                 const std::optional<at::Tensor>& weight,
+                                 const std::optional<at::Tensor>& class_weight,
+                                 const CrossEntropyOptions& o) {
+  Prepared p = prepare(input, target, weight, o.mode, o.from_logits, o.sharpness, o.intersection,
+                       o.ignore_index, Shapes::kNormalized);
+  const at::Tensor cw = prepare_cross_entropy(p, o, class_weight, input.device(), false);
+  const at::Tensor g = use_grad_stats(p, grad_stats, input);
+  const at::Tensor gce = use_grad_ce(p, grad_ce, input);
+  if (p.empty) return at::zeros_like(input);
+  at::Tensor gx = allocate_grad(p, input);
+  gradient_pass(p, gx, o.ignore_index);
+  return gx;
+}
+
 std::tuple<at::Tensor, at::Tensor> loss_forward_cpu(const at::Tensor& input,
                                                     const at::Tensor& target,
                                                     const std::optional<at::Tensor>& weight,
@@ -169,14 +207,19 @@ std::tuple<at::Tensor, at::Tensor> loss_forward_cpu(const at::Tensor& input,
                                                     const LossOptions& o) {
   Prepared p = prepare(input, target, weight, o.mode, o.from_logits, o.sharpness, o.intersection,
                        o.ignore_index, Shapes::kUser);
-  Finalize fin = parse_finalize(p.N, p.C, input.device(), p.acc, o, class_weight);
+  Finalize fin = prepare_loss(p, o, class_weight, input.device(), true);
   const FinalizeArgs& f = fin.args;
   at::Tensor loss = at::empty(loss_shape(f), input.options().dtype(p.acc));
-  at::Tensor coef = at::empty({f.rows(), p.C, 3}, input.options().dtype(p.acc));
+  at::Tensor coef = at::empty({coef_elems(f)}, input.options().dtype(p.acc));
   AT_DISPATCH_FLOATING_TYPES(p.acc, "softiou_loss", [&] {
-    std::vector<scalar_t> stats(p.N * p.C * 3);
-    compute_stats(p, o.ignore_index, stats.data());
-    finalize_serial(stats.data(), p.C * 3, int64_t(3), f, loss.data_ptr<scalar_t>(),
+    std::vector<scalar_t> stats(p.N * p.C * 3), ce(p.N * 2);
+    compute_stats<scalar_t>(p, o.ignore_index, stats.data(), ce.data());
+    if (f.ce_weight > 0) {
+      fin.args.ce = ce.data();
+      fin.args.ce_sN = 2;
+      fin.args.ce_count = p.N;
+    }
+    finalize_serial(stats.data(), p.C * 3, int64_t(3), fin.args, loss.data_ptr<scalar_t>(),
                     coef.data_ptr<scalar_t>());
   });
   return {loss, coef};
@@ -184,12 +227,14 @@ std::tuple<at::Tensor, at::Tensor> loss_forward_cpu(const at::Tensor& input,
 
 at::Tensor loss_backward_cpu(const at::Tensor& grad, const at::Tensor& input,
                              const at::Tensor& target, const std::optional<at::Tensor>& weight,
-                             const at::Tensor& coef, const std::optional<at::Tensor>&,
+                             const at::Tensor& coef,
+                             const std::optional<at::Tensor>& class_weight,
                              const LossOptions& o) {
   Prepared p = prepare(input, target, weight, o.mode, o.from_logits, o.sharpness, o.intersection,
                        o.ignore_index, Shapes::kUser);
   if (p.empty) return at::zeros_like(input);
-  const at::Tensor g = use_loss_grad(p, coef, grad, o.per_image, o.reduction == "none");
+  const Finalize fin = prepare_loss(p, o, class_weight, input.device(), false);
+  const at::Tensor g = use_loss_grad(p, coef, grad, fin.args);
   at::Tensor gx = allocate_grad(p, input);
   gradient_pass(p, gx, o.ignore_index);
   return gx;
@@ -222,6 +267,8 @@ TORCH_LIBRARY_IMPL(softiou, CPU, m) {
   m.impl("finalize", &finalize_loss_kernel<&finalize_cpu>);
   m.impl("stats", &stats_cpu);
   m.impl("stats_backward", &stats_backward_cpu);
+  m.impl("stats_ce", &stats_ce_kernel<&stats_ce_cpu>);
+  m.impl("stats_ce_backward", &stats_ce_backward_kernel<&stats_ce_backward_cpu>);
   m.impl("_loss_forward", &loss_forward_kernel<&loss_forward_cpu>);
   m.impl("_loss_backward", &loss_backward_kernel<&loss_backward_cpu>);
   m.impl("_finalize", &finalize_kernel<&finalize_cpu>);

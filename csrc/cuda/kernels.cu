@@ -36,16 +36,38 @@ using namespace detail;
 Plan plan_stats(const KernelArgs& a, int device) {
   const Launch L = plan_launch(a, device, true);
   Plan p;
-  p.partial_elems = a.N * L.blocks_per_row * kWarps * a.C * 3;
-  p.pixel_elems = pixel_mode(a) && needs_prepass(a) ? a.N * a.M * 3 : 0;
+  const bool pixel = pixel_mode(a);
+  const int64_t warps_per_row = L.blocks_per_row * kWarps;  // per sample, or per (sample, class)
+  const int64_t rows = pixel ? a.N : a.N * a.C;
+  p.partial_elems = rows * warps_per_row * partial_row(a.C, pixel);
+  p.pixel_elems = pixel && needs_prepass(a) ? a.N * a.M * kPixelValues : 0;
+  p.ce_entries = rows * warps_per_row;
+  p.ce_per_sample = pixel ? warps_per_row : a.C * warps_per_row;
+  p.ce_stride = partial_row(a.C, pixel);
+  p.ce_offset = pixel ? a.C * 3 : 3;
   return p;
 }
 
 Plan plan_backward(const KernelArgs& a, int device) {
   (void)device;
   Plan p;
-  p.pixel_elems = pixel_mode(a) && needs_prepass(a) ? a.N * a.M * 3 : 0;
+  p.pixel_elems = pixel_mode(a) && needs_prepass(a) ? a.N * a.M * kPixelValues : 0;
   return p;
+}
+
+cudaError_t launch_ce_reduce(const void* partials, const Plan& plan, int64_t N, DType acc,
+                             void* out, cudaStream_t stream) {
+  if (N == 0) return cudaSuccess;
+  if (acc == DType::kFloat64) {
+    ce_reduce_kernel<double><<<unsigned(N), kThreads, 0, stream>>>(
+        static_cast<const double*>(partials) + plan.ce_offset, plan.ce_per_sample,
+        plan.ce_stride, static_cast<double*>(out));
+  } else {
+    ce_reduce_kernel<float><<<unsigned(N), kThreads, 0, stream>>>(
+        static_cast<const float*>(partials) + plan.ce_offset, plan.ce_per_sample,
+        plan.ce_stride, static_cast<float*>(out));
+  }
+  return cudaGetLastError();
 }
 
 cudaError_t launch_stats(const KernelArgs& a, void* partials, void* pixel, void* out, int device,

@@ -45,6 +45,15 @@ constexpr int kWarps = kThreads / 32;
 constexpr int kPixelThreadsBackward = 128;
 template <bool FWD>
 constexpr int kPixelThreads = FWD ? kThreads : kPixelThreadsBackward;
+// Values per warp of the statistics' partial sums: I, P, Y of every class (the pixel kernel) or
+// of one (the row kernel), then the cross-entropy term's numerator and denominator.
+__host__ __device__ inline int64_t partial_row(int64_t C, bool pixel) {
+  return pixel ? C * 3 + 2 : 5;
+}
+// Values per pixel of the wide softmax's prepass: shift, 1/sum, sum_c p_c g_c, and the
+// cross-entropy's Q and QL.
+constexpr int kPixelValues = 5;
+
 // Classes each lane of the pixel kernel holds in registers: 32 input values (8 for float64).
 template <int V>
 constexpr int kClassesPerLane = 32 / V > 8 ? 8 : 32 / V;
@@ -221,7 +230,7 @@ __device__ __forceinline__ void load_weights(const Launch& L, int64_t n, int64_t
 // ---------------------------------------------------------------------------------------------
 // Multiclass: one pass over a sample's pixels, all classes of a pixel in the registers of K lanes
 // ---------------------------------------------------------------------------------------------
-template <class S, class TT, int V, bool CLASS_MAP, bool FWD>
+template <class S, class TT, int V, bool CLASS_MAP, bool FWD, bool CE>
 __global__ void __launch_bounds__(kPixelThreads<FWD>, FWD ? 2 : 3) pixel_kernel(const Launch L) {
   using A = typename Acc<S>::type;
   constexpr int CPT = kClassesPerLane<V>;
@@ -249,6 +258,14 @@ __global__ void __launch_bounds__(kPixelThreads<FWD>, FWD ? 2 : 3) pixel_kernel(
     gI[k] = gP[k] = A(0);
     if (!FWD && SLOT(k) < cw) pair_gradient(a, n, L.c0 + SLOT(k), gI[k], gP[k]);
   }
+  // the cross-entropy term (SPEC section 9; softiou_math.h), a template parameter: without it
+  // the kernel keeps no register for it. Forward sums, backward gradient.
+  constexpr bool ce = CE;
+  const A gce = FWD || !CE ? A(0) : ce_gradient<A>(a, n);
+  const A ls_keep = A(1) - A(a.label_smoothing), ls_spread = A(a.label_smoothing) / A(a.C);
+  A ce_num = A(0), ce_den = A(0);
+  // the term's weight of slot k's class for pixel v: c_k ((1 - eps) y + eps / C)
+#define CE_Q(k, v, yy) (ce_class_weight<A>(a, L.c0 + SLOT(k)) * (ls_keep * (yy) + ls_spread))
   const S* xs = static_cast<const S*>(a.x) + n * a.x_sN + L.c0 * a.x_sC;
   const TT* ts = static_cast<const TT*>(a.t) + n * a.t_sN + (CLASS_MAP ? 0 : L.c0 * a.t_sC);
 
@@ -302,18 +319,23 @@ __global__ void __launch_bounds__(kPixelThreads<FWD>, FWD ? 2 : 3) pixel_kernel(
           if (SLOT(k) < cw && outside_unit_interval(p[k][v])) bad |= kBadProbability;
       }
     }
-    A dot_pix[V];
+    A dot_pix[V], lse[V], ce_Q[V], ce_QL[V];
 #pragma unroll
-    for (int v = 0; v < V; ++v) dot_pix[v] = A(0);
+    for (int v = 0; v < V; ++v) dot_pix[v] = lse[v] = ce_Q[v] = ce_QL[v] = A(0);
     if (softmax) {
       A mx[V], inv[V];
       if (wide) {
-        const A* px = static_cast<const A*>(L.pixel) + (n * a.M + m0) * 3;
+        const A* px = static_cast<const A*>(L.pixel) + (n * a.M + m0) * kPixelValues;
 #pragma unroll
         for (int v = 0; v < V; ++v) {
-          mx[v] = v < cnt ? px[v * 3 + 0] : A(0);
-          inv[v] = v < cnt ? px[v * 3 + 1] : A(0);
-          if (!FWD) dot_pix[v] = v < cnt ? px[v * 3 + 2] : A(0);
+          mx[v] = v < cnt ? px[v * kPixelValues + 0] : A(0);
+          inv[v] = v < cnt ? px[v * kPixelValues + 1] : A(0);
+          if (!FWD) dot_pix[v] = v < cnt ? px[v * kPixelValues + 2] : A(0);
+          if constexpr (ce) {  // the prepass's Q and QL, and lse = shift + log S
+            ce_Q[v] = v < cnt ? px[v * kPixelValues + 3] : A(0);
+            ce_QL[v] = v < cnt ? px[v * kPixelValues + 4] : A(0);
+            lse[v] = mx[v] - log_pos(inv[v] > A(0) ? inv[v] : A(1));
+          }
         }
 #pragma unroll
         for (int k = 0; k < CPT; ++k) {
@@ -354,6 +376,7 @@ __global__ void __launch_bounds__(kPixelThreads<FWD>, FWD ? 2 : 3) pixel_kernel(
 #pragma unroll
         for (int v = 0; v < V; ++v) {
           for (int off = G; off < 32; off <<= 1) inv[v] += shfl_xor(inv[v], off);
+          if constexpr (ce) lse[v] = mx[v] + log_pos(inv[v] > A(0) ? inv[v] : A(1));
           inv[v] = softmax_inv_sum(inv[v]);
         }
 #pragma unroll
@@ -386,6 +409,43 @@ __global__ void __launch_bounds__(kPixelThreads<FWD>, FWD ? 2 : 3) pixel_kernel(
       }
     }
     if (bad) report_bad_input(bad);
+
+    // the cross-entropy's Q = sum_k q_k and (forward) QL = sum_k q_k l_k of each pixel: this
+    // lane's classes, then a butterfly over the lanes of the pixel (the wide path has them from
+    // the prepass). The forward reads the logits again: the exponentials have replaced them.
+    if (CE && softmax && !wide) {
+#pragma unroll
+      for (int k = 0; k < CPT; ++k) {
+        if (!LIVE(k)) break;
+        if (SLOT(k) >= cw) continue;
+        S raw[V];
+        if (FWD) load_group<V>(xs + SLOT(k) * a.x_sC + m0 * a.x_sM, a.x_sM, L.vx, cnt, raw);
+#pragma unroll
+        for (int v = 0; v < V; ++v) {
+          const A yy = CLASS_MAP ? (tcls[v] == SLOT(k) ? A(1) : A(0)) : y[CLASS_MAP ? 0 : k][v];
+          const A q = CE_Q(k, v, yy);
+          ce_Q[v] += q;
+          if (FWD) ce_QL[v] += q * softmax_arg(to_acc<A>(raw[v]), sharp, true);
+        }
+      }
+#pragma unroll
+      for (int v = 0; v < V; ++v) {
+        for (int off = G; off < 32; off <<= 1) {
+          ce_Q[v] += shfl_xor(ce_Q[v], off);
+          if (FWD) ce_QL[v] += shfl_xor(ce_QL[v], off);
+        }
+      }
+    }
+    // the forward's sums, once per pixel (slot 0; the first class window of the wide path)
+    if (FWD && CE && softmax && j == 0 && L.c0 == 0) {
+#pragma unroll
+      for (int v = 0; v < V; ++v) {
+        const bool kept = CLASS_MAP ? pv[v] : v < cnt;
+        if (!kept) continue;
+        ce_num += w[v] * (ce_Q[v] * lse[v] - ce_QL[v]);
+        ce_den += CLASS_MAP ? w[v] * ce_class_weight<A>(a, int64_t(tcls[v]) + L.c0) : w[v];
+      }
+    }
 
     if constexpr (FWD) {
 #pragma unroll
@@ -457,7 +517,12 @@ __global__ void __launch_bounds__(kPixelThreads<FWD>, FWD ? 2 : 3) pixel_kernel(
 #pragma unroll
         for (int v = 0; v < V; ++v) {
           const A gv = GRAD(k, v);
-          out[v] = Store<S>::from(softmax ? fac[v] * p[k][v] * (gv - dot[v]) : gv);
+          A d = softmax ? fac[v] * p[k][v] * (gv - dot[v]) : gv;
+          if (CE && softmax && (CLASS_MAP ? pv[v] : v < cnt)) {  // + a gce w (Q p - q)
+            const A yy = CLASS_MAP ? (tcls[v] == SLOT(k) ? A(1) : A(0)) : y[CLASS_MAP ? 0 : k][v];
+            d += sharp * gce * w[v] * (ce_Q[v] * p[k][v] - CE_Q(k, v, yy));
+          }
+          out[v] = Store<S>::from(d);
         }
         store_group<V>(gx + SLOT(k) * a.g_sC, a.g_sM, L.vg, cnt, out);
       }
@@ -475,9 +540,17 @@ __global__ void __launch_bounds__(kPixelThreads<FWD>, FWD ? 2 : 3) pixel_kernel(
         accY[k] += shfl_xor(accY[k], off);
       }
     }
+    // the cross-entropy's sums: lanes of slot 0 hold them; one value per warp
+    if constexpr (CE) {
+      for (int off = 1; off < 32; off <<= 1) {
+        ce_num += shfl_xor(ce_num, off);
+        ce_den += shfl_xor(ce_den, off);
+      }
+    }
+    A* row = static_cast<A*>(L.partials) +
+             ((n * L.blocks_per_row + b) * kWarps + warp) * partial_row(a.C, true);
     if (g == 0) {
-      A* out = static_cast<A*>(L.partials) +
-               ((n * L.blocks_per_row + b) * kWarps + warp) * a.C * 3 + L.c0 * 3;
+      A* out = row + L.c0 * 3;
 #pragma unroll
       for (int k = 0; k < CPT; ++k) {
         if (SLOT(k) < cw) {
@@ -487,14 +560,20 @@ __global__ void __launch_bounds__(kPixelThreads<FWD>, FWD ? 2 : 3) pixel_kernel(
         }
       }
     }
+    if (lane == 0 && L.c0 == 0) {
+      row[a.C * 3 + 0] = ce_num;
+      row[a.C * 3 + 1] = ce_den;
+    }
   }
+#undef CE_Q
 #undef LIVE
 #undef SLOT
 }
 
 // Softmax over many classes: per pixel, the maximum and 1/sum of the exponentials (online, one
-// read), and for the gradient also sum_c p_c g_c (a second read). One thread per pixel.
-template <class S, class TT, bool CLASS_MAP, bool FWD>
+// read), and for the gradient also sum_c p_c g_c, and with the cross-entropy term its Q and
+// (forward) QL (a second read). One thread per pixel; kPixelValues values per pixel.
+template <class S, class TT, bool CLASS_MAP, bool FWD, bool CE>
 __global__ void __launch_bounds__(kThreads) pixel_prepass(const Launch L) {
   using A = typename Acc<S>::type;
   const KernelArgs& a = L.a;
@@ -514,8 +593,9 @@ __global__ void __launch_bounds__(kThreads) pixel_prepass(const Launch L) {
   }
   mx = softmax_shift(mx);
   const A inv = softmax_inv_sum(sum);
-  A dot = A(0);
-  if (!FWD) {
+  constexpr bool ce = CE;
+  A dot = A(0), Q = A(0), QL = A(0);
+  if (!FWD || ce) {
     A w = A(1);
     if (a.w != nullptr) w = static_cast<const A*>(a.w)[n * a.w_sN + m * a.w_sM];
     const TT* tp = static_cast<const TT*>(a.t) + n * a.t_sN + m * a.t_sM;
@@ -525,29 +605,40 @@ __global__ void __launch_bounds__(kThreads) pixel_prepass(const Launch L) {
       tc = int64_t(tp[0]);
       ok = !(a.has_ignore && tc == a.ignore_index);
     }
+    const A keep = A(1) - A(a.label_smoothing), spread = A(a.label_smoothing) / A(a.C);
     for (int64_t c = 0; c < a.C && ok; ++c) {
-      A gI, gP;
-      pair_gradient(a, n, c, gI, gP);
-      const A pc = softmax_exp(softmax_arg(to_acc<A>(xp[c * a.x_sC]), sharp, a.from_logits), mx) * inv;
+      const A l = softmax_arg(to_acc<A>(xp[c * a.x_sC]), sharp, a.from_logits);
       A yc;
       if constexpr (CLASS_MAP) {
         yc = tc == c ? A(1) : A(0);
       } else {
         yc = to_acc<A>(tp[c * a.t_sC]);
       }
-      dot += pc * w * grad_p(pc, yc, gI, gP, a.min_intersection);
+      if (!FWD) {
+        A gI, gP;
+        pair_gradient(a, n, c, gI, gP);
+        const A pc = softmax_exp(l, mx) * inv;
+        dot += pc * w * grad_p(pc, yc, gI, gP, a.min_intersection);
+      }
+      if constexpr (ce) {
+        const A q = ce_class_weight<A>(a, c) * (keep * yc + spread);
+        Q += q;
+        QL += q * l;
+      }
     }
   }
-  A* out = static_cast<A*>(const_cast<void*>(L.pixel)) + idx * 3;
+  A* out = static_cast<A*>(const_cast<void*>(L.pixel)) + idx * kPixelValues;
   out[0] = mx;
   out[1] = inv;
   out[2] = dot;
+  out[3] = Q;
+  out[4] = QL;
 }
 
 // ---------------------------------------------------------------------------------------------
 // Binary / multilabel: elementwise over the (sample, class) rows
 // ---------------------------------------------------------------------------------------------
-template <class S, class TT, int V, bool FWD>
+template <class S, class TT, int V, bool FWD, bool CE>
 __global__ void __launch_bounds__(kThreads) row_kernel(const Launch L) {
   using A = typename Acc<S>::type;
   const KernelArgs& a = L.a;
@@ -561,6 +652,11 @@ __global__ void __launch_bounds__(kThreads) row_kernel(const Launch L) {
   const bool sigmoid = a.prob == Prob::kSigmoid;
   A accI = A(0), accP = A(0), accY = A(0), gI = A(0), gP = A(0);
   if (!FWD) pair_gradient(a, n, c, gI, gP);
+  // the binary cross-entropy term (SPEC section 9): forward sums, backward gradient
+  constexpr bool ce = CE;
+  const A gce = FWD || !CE ? A(0) : ce_gradient<A>(a, n);
+  const A cwc = CE ? ce_class_weight<A>(a, c) : A(0);
+  A ce_num = A(0), ce_den = A(0);
   const S* xs = static_cast<const S*>(a.x) + n * a.x_sN + c * a.x_sC;
   const TT* ts = static_cast<const TT*>(a.t) + n * a.t_sN + c * a.t_sC;
 
@@ -604,10 +700,17 @@ __global__ void __launch_bounds__(kThreads) row_kernel(const Launch L) {
           accI += w[v] * intersection(p, y, use_min);
           accP += w[v] * p;
           accY += w[v] * y;
+          if constexpr (ce) {
+            const A z = sigmoid_arg(x, sharp, true);
+            ce_num += w[v] * cwc * bce_with_logits(z, y, exp_nonpos(z < A(0) ? z : -z));
+            ce_den += A(1);
+          }
         }
       } else {
         const A gr = ok ? w[v] * grad_p(p, y, gI, gP, use_min) : A(0);
-        out[v] = Store<S>::from(gr * dp_dx);
+        A d = gr * dp_dx;
+        if (CE && ok) d += sharp * gce * w[v] * cwc * (p - y);  // + a gce w c (p - y)
+        out[v] = Store<S>::from(d);
       }
     }
     if (bad) report_bad_input(bad);
@@ -621,12 +724,19 @@ __global__ void __launch_bounds__(kThreads) row_kernel(const Launch L) {
       accI += shfl_xor(accI, off);
       accP += shfl_xor(accP, off);
       accY += shfl_xor(accY, off);
+      if constexpr (CE) {
+        ce_num += shfl_xor(ce_num, off);
+        ce_den += shfl_xor(ce_den, off);
+      }
     }
     if (lane == 0) {
-      A* out = static_cast<A*>(L.partials) + ((r * L.blocks_per_row + b) * kWarps + warp) * 3;
+      A* out = static_cast<A*>(L.partials) +
+               ((r * L.blocks_per_row + b) * kWarps + warp) * partial_row(a.C, false);
       out[0] = accI;
       out[1] = accP;
       out[2] = accY;
+      out[3] = ce_num;
+      out[4] = ce_den;
     }
   }
 }
@@ -672,9 +782,15 @@ template <class A>
 __global__ void __launch_bounds__(kThreads) finalize_kernel(const A* stats, int64_t s_n,
                                                             int64_t s_c, const FinalizeArgs f,
                                                             A* loss, A* coef) {
-  __shared__ A sh_total[kThreads], sh_wsum[kThreads];
+  __shared__ A sh_total[kThreads], sh_wsum[kThreads], sh_num[kThreads], sh_den[kThreads];
   const int64_t C = f.C, pairs = f.rows() * C;
-  A total = A(0), wsum = A(0);
+  A total = A(0), wsum = A(0), num = A(0), den = A(0);
+  if (f.ce != nullptr) {  // the cross-entropy term's sums: strided per thread, then the tree
+    for (int64_t i = threadIdx.x; i < f.ce_count; i += kThreads) {
+      num += static_cast<const A*>(f.ce)[i * f.ce_sN];
+      den += static_cast<const A*>(f.ce)[i * f.ce_sN + 1];
+    }
+  }
   for (int64_t i = threadIdx.x; i < pairs; i += kThreads) {
     const int64_t r = i / C, c = i % C;
     A I, P, Y;
@@ -690,29 +806,64 @@ __global__ void __launch_bounds__(kThreads) finalize_kernel(const A* stats, int6
     k[1] = w * t.dP;
     k[2] = w * t.dY;
   }
+  if (f.ce_slot && threadIdx.x == 0) coef[pairs * 3] = A(0);
   sh_total[threadIdx.x] = total;
   sh_wsum[threadIdx.x] = wsum;
+  sh_num[threadIdx.x] = num;
+  sh_den[threadIdx.x] = den;
   __syncthreads();
   for (int half = kThreads / 2; half > 0; half >>= 1) {
     if (threadIdx.x < half) {
       sh_total[threadIdx.x] += sh_total[threadIdx.x + half];
       sh_wsum[threadIdx.x] += sh_wsum[threadIdx.x + half];
+      sh_num[threadIdx.x] += sh_num[threadIdx.x + half];
+      sh_den[threadIdx.x] += sh_den[threadIdx.x + half];
     }
     __syncthreads();
   }
   if (f.reduction == Reduction::kNone) return;
-  if (f.reduction == Reduction::kSum) {
-    if (threadIdx.x == 0) loss[0] = sh_total[0];
-    return;
+  if (f.reduction == Reduction::kMean) {  // mean over the kept pairs; none kept: 0
+    const A denom = sh_wsum[0] > A(0) ? sh_wsum[0] : A(1);
+    if (threadIdx.x == 0) loss[0] = sh_total[0] / denom;
+    const A inv = A(1) / denom;
+    for (int64_t i = threadIdx.x; i < pairs; i += kThreads) {
+      coef[i * 3 + 0] *= inv;
+      coef[i * 3 + 1] *= inv;
+      coef[i * 3 + 2] *= inv;
+    }
+  } else if (threadIdx.x == 0) {
+    loss[0] = sh_total[0];
   }
-  // mean over the kept pairs; no kept pair: 0 (and a zero gradient)
-  const A denom = sh_wsum[0] > A(0) ? sh_wsum[0] : A(1);
-  if (threadIdx.x == 0) loss[0] = sh_total[0] / denom;
-  const A inv = A(1) / denom;
-  for (int64_t i = threadIdx.x; i < pairs; i += kThreads) {
-    coef[i * 3 + 0] *= inv;
-    coef[i * 3 + 1] *= inv;
-    coef[i * 3 + 2] *= inv;
+  if (f.ce != nullptr && threadIdx.x == 0) {
+    add_cross_entropy(sh_num[0], sh_den[0], f, loss, coef + pairs * 3);
+  }
+}
+
+// The cross-entropy term's sums per sample: out[n] = the sum of sample n's per_sample entries
+// (num, den) at part[(n * per_sample + e) * stride], strided per thread then a fixed tree.
+template <class A>
+__global__ void __launch_bounds__(kThreads) ce_reduce_kernel(const A* part, int64_t per_sample,
+                                                             int64_t stride, A* out) {
+  __shared__ A sh_num[kThreads], sh_den[kThreads];
+  const int64_t n = blockIdx.x;
+  A num = A(0), den = A(0);
+  for (int64_t e = threadIdx.x; e < per_sample; e += kThreads) {
+    num += part[(n * per_sample + e) * stride];
+    den += part[(n * per_sample + e) * stride + 1];
+  }
+  sh_num[threadIdx.x] = num;
+  sh_den[threadIdx.x] = den;
+  __syncthreads();
+  for (int half = kThreads / 2; half > 0; half >>= 1) {
+    if (threadIdx.x < half) {
+      sh_num[threadIdx.x] += sh_num[threadIdx.x + half];
+      sh_den[threadIdx.x] += sh_den[threadIdx.x + half];
+    }
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) {
+    out[n * 2 + 0] = sh_num[0];
+    out[n * 2 + 1] = sh_den[0];
   }
 }
 
@@ -865,35 +1016,52 @@ cudaError_t run_input(const KernelArgs& a, void* partials, void* pixel, void* ou
     constexpr bool CM = IsInt<TT>::value;  // integer targets of the pixel kernel are class maps
     Launch L = plan_launch(a, device, FWD);
     L.partials = partials;
+    // the cross-entropy term: accumulated forward, or its gradient backward
+    const bool ce = FWD ? a.ce : a.ce_coef != nullptr;
     int64_t grid = 0;
     if (pixel_mode(a)) {
       if (needs_prepass(a)) {
         L.pixel = pixel;
-        pixel_prepass<S, TT, CM, FWD>
-            <<<unsigned(cdiv(a.N * a.M, kThreads)), kThreads, 0, stream>>>(L);
+        const unsigned pgrid = unsigned(cdiv(a.N * a.M, kThreads));
+        if (ce) {
+          pixel_prepass<S, TT, CM, FWD, true><<<pgrid, kThreads, 0, stream>>>(L);
+        } else {
+          pixel_prepass<S, TT, CM, FWD, false><<<pgrid, kThreads, 0, stream>>>(L);
+        }
       }
       const int64_t win = class_window(a);
       grid = a.N * L.blocks_per_row;
       for (int64_t c0 = 0; c0 < a.C; c0 += win) {
         L.c0 = c0;
         L.cw = a.C - c0 < win ? a.C - c0 : win;
-        pixel_kernel<S, TT, V, CM, FWD><<<unsigned(grid), kPixelThreads<FWD>, 0, stream>>>(L);
+        if (ce) {
+          pixel_kernel<S, TT, V, CM, FWD, true>
+              <<<unsigned(grid), kPixelThreads<FWD>, 0, stream>>>(L);
+        } else {
+          pixel_kernel<S, TT, V, CM, FWD, false>
+              <<<unsigned(grid), kPixelThreads<FWD>, 0, stream>>>(L);
+        }
       }
     } else {
       grid = a.N * a.C * L.blocks_per_row;
-      row_kernel<S, TT, V, FWD><<<unsigned(grid), kThreads, 0, stream>>>(L);
+      if (ce) {
+        row_kernel<S, TT, V, FWD, true><<<unsigned(grid), kThreads, 0, stream>>>(L);
+      } else {
+        row_kernel<S, TT, V, FWD, false><<<unsigned(grid), kThreads, 0, stream>>>(L);
+      }
     }
     cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess || !FWD) return err;
     // second stage
     const int64_t E = L.blocks_per_row * kWarps;
     const A* part = static_cast<const A*>(partials);
+    const int64_t row = partial_row(a.C, pixel_mode(a));
     if (pixel_mode(a)) {
       reduce_kernel<A><<<unsigned(a.N * a.C), kThreads, 0, stream>>>(
-          part, static_cast<A*>(out), a.C, E * a.C * 3, 3, a.C * 3, E);
+          part, static_cast<A*>(out), a.C, E * row, 3, row, E);
     } else {
       reduce_kernel<A><<<unsigned(a.N * a.C), kThreads, 0, stream>>>(
-          part, static_cast<A*>(out), a.C, a.C * E * 3, E * 3, 3, E);
+          part, static_cast<A*>(out), a.C, a.C * E * row, E * row, row, E);
     }
     return cudaGetLastError();
   };

@@ -18,6 +18,9 @@ namespace cuda {
 struct Plan {
   int64_t partial_elems = 0;  // workspace of partial sums, in accumulation-dtype elements
   int64_t pixel_elems = 0;    // per-pixel workspace (softmax over more classes than registers hold)
+  // where the cross-entropy term's (numerator, denominator) entries are in the partial sums:
+  // entry i at partials[ce_offset + i * ce_stride], ce_per_sample entries per sample
+  int64_t ce_entries = 0, ce_per_sample = 0, ce_stride = 0, ce_offset = 0;
 };
 
 // Statistics: writes out[N][C][3] (accumulation dtype). `partials` and `pixel` must hold
@@ -29,6 +32,10 @@ cudaError_t launch_stats(const KernelArgs& a, void* partials, void* pixel, void*
 // Gradient: writes a.grad_x. `pixel` must hold plan_backward(a).pixel_elems elements.
 Plan plan_backward(const KernelArgs& a, int device);
 cudaError_t launch_backward(const KernelArgs& a, void* pixel, int device, cudaStream_t stream);
+
+// The cross-entropy term's sums per sample, out[N][2], from the statistics' partial sums.
+cudaError_t launch_ce_reduce(const void* partials, const Plan& plan, int64_t N, DType acc,
+                             void* out, cudaStream_t stream);
 
 // The finalize step (finalize.h) on statistics of dtype `acc` (float32 or float64): value j of
 // pair (n, c) at stats[n * s_n + c * s_c + j]. Writes the loss and the coefficients

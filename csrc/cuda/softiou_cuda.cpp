@@ -28,17 +28,27 @@ at::DataPtr workspace(int64_t elems, at::ScalarType acc) {
   return c10::cuda::CUDACachingAllocator::get()->allocate(bytes);
 }
 
+// The workspaces of one statistics pass: the partial sums (which also hold the cross-entropy
+// term's, read by the finalize step) and the wide softmax's per-pixel values.
+struct StatsWork {
+  cuda::Plan plan;
+  at::DataPtr partials, pixel;
+};
+
 // The statistics [N][C][3] into `out` (accumulation dtype), zeros for an empty input.
-void compute_stats(const Prepared& p, void* out, int dev, cudaStream_t stream) {
+StatsWork compute_stats(const Prepared& p, void* out, int dev, cudaStream_t stream) {
+  StatsWork work;
   if (p.empty) {
     C10_CUDA_CHECK(cudaMemsetAsync(out, 0, size_t(p.N * p.C * 3) * at::elementSize(p.acc),
                                    stream));
-    return;
+    return work;
   }
-  const cuda::Plan plan = cuda::plan_stats(p.args, dev);
-  at::DataPtr partials = workspace(plan.partial_elems, p.acc);
-  at::DataPtr pixel = workspace(plan.pixel_elems, p.acc);
-  C10_CUDA_CHECK(cuda::launch_stats(p.args, partials.get(), pixel.get(), out, dev, stream));
+  work.plan = cuda::plan_stats(p.args, dev);
+  work.partials = workspace(work.plan.partial_elems, p.acc);
+  work.pixel = workspace(work.plan.pixel_elems, p.acc);
+  C10_CUDA_CHECK(cuda::launch_stats(p.args, work.partials.get(), work.pixel.get(), out, dev,
+                                    stream));
+  return work;
 }
 
 void gradient_pass(const Prepared& p, int dev, cudaStream_t stream) {
@@ -67,6 +77,48 @@ at::Tensor stats_cuda(const at::Tensor& input, const at::Tensor& target,
   return out;
 }
 
+std::tuple<at::Tensor, at::Tensor> stats_ce_cuda(const at::Tensor& input,
+                                                 const at::Tensor& target,
+                                                 const std::optional<at::Tensor>& weight,
+                                                 const std::optional<at::Tensor>& class_weight,
+                                                 const CrossEntropyOptions& o) {
+  c10::cuda::CUDAGuard guard(input.device());
+  Prepared p = prepare(input, target, weight, o.mode, o.from_logits, o.sharpness, o.intersection,
+                       o.ignore_index, Shapes::kNormalized);
+  const at::Tensor cw = prepare_cross_entropy(p, o, class_weight, input.device(), true);
+  at::Tensor out = at::empty({p.N, p.C, 3}, input.options().dtype(p.acc));
+  at::Tensor ce = at::empty({p.N, 2}, input.options().dtype(p.acc));
+  const int dev = input.get_device();
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(dev);
+  StatsWork work = compute_stats(p, out.data_ptr(), dev, stream);
+  if (p.empty) {
+    C10_CUDA_CHECK(cudaMemsetAsync(ce.data_ptr(), 0, ce.nbytes(), stream));
+  } else {
+    C10_CUDA_CHECK(cuda::launch_ce_reduce(work.partials.get(), work.plan, p.N, to_dtype(p.acc),
+                                          ce.data_ptr(), stream));
+  }
+  return {out, ce};
+}
+
+at::Tensor stats_ce_backward_cuda(const at::Tensor& grad_stats,
+                                  const std::optional<at::Tensor>& grad_ce,
+                                  const at::Tensor& input, const at::Tensor& target,
+                                  const std::optional<at::Tensor>& weight,
+                                  const std::optional<at::Tensor>& class_weight,
+                                  const CrossEntropyOptions& o) {
+  c10::cuda::CUDAGuard guard(input.device());
+  Prepared p = prepare(input, target, weight, o.mode, o.from_logits, o.sharpness, o.intersection,
+                       o.ignore_index, Shapes::kNormalized);
+  const at::Tensor cw = prepare_cross_entropy(p, o, class_weight, input.device(), false);
+  const at::Tensor g = use_grad_stats(p, grad_stats, input);
+  const at::Tensor gce = use_grad_ce(p, grad_ce, input);
+  if (p.empty) return at::zeros_like(input);
+  at::Tensor gx = allocate_grad(p, input);
+  const int dev = input.get_device();
+  gradient_pass(p, dev, c10::cuda::getCurrentCUDAStream(dev));
+  return gx;
+}
+
 at::Tensor stats_backward_cuda(const at::Tensor& grad_stats, const at::Tensor& input,
                                const at::Tensor& target, const std::optional<at::Tensor>& weight,
                                c10::string_view mode, bool from_logits, double sharpness,
@@ -91,26 +143,34 @@ std::tuple<at::Tensor, at::Tensor> loss_forward_cuda(const at::Tensor& input,
   c10::cuda::CUDAGuard guard(input.device());
   Prepared p = prepare(input, target, weight, o.mode, o.from_logits, o.sharpness, o.intersection,
                        o.ignore_index, Shapes::kUser);
-  const Finalize fin = parse_finalize(p.N, p.C, input.device(), p.acc, o, class_weight);
+  Finalize fin = prepare_loss(p, o, class_weight, input.device(), true);
   at::Tensor loss = at::empty(loss_shape(fin.args), input.options().dtype(p.acc));
-  at::Tensor coef = at::empty({fin.args.rows(), p.C, 3}, input.options().dtype(p.acc));
+  at::Tensor coef = at::empty({coef_elems(fin.args)}, input.options().dtype(p.acc));
   const int dev = input.get_device();
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(dev);
   at::DataPtr stats = workspace(p.N * p.C * 3, p.acc);
-  compute_stats(p, stats.get(), dev, stream);
+  StatsWork work = compute_stats(p, stats.get(), dev, stream);
+  if (fin.args.ce_weight > 0 && !p.empty) {  // the term's entries are in the partial sums
+    fin.args.ce = static_cast<const char*>(work.partials.get()) +
+                  work.plan.ce_offset * at::elementSize(p.acc);
+    fin.args.ce_sN = work.plan.ce_stride;
+    fin.args.ce_count = work.plan.ce_entries;
+  }
   finalize(stats.get(), p.C * 3, 3, fin, p.acc, loss, coef, stream);
   return {loss, coef};
 }
 
 at::Tensor loss_backward_cuda(const at::Tensor& grad, const at::Tensor& input,
                               const at::Tensor& target, const std::optional<at::Tensor>& weight,
-                              const at::Tensor& coef, const std::optional<at::Tensor>&,
+                              const at::Tensor& coef,
+                              const std::optional<at::Tensor>& class_weight,
                               const LossOptions& o) {
   c10::cuda::CUDAGuard guard(input.device());
   Prepared p = prepare(input, target, weight, o.mode, o.from_logits, o.sharpness, o.intersection,
                        o.ignore_index, Shapes::kUser);
   if (p.empty) return at::zeros_like(input);
-  const at::Tensor g = use_loss_grad(p, coef, grad, o.per_image, o.reduction == "none");
+  const Finalize fin = prepare_loss(p, o, class_weight, input.device(), false);
+  const at::Tensor g = use_loss_grad(p, coef, grad, fin.args);
   at::Tensor gx = allocate_grad(p, input);
   const int dev = input.get_device();
   gradient_pass(p, dev, c10::cuda::getCurrentCUDAStream(dev));
@@ -140,6 +200,8 @@ TORCH_LIBRARY_IMPL(softiou, CUDA, m) {
   m.impl("finalize", &finalize_loss_kernel<&finalize_cuda>);
   m.impl("stats", &stats_cuda);
   m.impl("stats_backward", &stats_backward_cuda);
+  m.impl("stats_ce", &stats_ce_kernel<&stats_ce_cuda>);
+  m.impl("stats_ce_backward", &stats_ce_backward_kernel<&stats_ce_backward_cuda>);
   m.impl("_loss_forward", &loss_forward_kernel<&loss_forward_cuda>);
   m.impl("_loss_backward", &loss_backward_kernel<&loss_backward_cuda>);
   m.impl("_finalize", &finalize_kernel<&finalize_cuda>);
