@@ -22,14 +22,16 @@ ls csrc/cuda/kernels*.cu | xargs -P "$JOBS" -I{} sh -c \
    || { cat $OUT/\$(basename {} .cu).log; echo 'FAILED: {}'; exit 255; }"
 $NVCC $GENCODE -shared $OUT/*.o -o $OUT/libsoftiou_kernels.so
 echo "compiled and linked: $(ls csrc/cuda/kernels*.cu | tr '\n' ' ')"
-grep -h "spill" $OUT/*.log | sort | uniq -c | sort -rn | head -3 | sed 's/^/  ptxas: /'
+# (awk reads its whole input: `head` would close the pipe early and, under pipefail, fail the
+# script with SIGPIPE whenever sort is still writing)
+{ grep -h "spill" $OUT/*.log || true; } | sort | uniq -c | sort -rn | awk 'NR <= 3 { print "  ptxas: " $0 }'
 
 if [ -n "${PY:-}" ] && "$PY" -c "import torch" 2>/dev/null; then
   TORCH_INC=$("$PY" -c "import torch.utils.cpp_extension as c; print(' '.join('-I' + p for p in c.include_paths()))")
   PY_INC=$("$PY" -c "import sysconfig; print(sysconfig.get_paths()['include'])")
   # the CUDA toolkit's include directory, as nvcc itself resolves it
   CUDA_INC=$(echo '#include <cuda_runtime.h>' | $NVCC -x cu -E -M - 2>/dev/null | tr ' ' '\n' \
-             | grep '/cuda_runtime.h$' | head -1 | xargs dirname)
+             | awk '/\/cuda_runtime\.h$/ && !found { found = 1; print }' | xargs dirname)
   # torch's CMake generates this header; its wheels ship without it: an empty stand-in
   SHIM=$OUT/shim
   mkdir -p "$SHIM/c10/cuda/impl" && echo '#pragma once' > "$SHIM/c10/cuda/impl/cuda_cmake_macros.h"
