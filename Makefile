@@ -21,9 +21,10 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
-$(DEPS_STAMP): $(PY) requirements/test.txt requirements/demo.txt
+$(DEPS_STAMP): $(PY) requirements/test.txt requirements/demo.txt requirements/peers-test.txt
 	$(PY) -m pip install -q torch==$(TORCH_VERSION)
 	$(PY) -m pip install -q -r requirements/test.txt -r requirements/demo.txt
+	$(PY) -m pip install -q --no-deps -r requirements/peers-test.txt
 	rm -f $(VENV)/.deps-torch-* && touch $@
 
 build: $(BUILD_STAMP)

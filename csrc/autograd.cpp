@@ -73,9 +73,13 @@ struct SavedLossOptions : torch::CustomClassHolder {
   std::optional<std::vector<int64_t>> classes;
   std::optional<int64_t> ignore_index;
   double ce_weight, label_smoothing;
+  bool squared, weighted_mean;
+  std::optional<double> smooth_dr;
+  std::string w_type;
+  double ce_pos_weight;
 };
 
-constexpr int kLossArgs = 23;  // arguments of LossFunction::forward after the context
+constexpr int kLossArgs = 28;  // arguments of LossFunction::forward after the context
 
 class LossFunction : public torch::autograd::Function<LossFunction> {
  public:
@@ -107,6 +111,11 @@ class LossFunction : public torch::autograd::Function<LossFunction> {
     o->ignore_index = ignore_index;
     o->ce_weight = ce_weight;
     o->label_smoothing = label_smoothing;
+    o->squared = squared;
+    o->smooth_dr = smooth_dr;
+    o->weighted_mean = weighted_mean;
+    o->w_type = std::string(w_type);
+    o->ce_pos_weight = ce_pos_weight;
     ctx->saved_data["options"] = c10::IValue::make_capsule(std::move(o));
     ctx->mark_non_differentiable({coef});
     return loss;
@@ -124,7 +133,8 @@ class LossFunction : public torch::autograd::Function<LossFunction> {
         grads[0], saved[0], saved[1], optional(saved[2]), saved[3], optional(saved[4]), o.mode,
         o.from_logits, o.sharpness, o.intersection, o.metric, o.alpha, o.beta, o.gamma,
         o.log_loss, o.smooth, o.eps, classes, o.include_background, o.ignore_index, o.per_image,
-        o.absent, o.reduction, o.ce_weight, o.label_smoothing);
+        o.absent, o.reduction, o.ce_weight, o.label_smoothing, o.squared, o.smooth_dr,
+        o.weighted_mean, o.w_type, o.ce_pos_weight);
     return out;
   }
 };
@@ -165,7 +175,7 @@ at::Tensor loss_backward_autograd(const at::Tensor& grad, const at::Tensor& inpu
                                      SOFTIOU_LOSS_OPTION_ARGS);
 }
 
-constexpr int kFinalizeArgs = 14;  // arguments of FinalizeFunction::forward after the context
+constexpr int kFinalizeArgs = 17;  // arguments of FinalizeFunction::forward after the context
 
 class FinalizeFunction : public torch::autograd::Function<FinalizeFunction> {
  public:
@@ -178,6 +188,7 @@ class FinalizeFunction : public torch::autograd::Function<FinalizeFunction> {
     ctx->saved_data["rows"] = stats.size(0);
     ctx->saved_data["per_image"] = per_image;
     ctx->saved_data["per_pair"] = reduction == "none";
+    ctx->saved_data["per_row"] = metric == "generalized_dice";
     ctx->mark_non_differentiable({coef});
     return loss;
   }
@@ -189,8 +200,11 @@ class FinalizeFunction : public torch::autograd::Function<FinalizeFunction> {
     at::NoGradGuard no_grad;
     const at::Tensor coef = ctx->get_saved_variables()[0];
     const at::Tensor& g = grads[0];
+    // the gradient of the loss: a scalar, or one value per pair ([rows, C]) or per row of the
+    // generalized Dice score ([rows, 1])
+    const int64_t per_row = ctx->saved_data["per_row"].toBool() ? 1 : coef.size(1);
     at::Tensor gs = ctx->saved_data["per_pair"].toBool()
-                        ? coef * g.reshape({coef.size(0), coef.size(1), 1})
+                        ? coef * g.reshape({coef.size(0), per_row, 1})
                         : coef * g;
     if (!ctx->saved_data["per_image"].toBool()) {
       gs = gs.expand({ctx->saved_data["rows"].toInt(), coef.size(1), 3});

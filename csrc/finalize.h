@@ -11,8 +11,10 @@
 
 namespace softiou {
 
-enum class Metric : int32_t { kJaccard = 0, kDice = 1, kTversky = 2 };
+enum class Metric : int32_t { kJaccard = 0, kDice = 1, kTversky = 2, kGeneralizedDice = 3 };
 enum class Reduction : int32_t { kMean = 0, kSum = 1, kNone = 2 };
+// the generalized Dice score's class weights as a function of Y (SPEC section 10)
+enum class WType : int32_t { kSquare = 0, kSimple = 1, kUniform = 2 };
 
 // `classes` is carried as a bitmask of the first kKeepWords * 64 class indices.
 constexpr int kKeepWords = 64;
@@ -23,9 +25,13 @@ struct FinalizeArgs {
   int64_t C = 0;
   Metric metric = Metric::kJaccard;
   double alpha = 0.5, beta = 0.5, gamma = 1.0, smooth = 0.0, eps = 1e-7;
+  double smooth_dr = 0.0;  // the denominators' smoothing (smooth unless smooth_dr is given)
   bool log_loss = false;
   bool per_image = true;        // false: I, P, Y summed over the rows first, one score per class
   bool absent_exclude = false;  // absent="exclude": pairs with Y == 0 get weight 0
+  bool absent_zero = false;     // absent="zero": pairs with Y == 0 get loss 0, keep their weight
+  bool weighted_mean = true;    // false: the mean divides by the number of kept pairs
+  WType w_type = WType::kSquare;
   Reduction reduction = Reduction::kMean;
   const void* class_weight = nullptr;  // [C], accumulation dtype, contiguous; null: weight 1
   bool drop_background = false;        // include_background=False
@@ -43,40 +49,25 @@ struct FinalizeArgs {
 
   // rows of the loss and the coefficients
   SOFTIOU_HD int64_t rows() const { return per_image ? N : 1; }
+  // the generalized Dice score: one loss per row, over its kept classes
+  SOFTIOU_HD bool generalized() const { return metric == Metric::kGeneralizedDice; }
+  // columns of the loss with reduction="none": one per class, or one per row
+  SOFTIOU_HD int64_t loss_cols() const { return generalized() ? 1 : C; }
 };
 
 namespace SOFTIOU_MATH_NS {
 namespace {
 
-// The loss of one pair and its derivatives in I, P and Y (for an upstream gradient of 1).
+// A score num / den turned into the loss (SPEC sections 4-5: the zero-zero rule, the eps clamp,
+// log_loss, gamma) and the loss's derivatives in num and den (for an upstream gradient of 1).
 template <class A>
-struct PairTerms {
-  A loss, dI, dP, dY;
+struct ScoreTerms {
+  A loss, g_num, g_den;
 };
 
 template <class A>
-SOFTIOU_HD PairTerms<A> pair_terms(A I, A P, A Y, const FinalizeArgs& f) {
-  const A s = A(f.smooth), eps = A(f.eps);
-  A num, den, num_I, den_I, den_P, den_Y;  // numerator, denominator and their derivatives
-  switch (f.metric) {
-    case Metric::kDice:
-      num = A(2) * I + s;
-      den = P + Y + s;
-      num_I = A(2), den_I = A(0), den_P = A(1), den_Y = A(1);
-      break;
-    case Metric::kTversky: {
-      const A a = A(f.alpha), b = A(f.beta);
-      num = I + s;
-      den = I + a * (P - I) + b * (Y - I) + s;
-      num_I = A(1), den_I = A(1) - a - b, den_P = a, den_Y = b;
-      break;
-    }
-    default:  // jaccard: I / (P + Y - I)
-      num = I + s;
-      den = P + Y - I + s;
-      num_I = A(1), den_I = A(-1), den_P = A(1), den_Y = A(1);
-      break;
-  }
+SOFTIOU_HD ScoreTerms<A> score_terms(A num, A den, const FinalizeArgs& f) {
+  const A eps = A(f.eps);
   // an empty target with an empty prediction scores 1; denominators are clamped at eps
   const bool both_zero = num == A(0) && den == A(0);
   const A den_c = den < eps ? eps : den;  // a NaN passes
@@ -99,25 +90,73 @@ SOFTIOU_HD PairTerms<A> pair_terms(A I, A P, A Y, const FinalizeArgs& f) {
   }
   // score = num / den_c: d/dnum = 1/den_c and d/dden = -(score/den_c), written so that at a
   // perfect score (score == 1) the two cancel bitwise in the gradient (SPEC section 8)
-  A g_num = both_zero ? A(0) : d_score / den_c;
-  A g_den = both_zero || den < eps ? A(0) : -(d_score * score) / den_c;
-  PairTerms<A> t;
+  ScoreTerms<A> t;
   t.loss = loss;
-  t.dI = g_num * num_I + g_den * den_I;
-  t.dP = g_den * den_P;
-  t.dY = g_den * den_Y;
+  t.g_num = both_zero ? A(0) : d_score / den_c;
+  t.g_den = both_zero || den < eps ? A(0) : -(d_score * score) / den_c;
   return t;
 }
 
-// The weight of pair (., c) in the reduction: 0 for a class left out, class_weight[c], and 0 for
-// an absent class with absent="exclude".
+// The loss of one pair and its derivatives in I, P and Y (for an upstream gradient of 1).
 template <class A>
-SOFTIOU_HD A pair_weight(const FinalizeArgs& f, int64_t c, A Y) {
+struct PairTerms {
+  A loss, dI, dP, dY;
+};
+
+template <class A>
+SOFTIOU_HD PairTerms<A> pair_terms(A I, A P, A Y, const FinalizeArgs& f) {
+  const A s = A(f.smooth), sd = A(f.smooth_dr);
+  A num, den, num_I, den_I, den_P, den_Y;  // numerator, denominator and their derivatives
+  switch (f.metric) {
+    case Metric::kDice:
+      num = A(2) * I + s;
+      den = P + Y + sd;
+      num_I = A(2), den_I = A(0), den_P = A(1), den_Y = A(1);
+      break;
+    case Metric::kTversky: {
+      const A a = A(f.alpha), b = A(f.beta);
+      num = I + s;
+      den = I + a * (P - I) + b * (Y - I) + sd;
+      num_I = A(1), den_I = A(1) - a - b, den_P = a, den_Y = b;
+      break;
+    }
+    default:  // jaccard: I / (P + Y - I)
+      num = I + s;
+      den = P + Y - I + sd;
+      num_I = A(1), den_I = A(-1), den_P = A(1), den_Y = A(1);
+      break;
+  }
+  const ScoreTerms<A> st = score_terms(num, den, f);
+  PairTerms<A> t;
+  t.loss = st.loss;
+  t.dI = st.g_num * num_I + st.g_den * den_I;
+  t.dP = st.g_den * den_P;
+  t.dY = st.g_den * den_Y;
+  if (f.absent_zero && !(Y > A(0))) t.loss = t.dI = t.dP = t.dY = A(0);  // absent="zero"
+  return t;
+}
+
+// Whether pair (., c) enters the reduction: not a class left out, and with absent="exclude" not
+// an absent class.
+template <class A>
+SOFTIOU_HD bool pair_kept(const FinalizeArgs& f, int64_t c, A Y) {
   bool kept = !(f.drop_background && c == 0);
   if (f.subset) kept = kept && c < kMaxListedClass && ((f.keep[c >> 6] >> (c & 63)) & 1u);
   if (f.absent_exclude) kept = kept && Y > A(0);
-  if (!kept) return A(0);
+  return kept;
+}
+
+// The weight of pair (., c) in the reduction: 0 for a pair not kept, else class_weight[c] (1 without).
+template <class A>
+SOFTIOU_HD A pair_weight(const FinalizeArgs& f, int64_t c, A Y) {
+  if (!pair_kept(f, c, Y)) return A(0);
   return f.class_weight == nullptr ? A(1) : static_cast<const A*>(f.class_weight)[c];
+}
+
+// The divisor of the mean: the kept pairs' weight, or their number (weighted_mean=False).
+template <class A>
+SOFTIOU_HD A pair_divisor(const FinalizeArgs& f, int64_t c, A Y) {
+  return f.weighted_mean ? pair_weight(f, c, Y) : (pair_kept(f, c, Y) ? A(1) : A(0));
 }
 
 // I, P, Y of output row r, class c: one row of the statistics, or all of them summed in row order.
@@ -148,15 +187,74 @@ SOFTIOU_HD void add_cross_entropy(A num, A den, const FinalizeArgs& f, A* out, A
   *coef_ce = lam / d;
 }
 
+// The generalized Dice score's weight of a class from its Y, in float32 as MONAI computes it.
+SOFTIOU_HD float generalized_weight(float y, WType w_type) {
+  switch (w_type) {
+    case WType::kSimple: return 1.0f / y;
+    case WType::kUniform: return 1.0f;
+    default: return 1.0f / (y * y);
+  }
+}
+
+// The generalized Dice loss of row r over its kept classes (SPEC section 10), and its
+// derivatives in (I, P, Y) of the row's pairs in coef_row[c * 3 + k] (0 for a class left out;
+// the weights are constants). The reduction's scaling is the caller's.
+template <class A>
+SOFTIOU_HD A generalized_row(const A* stats, int64_t s_n, int64_t s_c, const FinalizeArgs& f,
+                             int64_t r, A* coef_row) {
+  const float inf = __builtin_huge_valf();
+  float largest = 0.0f;  // the largest finite weight (0 if none)
+  for (int64_t c = 0; c < f.C; ++c) {
+    A I, P, Y;
+    pair_stats(stats, s_n, s_c, f, r, c, I, P, Y);
+    const float w = generalized_weight(float(Y), f.w_type);
+    if (pair_kept(f, c, Y) && w != inf && w > largest) largest = w;
+  }
+  A num = A(0), den = A(0);
+  for (int64_t c = 0; c < f.C; ++c) {
+    A I, P, Y;
+    pair_stats(stats, s_n, s_c, f, r, c, I, P, Y);
+    if (!pair_kept(f, c, Y)) continue;
+    const float w = generalized_weight(float(Y), f.w_type);
+    const A wa = A(w == inf ? largest : w);
+    num += wa * I;
+    den += wa * (P + Y);
+  }
+  const ScoreTerms<A> st = score_terms(A(2) * num + A(f.smooth), den + A(f.smooth_dr), f);
+  for (int64_t c = 0; c < f.C; ++c) {
+    A I, P, Y;
+    pair_stats(stats, s_n, s_c, f, r, c, I, P, Y);
+    A* k = coef_row + c * 3;
+    if (!pair_kept(f, c, Y)) {
+      k[0] = k[1] = k[2] = A(0);
+      continue;
+    }
+    const float w = generalized_weight(float(Y), f.w_type);
+    const A wa = A(w == inf ? largest : w);
+    k[0] = st.g_num * (A(2) * wa);
+    k[1] = st.g_den * wa;
+    k[2] = st.g_den * wa;
+  }
+  return st.loss;
+}
+
 // The whole finalize step on one thread, pairs in row-major order. out: the loss ([] for mean and
-// sum, [rows][C] for none); coef: [rows][C][3], d out / d (I, P, Y) of every pair (mean: already
-// divided by the sum of the weights), then with the cross-entropy term d out / d num.
+// sum, [rows][C] for none; the generalized Dice score: [rows][1]); coef: [rows][C][3],
+// d out / d (I, P, Y) of every pair (mean: already divided by the mean's divisor), then with the
+// cross-entropy term d out / d num.
 template <class A>
 inline void finalize_serial(const A* stats, int64_t s_n, int64_t s_c, const FinalizeArgs& f,
                             A* out, A* coef) {
   const int64_t R = f.rows(), C = f.C;
   A total = A(0), wsum = A(0);
   for (int64_t r = 0; r < R; ++r) {
+    if (f.generalized()) {  // one loss per row, each of weight 1
+      const A l = generalized_row(stats, s_n, s_c, f, r, coef + r * C * 3);
+      if (f.reduction == Reduction::kNone) out[r] = l;
+      total += l;
+      wsum += A(1);
+      continue;
+    }
     for (int64_t c = 0; c < C; ++c) {
       A I, P, Y;
       pair_stats(stats, s_n, s_c, f, r, c, I, P, Y);
@@ -165,7 +263,7 @@ inline void finalize_serial(const A* stats, int64_t s_n, int64_t s_c, const Fina
       const A wl = w * t.loss;
       if (f.reduction == Reduction::kNone) out[r * C + c] = wl;
       total += wl;
-      wsum += w;
+      wsum += pair_divisor(f, c, Y);
       A* k = coef + (r * C + c) * 3;
       k[0] = w * t.dI;
       k[1] = w * t.dP;

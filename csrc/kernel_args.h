@@ -61,6 +61,9 @@ struct KernelArgs {
   bool from_logits = true;
   double sharpness = 1.0;
   bool min_intersection = false;  // t = min(p, y) instead of p*y
+  bool squared = false;           // P and Y sum p^2 and y^2 (SPEC section 10)
+  // ignore_index: a class map's pixel, or an integer or dense binary/multilabel target's element,
+  // equal to it is left out (a class map in multilabel mode: the pixel, in every class)
   bool has_ignore = false;
   int64_t ignore_index = 0;
 
@@ -84,6 +87,7 @@ struct KernelArgs {
   // c_k, [C], accumulation dtype, contiguous (null: 1).
   bool ce = false;
   double label_smoothing = 0.0;
+  double ce_pos_weight = 1.0;  // the binary cross-entropy's pos_weight (SPEC section 10)
   const void* class_weight = nullptr;
   const void* ce_coef = nullptr;
   int64_t ce_sN = 0;

@@ -99,7 +99,7 @@ inline void describe(at::Tensor& t, int64_t ch, int64_t s0, const void*& data, i
 inline Prepared prepare(const at::Tensor& input, const at::Tensor& target,
                         const std::optional<at::Tensor>& weight, c10::string_view mode,
                         bool from_logits, double sharpness, c10::string_view intersection,
-                        std::optional<int64_t> ignore_index, Shapes shapes) {
+                        std::optional<int64_t> ignore_index, bool squared, Shapes shapes) {
   Prepared p;
   const bool multiclass = mode == "multiclass", binary = mode == "binary";
   detail::check_choice(multiclass || binary || mode == "multilabel", "mode", mode,
@@ -145,7 +145,14 @@ inline Prepared prepare(const at::Tensor& input, const at::Tensor& target,
   const bool dense_target = at::isFloatingType(ts) || ts == at::kBool;
   TORCH_CHECK_VALUE(integer_target || dense_target, "softiou: target must be an integer class ",
                     "map (int64, int32, uint8) or a dense float/half/bool tensor; got ", ts);
-  const bool class_map = multiclass && integer_target;
+  // a class map: an integer multiclass target, or an integer multilabel target without the
+  // channel dim (SPEC section 10)
+  const bool class_map =
+      integer_target && (multiclass || (mode == "multilabel" &&
+                                        target.sizes() == at::IntArrayRef(map_shape)));
+  TORCH_CHECK_VALUE(!(multiclass && !integer_target && ignore_index.has_value()),
+                    "softiou: ignore_index applies to class maps and to binary/multilabel ",
+                    "targets; a dense multiclass target has none (leave pixels out with weight)");
   // the target's channel dim: a class map has none, nor has a binary target shaped [N, *S]
   int64_t t_channel = 1;
   if (class_map) {
@@ -215,6 +222,7 @@ inline Prepared prepare(const at::Tensor& input, const at::Tensor& target,
   a.from_logits = from_logits;
   a.sharpness = sharpness;
   a.min_intersection = intersection == "min";
+  a.squared = squared;
   a.has_ignore = ignore_index.has_value();
   a.ignore_index = ignore_index.value_or(0);
   return p;
@@ -285,9 +293,21 @@ inline Finalize parse_finalize(int64_t N, int64_t C, const at::Device& device,
     f.metric = Metric::kJaccard;
   } else if (metric == "dice") {
     f.metric = Metric::kDice;
-  } else {
-    detail::check_choice(metric == "tversky", "metric", metric, "'jaccard', 'dice', 'tversky'");
+  } else if (metric == "tversky") {
     f.metric = Metric::kTversky;
+  } else {
+    detail::check_choice(metric == "generalized_dice", "metric", metric,
+                         "'jaccard', 'dice', 'tversky', 'generalized_dice'");
+    f.metric = Metric::kGeneralizedDice;
+  }
+  if (o.w_type == "square") {
+    f.w_type = WType::kSquare;
+  } else if (o.w_type == "simple") {
+    f.w_type = WType::kSimple;
+  } else {
+    detail::check_choice(o.w_type == "uniform", "w_type", o.w_type,
+                         "'square', 'simple', 'uniform'");
+    f.w_type = WType::kUniform;
   }
   if (reduction == "mean") {
     f.reduction = Reduction::kMean;
@@ -297,9 +317,13 @@ inline Finalize parse_finalize(int64_t N, int64_t C, const at::Device& device,
     detail::check_choice(reduction == "none", "reduction", reduction, "'mean', 'sum', 'none'");
     f.reduction = Reduction::kNone;
   }
-  detail::check_choice(absent == "include" || absent == "exclude", "absent", absent,
-                       "'include', 'exclude'");
+  detail::check_choice(absent == "include" || absent == "exclude" || absent == "zero", "absent",
+                       absent, "'include', 'exclude', 'zero'");
   f.absent_exclude = absent == "exclude";
+  f.absent_zero = absent == "zero";
+  TORCH_CHECK_VALUE(!f.generalized() || absent == "include", "softiou: absent must be 'include' ",
+                    "with metric='generalized_dice'; got '", std::string(absent), "'");
+  f.weighted_mean = o.weighted_mean;
   auto finite = [](double v) { return v == v && v < 1e308 && v > -1e308; };
   TORCH_CHECK_VALUE(finite(alpha) && alpha >= 0, "softiou: alpha must be a finite number >= 0; got ",
                     alpha);
@@ -310,10 +334,14 @@ inline Finalize parse_finalize(int64_t N, int64_t C, const at::Device& device,
   TORCH_CHECK_VALUE(finite(smooth) && smooth >= 0,
                     "softiou: smooth must be a finite number >= 0; got ", smooth);
   TORCH_CHECK_VALUE(finite(eps) && eps > 0, "softiou: eps must be a finite number > 0; got ", eps);
+  const double smooth_dr = o.smooth_dr.value_or(smooth);
+  TORCH_CHECK_VALUE(finite(smooth_dr) && smooth_dr >= 0,
+                    "softiou: smooth_dr must be a finite number >= 0 or None; got ", smooth_dr);
   f.alpha = alpha;
   f.beta = beta;
   f.gamma = gamma;
   f.smooth = smooth;
+  f.smooth_dr = smooth_dr;
   f.eps = eps;
   f.log_loss = o.log_loss;
   f.per_image = o.per_image;
@@ -337,8 +365,19 @@ inline Finalize parse_finalize(int64_t N, int64_t C, const at::Device& device,
     f.subset = true;
   }
   out.class_weight = class_weights(C, device, acc, class_weight);
+  TORCH_CHECK_VALUE(!(f.generalized() && out.class_weight.defined()), "softiou: class_weight ",
+                    "must be None with metric='generalized_dice': its class weights come from ",
+                    "the target (w_type)");
   if (out.class_weight.defined()) f.class_weight = out.class_weight.data_ptr();
   return out;
+}
+
+// SPEC section 10: the binary cross-entropy's pos_weight.
+inline void check_pos_weight(double pos_weight, c10::string_view mode) {
+  TORCH_CHECK_VALUE(pos_weight >= 0 && pos_weight < 1e308,
+                    "softiou: ce_pos_weight must be a finite number >= 0; got ", pos_weight);
+  TORCH_CHECK_VALUE(pos_weight == 1.0 || mode != "multiclass", "softiou: ce_pos_weight is the ",
+                    "binary cross-entropy's; it must be 1 in multiclass mode; got ", pos_weight);
 }
 
 // SPEC section 9: the checks of ce_weight and label_smoothing (label_smoothing is checked even
@@ -351,6 +390,7 @@ inline void check_cross_entropy(const LossOptions& o) {
   TORCH_CHECK_VALUE(o.label_smoothing == 0 || o.mode == "multiclass", "softiou: label_smoothing ",
                     "must be 0 in ", std::string(o.mode), " mode (binary cross-entropy); got ",
                     o.label_smoothing);
+  check_pos_weight(o.ce_pos_weight, o.mode);
   if (o.ce_weight > 0) {
     TORCH_CHECK_VALUE(o.from_logits, "softiou: ce_weight > 0 needs from_logits=True: the ",
                       "cross-entropy is of logits");
@@ -371,6 +411,7 @@ inline Finalize prepare_loss(Prepared& p, const LossOptions& o,
   fin.args.ce_slot = true;
   p.args.ce = forward && o.ce_weight > 0;
   p.args.label_smoothing = o.label_smoothing;
+  p.args.ce_pos_weight = o.ce_pos_weight;
   p.args.class_weight = fin.args.class_weight;
   return fin;
 }
@@ -386,18 +427,21 @@ inline at::Tensor prepare_cross_entropy(Prepared& p, const CrossEntropyOptions& 
   TORCH_CHECK_VALUE(o.label_smoothing == 0 || o.mode == "multiclass", "softiou: label_smoothing ",
                     "must be 0 in ", std::string(o.mode), " mode (binary cross-entropy); got ",
                     o.label_smoothing);
+  check_pos_weight(o.ce_pos_weight, o.mode);
   at::Tensor cw = class_weights(p.C, device, p.acc, class_weight);
   p.args.ce = accumulate;
   p.args.label_smoothing = o.label_smoothing;
+  p.args.ce_pos_weight = o.ce_pos_weight;
   p.args.class_weight = cw.defined() ? cw.data_ptr() : nullptr;
   return cw;
 }
 
-// The shape of the loss: [] for mean and sum; [N, C] (per image) or [C] (pooled) for none.
+// The shape of the loss: [] for mean and sum; [N, C] (per image) or [C] (pooled) for none, with
+// one column instead of C for the generalized Dice score.
 inline std::vector<int64_t> loss_shape(const FinalizeArgs& f) {
   if (f.reduction != Reduction::kNone) return {};
-  if (f.per_image) return {f.N, f.C};
-  return {f.C};
+  if (f.per_image) return {f.N, f.loss_cols()};
+  return {f.loss_cols()};
 }
 
 // The coefficients the loss's forward saves for its backward: d loss / d (I, P, Y) of every pair
@@ -422,12 +466,12 @@ inline at::Tensor use_loss_grad(Prepared& p, const at::Tensor& coef, const at::T
   a.grad_out = g.data_ptr();
   if (f.reduction != Reduction::kNone) {
     a.go_sN = a.go_sC = 0;
-  } else if (f.per_image) {
+  } else if (f.per_image) {  // [N, C], or [N, 1] for the generalized Dice score
     a.go_sN = g.stride(0);
-    a.go_sC = g.stride(1);
+    a.go_sC = f.generalized() ? 0 : g.stride(1);
   } else {
     a.go_sN = 0;
-    a.go_sC = g.stride(0);
+    a.go_sC = f.generalized() ? 0 : g.stride(0);
   }
   if (f.ce_weight > 0) {
     a.ce_coef = static_cast<const char*>(coef.data_ptr()) +

@@ -50,21 +50,23 @@ TORCH_LIBRARY(softiou, m) {
   const std::vector<at::Tag> tags{at::Tag::pt2_compliant_tag};
   m.def(
       "stats(Tensor input, Tensor target, Tensor? weight, str mode, bool from_logits, "
-      "float sharpness, str intersection, int? ignore_index) -> Tensor",
+      "float sharpness, str intersection, int? ignore_index, bool squared=False) -> Tensor",
       tags);
   m.def(
       "stats_backward(Tensor grad_stats, Tensor input, Tensor target, Tensor? weight, str mode, "
-      "bool from_logits, float sharpness, str intersection, int? ignore_index) -> Tensor",
+      "bool from_logits, float sharpness, str intersection, int? ignore_index, "
+      "bool squared=False) -> Tensor",
       tags);
   m.def(
       "stats_ce(Tensor input, Tensor target, Tensor? weight, Tensor? class_weight, str mode, "
       "bool from_logits, float sharpness, str intersection, int? ignore_index, "
-      "float label_smoothing) -> (Tensor, Tensor)",
+      "float label_smoothing, float ce_pos_weight=1.0, bool squared=False) -> (Tensor, Tensor)",
       tags);
   m.def(
       "stats_ce_backward(Tensor grad_stats, Tensor? grad_ce, Tensor input, Tensor target, "
       "Tensor? weight, Tensor? class_weight, str mode, bool from_logits, float sharpness, "
-      "str intersection, int? ignore_index, float label_smoothing) -> Tensor",
+      "str intersection, int? ignore_index, float label_smoothing, float ce_pos_weight=1.0, "
+      "bool squared=False) -> Tensor",
       tags);
   m.def("loss(Tensor input, Tensor target, Tensor? weight=None, " SOFTIOU_LOSS_OPTION_SCHEMA
         ") -> Tensor",

@@ -22,6 +22,10 @@ struct FinalizeOptions {
   at::OptionalIntArrayRef classes;
   bool include_background, per_image;
   c10::string_view absent, reduction;
+  // SPEC section 10
+  std::optional<double> smooth_dr;
+  bool weighted_mean;
+  c10::string_view w_type;
 };
 
 // SPEC sections 2-5 (probabilities, statistics, finalize)
@@ -32,6 +36,8 @@ struct LossOptions : FinalizeOptions {
   c10::string_view intersection;
   std::optional<int64_t> ignore_index;
   double ce_weight, label_smoothing;  // SPEC section 9
+  bool squared;                       // SPEC section 10
+  double ce_pos_weight;
 };
 
 // The statistics with the cross-entropy term's sums (softiou::stats_ce, the pooled path)
@@ -42,6 +48,8 @@ struct CrossEntropyOptions {
   c10::string_view intersection;
   std::optional<int64_t> ignore_index;
   double label_smoothing;
+  double ce_pos_weight;
+  bool squared;
 };
 
 // The loss options in schema order: the declarations (with the defaults of softiou::loss), the
@@ -53,37 +61,42 @@ struct CrossEntropyOptions {
   "float alpha=0.5, float beta=0.5, float gamma=1.0, bool log_loss=False, float smooth=0.0, "   \
   "float eps=1e-07, int[]? classes=None, bool include_background=True, "                        \
   "int? ignore_index=None, bool per_image=True, str absent=\"include\", str reduction=\"mean\", " \
-  "float ce_weight=0.0, float label_smoothing=0.0"
+  "float ce_weight=0.0, float label_smoothing=0.0, bool squared=False, float? smooth_dr=None, "  \
+  "bool weighted_mean=True, str w_type=\"square\", float ce_pos_weight=1.0"
 #define SOFTIOU_LOSS_OPTION_PARAMS                                                              \
   const std::optional<at::Tensor>&class_weight, c10::string_view mode, bool from_logits,        \
       double sharpness, c10::string_view intersection, c10::string_view metric, double alpha,    \
       double beta, double gamma, bool log_loss, double smooth, double eps,                       \
       at::OptionalIntArrayRef classes, bool include_background,                                  \
       std::optional<int64_t> ignore_index, bool per_image, c10::string_view absent,              \
-      c10::string_view reduction, double ce_weight, double label_smoothing
+      c10::string_view reduction, double ce_weight, double label_smoothing, bool squared,         \
+      std::optional<double> smooth_dr, bool weighted_mean, c10::string_view w_type,             \
+      double ce_pos_weight
 #define SOFTIOU_LOSS_OPTION_ARGS                                                                \
   class_weight, mode, from_logits, sharpness, intersection, metric, alpha, beta, gamma, log_loss, \
       smooth, eps, classes, include_background, ignore_index, per_image, absent, reduction,      \
-      ce_weight, label_smoothing
+      ce_weight, label_smoothing, squared, smooth_dr, weighted_mean, w_type, ce_pos_weight
 
 #define SOFTIOU_FINALIZE_OPTION_SCHEMA                                                          \
   "str metric=\"jaccard\", float alpha=0.5, float beta=0.5, float gamma=1.0, "                  \
   "bool log_loss=False, float smooth=0.0, float eps=1e-07, int[]? classes=None, "               \
   "bool include_background=True, bool per_image=True, str absent=\"include\", "                 \
-  "str reduction=\"mean\""
+  "str reduction=\"mean\", float? smooth_dr=None, bool weighted_mean=True, "                     \
+  "str w_type=\"square\""
 #define SOFTIOU_FINALIZE_OPTION_PARAMS                                                          \
   c10::string_view metric, double alpha, double beta, double gamma, bool log_loss,               \
       double smooth, double eps, at::OptionalIntArrayRef classes, bool include_background,       \
-      bool per_image, c10::string_view absent, c10::string_view reduction
+      bool per_image, c10::string_view absent, c10::string_view reduction,                       \
+      std::optional<double> smooth_dr, bool weighted_mean, c10::string_view w_type
 #define SOFTIOU_FINALIZE_OPTION_ARGS                                                            \
   metric, alpha, beta, gamma, log_loss, smooth, eps, classes, include_background, per_image,     \
-      absent, reduction
+      absent, reduction, smooth_dr, weighted_mean, w_type
 
 inline LossOptions loss_options(SOFTIOU_LOSS_OPTION_PARAMS) {
   LossOptions o;
   static_cast<FinalizeOptions&>(o) = FinalizeOptions{
       metric, alpha, beta, gamma, log_loss, smooth, eps, classes, include_background, per_image,
-      absent, reduction};
+      absent, reduction, smooth_dr, weighted_mean, w_type};
   o.mode = mode;
   o.from_logits = from_logits;
   o.sharpness = sharpness;
@@ -91,13 +104,16 @@ inline LossOptions loss_options(SOFTIOU_LOSS_OPTION_PARAMS) {
   o.ignore_index = ignore_index;
   o.ce_weight = ce_weight;
   o.label_smoothing = label_smoothing;
+  o.squared = squared;
+  o.ce_pos_weight = ce_pos_weight;
   (void)class_weight;
   return o;
 }
 
 inline FinalizeOptions finalize_options(SOFTIOU_FINALIZE_OPTION_PARAMS) {
-  return FinalizeOptions{metric,  alpha, beta, gamma, log_loss, smooth, eps, classes,
-                         include_background, per_image, absent, reduction};
+  return FinalizeOptions{metric,  alpha,     beta,      gamma,         log_loss,
+                         smooth,  eps,       classes,   include_background, per_image,
+                         absent,  reduction, smooth_dr, weighted_mean, w_type};
 }
 
 // Adapters from the schemas' flat arguments to the implementations of a device, which take the
@@ -132,13 +148,13 @@ using StatsCeBackwardImpl = at::Tensor (*)(const at::Tensor& grad_stats,
   const at::Tensor &input, const at::Tensor &target, const std::optional<at::Tensor>&weight,    \
       const std::optional<at::Tensor>&class_weight, c10::string_view mode, bool from_logits,     \
       double sharpness, c10::string_view intersection, std::optional<int64_t> ignore_index,      \
-      double label_smoothing
+      double label_smoothing, double ce_pos_weight, bool squared
 
 template <StatsCeImpl F>
 std::tuple<at::Tensor, at::Tensor> stats_ce_kernel(SOFTIOU_STATS_CE_PARAMS) {
   return F(input, target, weight, class_weight,
            CrossEntropyOptions{mode, from_logits, sharpness, intersection, ignore_index,
-                               label_smoothing});
+                               label_smoothing, ce_pos_weight, squared});
 }
 
 template <StatsCeBackwardImpl F>
@@ -147,7 +163,7 @@ at::Tensor stats_ce_backward_kernel(const at::Tensor& grad_stats,
                                     SOFTIOU_STATS_CE_PARAMS) {
   return F(grad_stats, grad_ce, input, target, weight, class_weight,
            CrossEntropyOptions{mode, from_logits, sharpness, intersection, ignore_index,
-                               label_smoothing});
+                               label_smoothing, ce_pos_weight, squared});
 }
 
 template <LossForwardImpl F>

@@ -168,9 +168,21 @@ SOFTIOU_HD void pair_gradient(const KernelArgs& a, int64_t n, int64_t c, A& gI, 
 // lse = log sum_k e^(l_k); its derivative in l_k is Q p_k - q_k. Binary / multilabel:
 // c_k BCEWithLogits(z, y) = c_k (max(z, 0) - z y + log(1 + e^-|z|)), with derivative
 // c_k (p - y) in z. The gradient kernels scale these by the pixel's v w and by ce_gradient.
+// With pos_weight pw (SPEC section 10): lw softplus(z) - pw y z, lw = 1 + (pw - 1) y, and the
+// derivative lw p - pw y in z (pw = 1: the above).
 template <class A>
-SOFTIOU_HD A bce_with_logits(A z, A y, A e_neg_abs_z) {
-  return (z > A(0) ? z : A(0)) - z * y + log1p_pos(e_neg_abs_z);
+SOFTIOU_HD A bce_log_weight(A pw, A y) {
+  return A(1) + (pw - A(1)) * y;
+}
+
+template <class A>
+SOFTIOU_HD A bce_with_logits(A z, A y, A e_neg_abs_z, A pw) {
+  return bce_log_weight(pw, y) * ((z > A(0) ? z : A(0)) + log1p_pos(e_neg_abs_z)) - pw * y * z;
+}
+
+template <class A>
+SOFTIOU_HD A bce_with_logits_dz(A p, A y, A pw) {
+  return bce_log_weight(pw, y) * p - pw * y;
 }
 
 // d loss / d (the cross-entropy's numerator) for sample n: 0 when the term is off.
@@ -187,11 +199,17 @@ SOFTIOU_HD A ce_class_weight(const KernelArgs& a, int64_t c) {
   return a.class_weight == nullptr ? A(1) : static_cast<const A*>(a.class_weight)[c];
 }
 
+// The terms of P and Y: p and y, or p^2 and y^2 with `squared` (SPEC section 10).
+template <class T>
+SOFTIOU_HD T power_term(T v, bool squared) {
+  return squared ? v * v : v;
+}
+
 // dL/dp for one element, from the gradients of the loss with respect to I and P of its
 // (sample, class) pair. Y does not depend on p. The caller multiplies by the pixel weight.
 template <class T>
-SOFTIOU_HD T grad_p(T p, T y, T gI, T gP, bool use_min) {
-  return gI * intersection_dp(p, y, use_min) + gP;
+SOFTIOU_HD T grad_p(T p, T y, T gI, T gP, bool use_min, bool squared) {
+  return gI * intersection_dp(p, y, use_min) + (squared ? T(2) * p * gP : gP);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -29,36 +29,49 @@ def soft_iou_loss(input: torch.Tensor, target: torch.Tensor,
                   classes: Optional[Sequence[int]] = None, include_background: bool = True,
                   ignore_index: Optional[int] = None, per_image: bool = True,
                   absent: str = "include", reduction: str = "mean", ce_weight: float = 0.0,
-                  label_smoothing: float = 0.0, process_group=None,
+                  label_smoothing: float = 0.0, squared: bool = False,
+                  smooth_dr: Optional[float] = None, weighted_mean: bool = True,
+                  w_type: str = "square", ce_pos_weight: float = 1.0, process_group=None,
                   backend: str = "auto") -> torch.Tensor:
     """Soft IoU (Jaccard), Dice or Tversky loss, fused (see SPEC.md and the README).
 
     Args:
         input: logits (or probabilities with ``from_logits=False``), ``[N, C, *spatial]``;
             binary mode also takes ``[N, *spatial]``. float32/float64/float16/bfloat16.
-        target: integer class map ``[N, *spatial]`` (multiclass), integer 0/1 tensor shaped like
-            the input (binary/multilabel), or a dense float/half/bool tensor shaped like the input.
+        target: integer class map ``[N, *spatial]`` (multiclass, or multilabel: one-hot of the
+            map), integer 0/1 tensor shaped like the input (binary/multilabel), or a dense
+            float/half/bool tensor shaped like the input.
         weight: optional per-pixel weights ``[N, *spatial]``, >= 0.
         mode: ``"binary"``, ``"multiclass"`` (softmax over C) or ``"multilabel"`` (sigmoid per C).
         from_logits: apply softmax/sigmoid to the input (else it holds probabilities).
         sharpness: ``a`` in ``softmax(a*x)`` / ``sigmoid(a*x)`` / ``x^a`` normalisation; > 0.
         intersection: ``"product"`` (p*y) or ``"min"`` (min(p, y), exact for soft labels).
-        metric: ``"jaccard"``, ``"dice"`` or ``"tversky"`` (with ``alpha``, ``beta``).
+        metric: ``"jaccard"``, ``"dice"``, ``"tversky"`` (with ``alpha``, ``beta``) or
+            ``"generalized_dice"`` (one score per image, class weights by ``w_type``).
         gamma: focal exponent on each pair's loss.
         log_loss: ``-log(score)`` instead of ``1 - score``.
         smooth, eps: additive smoothing, and the clamp of the denominators.
+        smooth_dr: the denominators' smoothing, if not ``smooth`` (MONAI's ``smooth_dr``).
         class_weight: ``[C]`` weights of each class's loss, as in ``F.cross_entropy``.
         classes: class indices that enter the loss (the softmax still spans all C).
         include_background: ``False`` drops class 0.
-        ignore_index: integer target value whose pixels are left out entirely.
+        ignore_index: target value whose pixels (class maps) or elements (binary/multilabel
+            targets) are left out entirely.
         per_image: one score per (image, class) (default) or per class over the batch.
-        absent: ``"include"`` every selected pair, or ``"exclude"`` pairs with no target pixel.
+        absent: ``"include"`` every selected pair, ``"exclude"`` pairs with no target pixel, or
+            ``"zero"``: their loss is 0 but they count in the mean (smp).
         reduction: ``"mean"``, ``"sum"`` or ``"none"`` (``[N, C]``, or ``[C]`` pooled).
+        weighted_mean: the mean divides by the sum of the class weights (default, as
+            ``F.cross_entropy``) or, ``False``, by the number of pairs (MONAI).
         ce_weight: ``λ >= 0``: add ``λ`` times the cross-entropy (multiclass; binary
             cross-entropy with logits in binary/multilabel mode), computed in the same passes
             (SPEC section 9): with ``class_weight``, ``weight``, ``ignore_index`` and
             ``sharpness``, like ``F.cross_entropy``. Needs logits, and ``"mean"`` or ``"sum"``.
         label_smoothing: ``ε`` in ``[0, 1)`` of the cross-entropy (multiclass).
+        squared: ``P`` and ``Y`` sum ``p²`` and ``y²`` (MONAI's ``squared_pred``).
+        w_type: ``"square"``, ``"simple"`` or ``"uniform"``: the generalized Dice score's class
+            weights ``1/Y²``, ``1/Y`` or 1.
+        ce_pos_weight: ``pos_weight`` of the binary cross-entropy term.
         process_group: with ``per_image=False``, sum the statistics over the ranks of this
             ``torch.distributed`` group (differentiably): the IoU of the global batch.
         backend: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"triton"`` or ``"reference"``.
@@ -68,7 +81,8 @@ def soft_iou_loss(input: torch.Tensor, target: torch.Tensor,
     options = checks.options(mode, from_logits, sharpness, intersection, metric, alpha, beta,
                              gamma, log_loss, smooth, eps, classes, include_background,
                              ignore_index, per_image, absent, reduction, ce_weight,
-                             label_smoothing)
+                             label_smoothing, squared, smooth_dr, weighted_mean, w_type,
+                             ce_pos_weight)
     return _loss(input, target, weight, class_weight, options, process_group, backend)
 
 
@@ -94,7 +108,7 @@ def _pooled_over_ranks(name, input, target, weight, class_weight, options, group
     """``per_image=False`` over a process group: the statistics of this rank's batch, summed over
     the batch and over the ranks (a differentiable all-reduce), then the finalize step. The
     cross-entropy term (SPEC section 9) stays this rank's mean, as F.cross_entropy's does."""
-    x, t, w = checks.normalize_inputs(input, target, weight, options.mode)
+    x, t, w = checks.normalize_inputs(input, target, weight, options.mode, options.ignore_index)
     if name == "triton":
         ops = backends.triton_ops()
         stats_fn, stats_ce_fn, finalize_fn = ops.triton_stats, ops.triton_stats_ce, ops.finalize
@@ -129,7 +143,9 @@ class SoftIoULoss(torch.nn.Module):
                  class_weight=None, classes: Optional[Sequence[int]] = None,
                  include_background: bool = True, ignore_index: Optional[int] = None,
                  per_image: bool = True, absent: str = "include", reduction: str = "mean",
-                 ce_weight: float = 0.0, label_smoothing: float = 0.0, process_group=None,
+                 ce_weight: float = 0.0, label_smoothing: float = 0.0, squared: bool = False,
+                 smooth_dr: Optional[float] = None, weighted_mean: bool = True,
+                 w_type: str = "square", ce_pos_weight: float = 1.0, process_group=None,
                  backend: str = "auto"):
         super().__init__()
         self.options = checks.make_options(
@@ -137,8 +153,13 @@ class SoftIoULoss(torch.nn.Module):
             metric=metric, alpha=alpha, beta=beta, gamma=gamma, log_loss=log_loss, smooth=smooth,
             eps=eps, classes=classes, include_background=include_background,
             ignore_index=ignore_index, per_image=per_image, absent=absent, reduction=reduction,
-            ce_weight=ce_weight, label_smoothing=label_smoothing)
+            ce_weight=ce_weight, label_smoothing=label_smoothing, squared=squared,
+            smooth_dr=smooth_dr, weighted_mean=weighted_mean, w_type=w_type,
+            ce_pos_weight=ce_pos_weight)
         if class_weight is not None:
+            if metric == "generalized_dice":
+                raise ValueError("class_weight must be None with metric='generalized_dice': its "
+                                 "class weights come from the target (w_type)")
             class_weight = torch.as_tensor(class_weight, dtype=torch.float32)
             if class_weight.dim() != 1 or not torch.isfinite(class_weight).all() \
                     or (class_weight < 0).any():

@@ -22,8 +22,9 @@ import torch
 
 MODES = ("binary", "multiclass", "multilabel")
 INTERSECTIONS = ("product", "min")
-METRICS = ("jaccard", "dice", "tversky")
-ABSENT = ("include", "exclude")
+METRICS = ("jaccard", "dice", "tversky", "generalized_dice")
+ABSENT = ("include", "exclude", "zero")
+W_TYPES = ("square", "simple", "uniform")
 REDUCTIONS = ("mean", "sum", "none")
 INPUT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 INDEX_DTYPES = (torch.int64, torch.int32, torch.uint8)
@@ -57,6 +58,12 @@ class LossOptions(NamedTuple):
     reduction: str = "mean"
     ce_weight: float = 0.0
     label_smoothing: float = 0.0
+    # SPEC section 10, the peers' formulas
+    squared: bool = False
+    smooth_dr: Optional[float] = None
+    weighted_mean: bool = True
+    w_type: str = "square"
+    ce_pos_weight: float = 1.0
 
     def kwargs(self) -> dict:
         """The options by name (the keyword arguments of ``soft_iou_loss``)."""
@@ -65,19 +72,22 @@ class LossOptions(NamedTuple):
     def stats_args(self) -> tuple:
         """The options of the statistics ops, in their schema order."""
         return (self.mode, self.from_logits, float(self.sharpness), self.intersection,
-                self.ignore_index)
+                self.ignore_index, self.squared)
 
     def stats_ce_args(self) -> tuple:
         """The options of the statistics ops with the cross-entropy's sums (after the class
         weights), in their schema order."""
-        return self.stats_args() + (self.label_smoothing,)
+        return (self.mode, self.from_logits, float(self.sharpness), self.intersection,
+                self.ignore_index, self.label_smoothing, self.ce_pos_weight, self.squared)
 
     def finalize_kwargs(self) -> dict:
         """The options of the finalize step (``softiou::finalize``)."""
         return dict(metric=self.metric, alpha=self.alpha, beta=self.beta, gamma=self.gamma,
                     log_loss=self.log_loss, smooth=self.smooth, eps=self.eps,
                     classes=self.classes, include_background=self.include_background,
-                    per_image=self.per_image, absent=self.absent, reduction=self.reduction)
+                    per_image=self.per_image, absent=self.absent, reduction=self.reduction,
+                    smooth_dr=self.smooth_dr, weighted_mean=self.weighted_mean,
+                    w_type=self.w_type)
 
 
 def _choice(name, value, allowed):
@@ -102,7 +112,8 @@ def make_options(mode="multiclass", from_logits=True, sharpness=1.0, intersectio
                  metric="jaccard", alpha=0.5, beta=0.5, gamma=1.0, log_loss=False, smooth=0.0,
                  eps=1e-7, classes=None, include_background=True, ignore_index=None,
                  per_image=True, absent="include", reduction="mean", ce_weight=0.0,
-                 label_smoothing=0.0) -> LossOptions:
+                 label_smoothing=0.0, squared=False, smooth_dr=None, weighted_mean=True,
+                 w_type="square", ce_pos_weight=1.0) -> LossOptions:
     """Validates the options (SPEC section 7: a ValueError naming the argument) and returns them
     as one :class:`LossOptions`. The number of classes is checked by the operator."""
     _choice("mode", mode, MODES)
@@ -110,6 +121,7 @@ def make_options(mode="multiclass", from_logits=True, sharpness=1.0, intersectio
     _choice("metric", metric, METRICS)
     _choice("absent", absent, ABSENT)
     _choice("reduction", reduction, REDUCTIONS)
+    _choice("w_type", w_type, W_TYPES)
     if classes is not None:
         listed = tuple(classes)
         if not listed or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0
@@ -134,6 +146,18 @@ def make_options(mode="multiclass", from_logits=True, sharpness=1.0, intersectio
     if label_smoothing != 0 and mode != "multiclass":
         raise ValueError(f"label_smoothing must be 0 in {mode} mode (binary cross-entropy); got "
                          f"{label_smoothing}")
+    # SPEC section 10
+    ce_pos_weight = _number("ce_pos_weight", ce_pos_weight, lambda v: v >= 0,
+                            "a finite number >= 0")
+    if ce_pos_weight != 1 and mode == "multiclass":
+        raise ValueError(f"ce_pos_weight is the binary cross-entropy's; it must be 1 in "
+                         f"multiclass mode; got {ce_pos_weight}")
+    if smooth_dr is not None:
+        smooth_dr = _number("smooth_dr", smooth_dr, lambda v: v >= 0,
+                            "a finite number >= 0 or None")
+    if metric == "generalized_dice" and absent != "include":
+        raise ValueError(f"absent must be 'include' with metric='generalized_dice'; got "
+                         f"{absent!r}")
     return LossOptions(
         mode=mode, from_logits=_flag("from_logits", from_logits),
         sharpness=_number("sharpness", sharpness, lambda v: v > 0, "a finite number > 0"),
@@ -146,7 +170,10 @@ def make_options(mode="multiclass", from_logits=True, sharpness=1.0, intersectio
         eps=_number("eps", eps, lambda v: v > 0, "a finite number > 0"),
         classes=classes, include_background=_flag("include_background", include_background),
         ignore_index=ignore_index, per_image=_flag("per_image", per_image), absent=absent,
-        reduction=reduction, ce_weight=ce_weight, label_smoothing=label_smoothing)
+        reduction=reduction, ce_weight=ce_weight, label_smoothing=label_smoothing,
+        squared=_flag("squared", squared), smooth_dr=smooth_dr,
+        weighted_mean=_flag("weighted_mean", weighted_mean), w_type=w_type,
+        ce_pos_weight=ce_pos_weight)
 
 
 # typed: True and 1, or 1 and 1.0, are different options (a bool is checked to be a bool)
@@ -177,11 +204,11 @@ def _refuse_grad(name, tensor):
 
 
 def normalize_inputs(input: torch.Tensor, target: torch.Tensor, weight: Optional[torch.Tensor],
-                     mode: str):
+                     mode: str, ignore_index: Optional[int] = None):
     """``(x, t, w)`` as the statistics ops take them: ``x`` is ``[N, C, *S]`` (binary ``[N, *S]``
-    input gains its channel dim), ``t`` a class map ``[N, *S]`` (multiclass, integer) or shaped
-    like ``x``, ``w`` is ``[N, *S]`` or None. Views of the arguments; a clear error for anything
-    else."""
+    input gains its channel dim), ``t`` a class map ``[N, *S]`` (multiclass or multilabel,
+    integer) or shaped like ``x``, ``w`` is ``[N, *S]`` or None. Views of the arguments; a clear
+    error for anything else."""
     for name, value in (("input", input), ("target", target)):
         if not isinstance(value, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
@@ -214,6 +241,12 @@ def normalize_inputs(input: torch.Tensor, target: torch.Tensor, weight: Optional
         t = target
     elif tuple(target.shape) == tuple(x.shape):
         t = target
+        if mode == "multiclass" and ignore_index is not None:
+            raise ValueError("ignore_index applies to class maps and to binary/multilabel "
+                             "targets; a dense multiclass target has none (leave pixels out "
+                             "with weight)")
+    elif mode == "multilabel" and integer and tuple(target.shape) == map_shape:
+        t = target  # a class map (SPEC section 10)
     elif mode == "binary" and tuple(target.shape) == map_shape:
         t = target.unsqueeze(1)
     else:
@@ -233,10 +266,14 @@ def normalize_inputs(input: torch.Tensor, target: torch.Tensor, weight: Optional
 
 
 def check_class_weight(class_weight: Optional[torch.Tensor], num_classes: int,
-                       device: torch.device) -> None:
-    """``class_weight`` as the finalize step takes it: a floating ``[C]`` tensor on the device."""
+                       device: torch.device, metric: str = "jaccard") -> None:
+    """``class_weight`` as the finalize step takes it: a floating ``[C]`` tensor on the device
+    (none with the generalized Dice score)."""
     if class_weight is None:
         return
+    if metric == "generalized_dice":
+        raise ValueError("class_weight must be None with metric='generalized_dice': its class "
+                         "weights come from the target (w_type)")
     if not isinstance(class_weight, torch.Tensor) or not class_weight.dtype.is_floating_point:
         raise ValueError("class_weight must be a floating tensor of shape [C]")
     if tuple(class_weight.shape) != (num_classes,):

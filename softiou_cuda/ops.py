@@ -43,11 +43,14 @@ def cpu_isa() -> str:
 # ---------------------------------------------------------------------------------------------
 # Output shapes (shared with the Triton operators)
 # ---------------------------------------------------------------------------------------------
-def loss_shape(rows: int, num_classes: int, per_image: bool, reduction: str) -> tuple:
-    """The loss: [] for mean and sum; [N, C] per image or [C] pooled for none."""
+def loss_shape(rows: int, num_classes: int, per_image: bool, reduction: str,
+               metric: str = "jaccard") -> tuple:
+    """The loss: [] for mean and sum; [N, C] per image or [C] pooled for none ([N, 1] or [1]
+    for the generalized Dice score, one value per row)."""
     if reduction != "none":
         return ()
-    return (rows, num_classes) if per_image else (num_classes,)
+    cols = 1 if metric == "generalized_dice" else num_classes
+    return (rows, cols) if per_image else (cols,)
 
 
 def input_classes(input: torch.Tensor, mode: str) -> int:
@@ -55,20 +58,20 @@ def input_classes(input: torch.Tensor, mode: str) -> int:
     return 1 if mode == "binary" else input.shape[1]
 
 
-def loss_outputs_like(input, mode, per_image, reduction):
+def loss_outputs_like(input, mode, per_image, reduction, metric="jaccard"):
     """Empty (loss, coefficients) for an input of the loss: the coefficients are
     [rows * C * 3 + 1], d loss / d (I, P, Y) of every pair then d loss / d the cross-entropy's
     numerator (csrc/op_common.h: coef_elems)."""
     N, C = input.shape[0], input_classes(input, mode)
     acc = accumulation_dtype(input.dtype)
-    loss = input.new_empty(loss_shape(N, C, per_image, reduction), dtype=acc)
+    loss = input.new_empty(loss_shape(N, C, per_image, reduction, metric), dtype=acc)
     return loss, input.new_empty(((N if per_image else 1) * C * 3 + 1,), dtype=acc)
 
 
-def finalize_outputs_like(stats, per_image, reduction):
+def finalize_outputs_like(stats, per_image, reduction, metric="jaccard"):
     """Empty (loss, coefficients) of the finalize step on statistics [N, C, 3]."""
     N, C = stats.shape[0], stats.shape[1]
-    loss = stats.new_empty(loss_shape(N, C, per_image, reduction))
+    loss = stats.new_empty(loss_shape(N, C, per_image, reduction, metric))
     return loss, stats.new_empty((N if per_image else 1, C, 3))
 
 
@@ -83,20 +86,22 @@ def _same_device(input, **others):
                              f"{input.device}")
 
 
-def _stats_fake(input, target, weight, mode, from_logits, sharpness, intersection, ignore_index):
+def _stats_fake(input, target, weight, mode, from_logits, sharpness, intersection, ignore_index,
+                squared=False):
     _same_device(input, target=target, weight=weight)
     acc = accumulation_dtype(input.dtype)
     return input.new_empty((input.shape[0], input.shape[1], 3), dtype=acc)
 
 
 def _stats_backward_fake(grad_stats, input, target, weight, mode, from_logits, sharpness,
-                         intersection, ignore_index):
+                         intersection, ignore_index, squared=False):
     _same_device(input, target=target, weight=weight, grad_stats=grad_stats)
     return torch.empty_like(input)
 
 
 def _stats_ce_fake(input, target, weight, class_weight, mode, from_logits, sharpness,
-                   intersection, ignore_index, label_smoothing):
+                   intersection, ignore_index, label_smoothing, ce_pos_weight=1.0,
+                   squared=False):
     _same_device(input, target=target, weight=weight, class_weight=class_weight)
     acc = accumulation_dtype(input.dtype)
     return (input.new_empty((input.shape[0], input.shape[1], 3), dtype=acc),
@@ -116,7 +121,7 @@ def _loss_options(options, named) -> LossOptions:
 def _loss_forward_fake(input, target, weight=None, class_weight=None, *options, **named):
     _same_device(input, target=target, weight=weight, class_weight=class_weight)
     o = _loss_options(options, named)
-    return loss_outputs_like(input, o.mode, o.per_image, o.reduction)
+    return loss_outputs_like(input, o.mode, o.per_image, o.reduction, o.metric)
 
 
 def _loss_fake(*args, **kwargs):
@@ -128,9 +133,10 @@ def _loss_backward_fake(grad, input, target, weight, coef, class_weight=None, *o
     return torch.empty_like(input)
 
 
-def _finalize_forward_fake(stats, class_weight=None, *, per_image=True, reduction="mean", **_):
+def _finalize_forward_fake(stats, class_weight=None, *, per_image=True, reduction="mean",
+                           metric="jaccard", **_):
     _same_device(stats, class_weight=class_weight)
-    return finalize_outputs_like(stats, per_image, reduction)
+    return finalize_outputs_like(stats, per_image, reduction, metric)
 
 
 def _finalize_fake(*args, **kwargs):
@@ -146,20 +152,20 @@ def register_stats_autograd(op, backward_op):
     the weight are not differentiated (a clear error if they require grad)."""
 
     def setup_context(ctx, inputs, output):
-        input, target, weight, mode, from_logits, sharpness, intersection, ignore_index = inputs
+        input, target, weight = inputs[:3]
         for name, tensor in (("target", target), ("weight", weight)):
             if tensor is not None and tensor.requires_grad:
                 raise ValueError(f"{name} requires grad, but softiou does not differentiate with "
                                  f"respect to the {name}; pass {name}.detach()")
         ctx.save_for_backward(input, target, weight)
-        ctx.options = (mode, from_logits, sharpness, intersection, ignore_index)
+        ctx.options = tuple(inputs[3:])  # mode ... ignore_index, squared
 
     def backward(ctx, grad_stats):
         input, target, weight = ctx.saved_tensors
         grad_input = None
         if ctx.needs_input_grad[0]:
             grad_input = backward_op(grad_stats, input, target, weight, *ctx.options)
-        return grad_input, None, None, None, None, None, None, None
+        return (grad_input,) + (None,) * (2 + len(ctx.options))
 
     torch.library.register_autograd(op, backward, setup_context=setup_context)
 
@@ -188,15 +194,15 @@ def register_stats_ce_autograd(op, backward_op):
                                              dtype=accumulation_dtype(input.dtype))
             grad_input = backward_op(grad_stats, grad_ce, input, target, weight, class_weight,
                                      *ctx.options)
-        return (grad_input,) + (None,) * 9
+        return (grad_input,) + (None,) * (3 + len(ctx.options))
 
     torch.library.register_autograd(op, backward, setup_context=setup_context)
 
 
-def stats(x, t, w, mode, from_logits, sharpness, intersection, ignore_index):
+def stats(x, t, w, mode, from_logits, sharpness, intersection, ignore_index, squared=False):
     """The compiled statistics op on normalized inputs (see checks.normalize_inputs)."""
     return torch.ops.softiou.stats(x, t, w, mode, from_logits, sharpness, intersection,
-                                   ignore_index)
+                                   ignore_index, squared)
 
 
 if HAS_EXTENSION:

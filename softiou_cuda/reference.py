@@ -6,7 +6,8 @@ target the fused kernels never build).
 
 It shares no code with the fused backends (softiou_cuda.checks, the C++ and Triton kernels),
 which it checks: sections 1 and 7 (inputs, options, errors), 2-3 (probabilities, statistics),
-4-5 (scores, loss, reduction) and 9 (the cross-entropy term) are the functions below.
+4-5 (scores, loss, reduction), 9 (the cross-entropy term) and 10 (the peers' formulas) are the
+functions below.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from ._ties import tie_min
 
 MODES = ("binary", "multiclass", "multilabel")
 INTERSECTIONS = ("product", "min")
-METRICS = ("jaccard", "dice", "tversky")
-ABSENT = ("include", "exclude")
+METRICS = ("jaccard", "dice", "tversky", "generalized_dice")
+ABSENT = ("include", "exclude", "zero")
+W_TYPES = ("square", "simple", "uniform")
 REDUCTIONS = ("mean", "sum", "none")
 INPUT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 CLASS_MAP_DTYPES = (torch.int64, torch.int32, torch.uint8)
@@ -46,7 +48,8 @@ def normalize_inputs(input: torch.Tensor, target: torch.Tensor,
     """Checks shapes, dtypes and devices, and returns ``(x, t, w)``.
 
     ``x`` is ``[N, C, *S]`` (binary ``[N, *S]`` input becomes ``[N, 1, *S]``); ``t`` is the class
-    map ``[N, *S]`` (multiclass, integer) or ``[N, C, *S]``; ``w`` is ``[N, *S]`` or None.
+    map ``[N, *S]`` (multiclass or multilabel, integer) or ``[N, C, *S]``; ``w`` is ``[N, *S]`` or
+    None.
     All are views of the arguments.
     """
     _choice("mode", mode, MODES)
@@ -87,6 +90,8 @@ def normalize_inputs(input: torch.Tensor, target: torch.Tensor,
             raise ValueError(f"target class map must have shape [N, *spatial] = {map_shape}; got "
                              f"{tuple(target.shape)}")
         t = target
+    elif mode == "multilabel" and integer and tuple(target.shape) == map_shape:
+        t = target  # a class map (section 10)
     elif mode == "binary" and tuple(target.shape) == map_shape:
         t = target.unsqueeze(1)
     elif tuple(target.shape) == tuple(x.shape):
@@ -123,15 +128,19 @@ def check_options(num_classes: int, device: torch.device, *, mode: str, from_log
                   class_weight: Optional[torch.Tensor], classes: Optional[Sequence[int]],
                   include_background: bool, ignore_index: Optional[int], per_image: bool,
                   absent: str, reduction: str, ce_weight: float = 0.0,
-                  label_smoothing: float = 0.0) -> None:
+                  label_smoothing: float = 0.0, squared: bool = False,
+                  smooth_dr: Optional[float] = None, weighted_mean: bool = True,
+                  w_type: str = "square", ce_pos_weight: float = 1.0) -> None:
     """Section 7 for the options: every bad value raises a ValueError naming the argument."""
     _choice("mode", mode, MODES)
     _choice("intersection", intersection, INTERSECTIONS)
     _choice("metric", metric, METRICS)
     _choice("absent", absent, ABSENT)
     _choice("reduction", reduction, REDUCTIONS)
+    _choice("w_type", w_type, W_TYPES)
     for name, value in (("from_logits", from_logits), ("log_loss", log_loss),
-                        ("include_background", include_background), ("per_image", per_image)):
+                        ("include_background", include_background), ("per_image", per_image),
+                        ("squared", squared), ("weighted_mean", weighted_mean)):
         if not isinstance(value, bool):
             raise ValueError(f"{name} must be a bool; got {value!r}")
 
@@ -145,7 +154,10 @@ def check_options(num_classes: int, device: torch.device, *, mode: str, from_log
     number("beta", beta, lambda v: v >= 0, "a finite number >= 0")
     number("gamma", gamma, lambda v: v > 0, "a finite number > 0")
     number("smooth", smooth, lambda v: v >= 0, "a finite number >= 0")
+    if smooth_dr is not None:
+        number("smooth_dr", smooth_dr, lambda v: v >= 0, "a finite number >= 0 or None")
     number("eps", eps, lambda v: v > 0, "a finite number > 0")
+    number("ce_pos_weight", ce_pos_weight, lambda v: v >= 0, "a finite number >= 0")
     # section 9
     number("ce_weight", ce_weight, lambda v: v >= 0, "a finite number >= 0")
     number("label_smoothing", label_smoothing, lambda v: 0 <= v < 1, "a number in [0, 1)")
@@ -154,6 +166,16 @@ def check_options(num_classes: int, device: torch.device, *, mode: str, from_log
     if ce_weight > 0 and reduction == "none":
         raise ValueError("ce_weight > 0 needs reduction='mean' or 'sum': the cross-entropy and the "
                          "per-pair losses of reduction='none' have different shapes")
+    if ce_pos_weight != 1 and mode == "multiclass":
+        raise ValueError(f"ce_pos_weight is the binary cross-entropy's; it must be 1 in "
+                         f"multiclass mode; got {ce_pos_weight}")
+    if metric == "generalized_dice":
+        if class_weight is not None:
+            raise ValueError("class_weight must be None with metric='generalized_dice': its "
+                             "class weights come from the target (w_type)")
+        if absent != "include":
+            raise ValueError(f"absent must be 'include' with metric='generalized_dice'; got "
+                             f"{absent!r}")
     if label_smoothing != 0 and mode != "multiclass":
         raise ValueError(f"label_smoothing must be 0 in {mode} mode (binary cross-entropy); got "
                          f"{label_smoothing}")
@@ -209,14 +231,18 @@ def probabilities(x: torch.Tensor, mode: str, from_logits: bool = True,
 # Section 3. Per-(sample, class) statistics
 # --------------------------------------------------------------------------------------------
 def dense_target(t: torch.Tensor, mode: str, num_classes: int, ignore_index: Optional[int],
-                 dtype: torch.dtype, check_values: bool = True):
-    """``(y, valid)``: the target as ``[N, C, *S]`` floats and a mask that broadcasts to it."""
+                 dtype: torch.dtype, check_values: bool = True, class_map: Optional[bool] = None):
+    """``(y, valid)``: the target as ``[N, C, *S]`` floats and a mask that broadcasts to it.
+    ``class_map``: whether ``t`` is a class map ``[N, *S]`` (default: an integer multiclass
+    target; a multilabel one is a class map when it has no channel dim, section 10)."""
+    if class_map is None:
+        class_map = mode == "multiclass" and t.dtype in CLASS_MAP_DTYPES
+    note = f" and not ignore_index={ignore_index}" if ignore_index is not None else ""
     if t.dtype in CLASS_MAP_DTYPES:
         t = t.long()
         valid = t != ignore_index if ignore_index is not None else torch.ones_like(t, dtype=torch.bool)
         kept = torch.where(valid, t, 0)
-        note = f" and not ignore_index={ignore_index}" if ignore_index is not None else ""
-        if mode == "multiclass":  # class map [N, *S] -> one-hot [N, C, *S]
+        if class_map:  # class map [N, *S] -> one-hot [N, C, *S]
             if check_values:
                 bad = valid & ((t < 0) | (t >= num_classes))
                 if bad.any():
@@ -231,22 +257,31 @@ def dense_target(t: torch.Tensor, mode: str, num_classes: int, ignore_index: Opt
                                  f"expected 0 or 1{note}")
         return kept.to(dtype), valid
     y = t.to(dtype)
+    if ignore_index is not None and mode == "multiclass":
+        raise ValueError("ignore_index applies to class maps and to binary/multilabel targets; "
+                         "a dense multiclass target has none (leave pixels out with weight)")
+    if ignore_index is not None:  # section 10: per element
+        valid = y != ignore_index
+        y = torch.where(valid, y, torch.zeros_like(y))
+    else:
+        valid = torch.ones((), dtype=torch.bool, device=t.device)
     if check_values:
-        bad = (y < 0) | (y > 1)
+        bad = valid & ((y < 0) | (y > 1))
         if bad.any():
-            raise ValueError(f"dense target holds {y[bad][0].item()}, outside [0, 1]")
-    return y, torch.ones((), dtype=torch.bool, device=t.device)
+            raise ValueError(f"dense target holds {y[bad][0].item()}, outside [0, 1]{note}")
+    return y, valid
 
 
 def statistics_normalized(x: torch.Tensor, t: torch.Tensor, w: Optional[torch.Tensor],
                           mode: str, from_logits: bool = True, sharpness: float = 1.0,
                           intersection: str = "product", ignore_index: Optional[int] = None,
                           check_values: bool = True,
-                          compute_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+                          compute_dtype: Optional[torch.dtype] = None,
+                          squared: bool = False) -> torch.Tensor:
     """``[N, C, 3]`` holding ``I, P, Y`` of already normalized inputs (see normalize_inputs).
 
     ``compute_dtype`` overrides the SPEC's accumulation dtype: the tests use it to measure this
-    formulation's own error in low precision."""
+    formulation's own error in low precision. ``squared``: the sums of p^2 and y^2 (section 10)."""
     acc = compute_dtype or accumulation_dtype(x.dtype)
     if check_values and not from_logits:
         bad = (x < 0) | (x > 1)
@@ -254,7 +289,8 @@ def statistics_normalized(x: torch.Tensor, t: torch.Tensor, w: Optional[torch.Te
             raise ValueError(f"input holds {x[bad][0].item()}, outside [0, 1], with "
                              "from_logits=False")
     p = probabilities(x, mode, from_logits, sharpness, acc)
-    y, valid = dense_target(t, mode, x.shape[1], ignore_index, acc, check_values)
+    y, valid = dense_target(t, mode, x.shape[1], ignore_index, acc, check_values,
+                            class_map=t.dim() == x.dim() - 1)
     if w is None:
         w = torch.ones((), dtype=acc, device=x.device)
     else:
@@ -262,23 +298,24 @@ def statistics_normalized(x: torch.Tensor, t: torch.Tensor, w: Optional[torch.Te
             raise ValueError(f"weight holds {w[w < 0][0].item()}, expected weights >= 0")
         w = w.to(acc).unsqueeze(1)
     inter = p * y if intersection == "product" else tie_min(p, y)
+    p_term, y_term = (p * p, y * y) if squared else (p, y)
     dims = tuple(range(2, x.dim()))
     zero = torch.zeros((), dtype=acc, device=x.device)
     I = torch.where(valid, w * inter, zero).sum(dims)
-    P = torch.where(valid, w * p, zero).sum(dims)
-    Y = torch.where(valid, w * y, zero).sum(dims)
+    P = torch.where(valid, w * p_term, zero).sum(dims)
+    Y = torch.where(valid, w * y_term, zero).sum(dims)
     return torch.stack([I, P, Y], dim=-1)
 
 
 def statistics(input: torch.Tensor, target: torch.Tensor, weight: Optional[torch.Tensor] = None,
                *, mode: str = "multiclass", from_logits: bool = True, sharpness: float = 1.0,
                intersection: str = "product", ignore_index: Optional[int] = None,
-               check_values: bool = True) -> torch.Tensor:
+               check_values: bool = True, squared: bool = False) -> torch.Tensor:
     """Section 3: ``[N, C, 3]`` holding ``I, P, Y`` per (sample, class)."""
     x, t, w = normalize_inputs(input, target, weight, mode)
     _choice("intersection", intersection, INTERSECTIONS)
     return statistics_normalized(x, t, w, mode, from_logits, sharpness, intersection,
-                                 ignore_index, check_values)
+                                 ignore_index, check_values, squared=squared)
 
 
 # --------------------------------------------------------------------------------------------
@@ -321,19 +358,55 @@ class _Ratio(torch.autograd.Function):
         return g / den, -(g * q) / den
 
 
-def scores(I: torch.Tensor, P: torch.Tensor, Y: torch.Tensor, *, metric: str = "jaccard",
-           alpha: float = 0.5, beta: float = 0.5, smooth: float = 0.0,
-           eps: float = 1e-7) -> torch.Tensor:
-    """Section 4: the score of each pair; an empty target with an empty prediction scores 1."""
-    s = smooth
-    if metric == "jaccard":
-        num, den = I + s, P + Y - I + s
-    elif metric == "dice":
-        num, den = 2 * I + s, P + Y + s
-    else:
-        num, den = I + s, I + alpha * (P - I) + beta * (Y - I) + s
+def _ratio_score(num: torch.Tensor, den: torch.Tensor, eps: float) -> torch.Tensor:
+    """``num / max(den, eps)``, and 1 where both are 0 (section 4)."""
     both_zero = (num == 0) & (den == 0)
     return torch.where(both_zero, torch.ones_like(num), _Ratio.apply(num, den.clamp_min(eps)))
+
+
+def scores(I: torch.Tensor, P: torch.Tensor, Y: torch.Tensor, *, metric: str = "jaccard",
+           alpha: float = 0.5, beta: float = 0.5, smooth: float = 0.0,
+           eps: float = 1e-7, smooth_dr: Optional[float] = None) -> torch.Tensor:
+    """Section 4: the score of each pair; an empty target with an empty prediction scores 1.
+    ``smooth_dr``: the denominator's smoothing (section 10; default ``smooth``)."""
+    s = smooth
+    sd = smooth if smooth_dr is None else smooth_dr
+    if metric == "jaccard":
+        num, den = I + s, P + Y - I + sd
+    elif metric == "dice":
+        num, den = 2 * I + s, P + Y + sd
+    else:
+        num, den = I + s, I + alpha * (P - I) + beta * (Y - I) + sd
+    return _ratio_score(num, den, eps)
+
+
+def generalized_dice_weights(Y: torch.Tensor, keep: torch.Tensor, w_type: str) -> torch.Tensor:
+    """Section 10: the class weights of the generalized Dice score of each row of ``Y``
+    ``[R, C]``, over the kept classes (0 elsewhere): ``1/Y^2``, ``1/Y`` or 1, computed in float32;
+    an infinite weight becomes the row's largest finite one. Constants of the gradient."""
+    y32 = Y.detach().to(torch.float32)
+    if w_type == "square":
+        w = torch.reciprocal(y32 * y32)
+    elif w_type == "simple":
+        w = torch.reciprocal(y32)
+    else:
+        w = torch.ones_like(y32)
+    keep = keep.expand_as(w)
+    infinite = torch.isinf(w) & keep
+    w = torch.where(keep & ~infinite, w, torch.zeros_like(w))
+    largest = w.max(dim=-1, keepdim=True).values
+    w = torch.where(infinite, largest.expand_as(w), w)
+    return w.to(Y.dtype)
+
+
+def _focal(score: torch.Tensor, *, gamma: float, log_loss: bool, eps: float) -> torch.Tensor:
+    """Section 5: ``1 - score`` or ``-log(score)``, then ``^gamma``."""
+    loss = -torch.log(score.clamp_min(eps)) if log_loss else 1 - score
+    if gamma != 1:
+        # loss**gamma, with a zero (not infinite) derivative where the loss is 0
+        tiny = torch.finfo(loss.dtype).tiny
+        loss = torch.where(loss > 0, loss.clamp_min(tiny) ** gamma, torch.zeros_like(loss))
+    return loss
 
 
 def loss_from_stats(stats: torch.Tensor, *, metric: str = "jaccard", alpha: float = 0.5,
@@ -342,19 +415,14 @@ def loss_from_stats(stats: torch.Tensor, *, metric: str = "jaccard", alpha: floa
                     class_weight: Optional[torch.Tensor] = None,
                     classes: Optional[Sequence[int]] = None, include_background: bool = True,
                     per_image: bool = True, absent: str = "include", reduction: str = "mean",
-                    process_group=None) -> torch.Tensor:
-    """Sections 4 and 5: the loss from the ``[N, C, 3]`` statistics."""
+                    process_group=None, smooth_dr: Optional[float] = None,
+                    weighted_mean: bool = True, w_type: str = "square") -> torch.Tensor:
+    """Sections 4, 5 and 10: the loss from the ``[N, C, 3]`` statistics."""
     if not per_image:
         stats = stats.sum(dim=0)  # [C, 3]: one score per class over the batch
         if process_group is not None:
             stats = all_reduce_statistics(stats, process_group)
     I, P, Y = stats.unbind(-1)
-    score = scores(I, P, Y, metric=metric, alpha=alpha, beta=beta, smooth=smooth, eps=eps)
-    loss = -torch.log(score.clamp_min(eps)) if log_loss else 1 - score
-    if gamma != 1:
-        # loss**gamma, with a zero (not infinite) derivative where the loss is 0
-        tiny = torch.finfo(loss.dtype).tiny
-        loss = torch.where(loss > 0, loss.clamp_min(tiny) ** gamma, torch.zeros_like(loss))
 
     num_classes = stats.shape[-2]
     keep = torch.ones(num_classes, dtype=torch.bool, device=stats.device)
@@ -363,12 +431,30 @@ def loss_from_stats(stats: torch.Tensor, *, metric: str = "jaccard", alpha: floa
         keep[list(classes)] = True
     if not include_background:
         keep[0] = False
-    w = keep.to(loss.dtype)
+
+    if metric == "generalized_dice":  # one score per row over the kept classes
+        rows = (I, P, Y) if per_image else (I[None], P[None], Y[None])
+        gw = generalized_dice_weights(rows[2], keep, w_type)
+        sd = smooth if smooth_dr is None else smooth_dr
+        num = 2 * (gw * rows[0]).sum(-1) + smooth
+        den = (gw * (rows[1] + rows[2])).sum(-1) + sd
+        loss = _focal(_ratio_score(num, den, eps), gamma=gamma, log_loss=log_loss,
+                      eps=eps)
+        if reduction == "none":
+            return loss[:, None] if per_image else loss
+        return loss.sum() if reduction == "sum" else loss.mean()
+
+    score = scores(I, P, Y, metric=metric, alpha=alpha, beta=beta, smooth=smooth, eps=eps,
+                   smooth_dr=smooth_dr)
+    loss = _focal(score, gamma=gamma, log_loss=log_loss, eps=eps)
+    kept = keep.expand_as(loss)
+    if absent == "exclude":
+        kept = kept & (Y > 0)
+    elif absent == "zero":  # section 10: loss 0, the weight kept
+        loss = torch.where(Y > 0, loss, torch.zeros_like(loss))
+    w = kept.to(loss.dtype)
     if class_weight is not None:
         w = w * class_weight.to(loss.dtype)
-    w = w.expand_as(loss)
-    if absent == "exclude":
-        w = torch.where(Y > 0, w, torch.zeros_like(w))
 
     weighted = w * loss
     if reduction == "none":
@@ -376,7 +462,7 @@ def loss_from_stats(stats: torch.Tensor, *, metric: str = "jaccard", alpha: floa
     total = weighted.sum()
     if reduction == "sum":
         return total
-    wsum = w.sum()
+    wsum = w.sum() if weighted_mean else kept.sum().to(loss.dtype)
     # no kept pair: 0, still connected to the graph
     return total / torch.where(wsum > 0, wsum, torch.ones_like(wsum))
 
@@ -387,7 +473,8 @@ def loss_from_stats(stats: torch.Tensor, *, metric: str = "jaccard", alpha: floa
 def cross_entropy_sums(x: torch.Tensor, t: torch.Tensor, w: Optional[torch.Tensor], mode: str,
                        sharpness: float = 1.0, class_weight: Optional[torch.Tensor] = None,
                        ignore_index: Optional[int] = None, label_smoothing: float = 0.0,
-                       compute_dtype: Optional[torch.dtype] = None):
+                       compute_dtype: Optional[torch.dtype] = None,
+                       ce_pos_weight: float = 1.0):
     """``(numerator, denominator)`` of the cross-entropy of normalized inputs, summed over the
     batch: the term is ``numerator / denominator`` for ``"mean"`` and ``numerator`` for
     ``"sum"``."""
@@ -400,9 +487,10 @@ def cross_entropy_sums(x: torch.Tensor, t: torch.Tensor, w: Optional[torch.Tenso
     pw = torch.ones(x.shape[:1] + x.shape[2:], dtype=acc, device=x.device) if w is None \
         else w.to(acc)  # pixel weights [N, *S]
     eps = label_smoothing
+    class_map = t.dim() == x.dim() - 1
     if mode == "multiclass":
         logp = torch.log_softmax(z, dim=1)
-        if t.dtype in CLASS_MAP_DTYPES:  # class map
+        if class_map:
             t = t.long()
             valid = t != ignore_index if ignore_index is not None else torch.ones_like(t, dtype=torch.bool)
             tk = torch.where(valid, t, 0)
@@ -414,16 +502,14 @@ def cross_entropy_sums(x: torch.Tensor, t: torch.Tensor, w: Optional[torch.Tenso
         y = (1 - eps) * t.to(acc) + eps / C
         ell = -(c_b * y * logp).sum(1)
         return (pw * ell).sum(), pw.sum()
-    # binary / multilabel: c_c * BCEWithLogits(z, y), per element
-    if t.dtype in CLASS_MAP_DTYPES:
-        t = t.long()
-        valid = t != ignore_index if ignore_index is not None else torch.ones_like(t, dtype=torch.bool)
-        y = torch.where(valid, t, 0).to(acc)
-    else:
-        valid = torch.ones_like(z, dtype=torch.bool)
-        y = t.to(acc)
-    bce = torch.clamp_min(z, 0) - z * y + torch.log1p(torch.exp(-z.abs()))
-    v = valid.expand_as(z).to(acc)
+    # binary / multilabel: c_c * BCEWithLogits(z, y, pos_weight), per element
+    y, valid = dense_target(t, mode, C, ignore_index, acc, check_values=False,
+                            class_map=class_map)
+    valid = valid.expand_as(z)
+    softplus = torch.clamp_min(z, 0) + torch.log1p(torch.exp(-z.abs()))
+    pos = ce_pos_weight
+    bce = (pos * y + 1 - y) * softplus - pos * y * z
+    v = valid.to(acc)
     return (v * pw.unsqueeze(1) * c_b * bce).sum(), v.sum()
 
 
@@ -444,7 +530,9 @@ def soft_iou_loss(input: torch.Tensor, target: torch.Tensor, weight: Optional[to
                   classes: Optional[Sequence[int]] = None, include_background: bool = True,
                   ignore_index: Optional[int] = None, per_image: bool = True,
                   absent: str = "include", reduction: str = "mean", process_group=None,
-                  ce_weight: float = 0.0, label_smoothing: float = 0.0,
+                  ce_weight: float = 0.0, label_smoothing: float = 0.0, squared: bool = False,
+                  smooth_dr: Optional[float] = None, weighted_mean: bool = True,
+                  w_type: str = "square", ce_pos_weight: float = 1.0,
                   check_values: bool = True,
                   compute_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
     """The whole SPEC in eager PyTorch (the oracle). ``check_values=False`` skips the data checks
@@ -456,16 +544,19 @@ def soft_iou_loss(input: torch.Tensor, target: torch.Tensor, weight: Optional[to
                   log_loss=log_loss, smooth=smooth, eps=eps, class_weight=class_weight,
                   classes=classes, include_background=include_background,
                   ignore_index=ignore_index, per_image=per_image, absent=absent,
-                  reduction=reduction, ce_weight=ce_weight, label_smoothing=label_smoothing)
+                  reduction=reduction, ce_weight=ce_weight, label_smoothing=label_smoothing,
+                  squared=squared, smooth_dr=smooth_dr, weighted_mean=weighted_mean,
+                  w_type=w_type, ce_pos_weight=ce_pos_weight)
     stats = statistics_normalized(x, t, w, mode, from_logits, sharpness, intersection,
-                                  ignore_index, check_values, compute_dtype)
+                                  ignore_index, check_values, compute_dtype, squared)
     loss = loss_from_stats(stats, metric=metric, alpha=alpha, beta=beta, gamma=gamma,
                            log_loss=log_loss, smooth=smooth, eps=eps, class_weight=class_weight,
                            classes=classes, include_background=include_background,
                            per_image=per_image, absent=absent, reduction=reduction,
-                           process_group=process_group)
+                           process_group=process_group, smooth_dr=smooth_dr,
+                           weighted_mean=weighted_mean, w_type=w_type)
     if ce_weight > 0:  # section 9; under a process group the local mean
         num, den = cross_entropy_sums(x, t, w, mode, sharpness, class_weight, ignore_index,
-                                      label_smoothing, compute_dtype)
+                                      label_smoothing, compute_dtype, ce_pos_weight)
         loss = loss + ce_weight * cross_entropy_term(num, den, reduction)
     return loss

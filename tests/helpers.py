@@ -12,7 +12,7 @@ TARGET_KINDS = {
     "multiclass": ["map-int64", "map-int32", "map-uint8", "onehot-float", "soft-float",
                    "onehot-bool"],
     "binary": ["int64", "uint8", "float", "soft-float", "bool", "map-no-channel"],
-    "multilabel": ["int64", "uint8", "float", "soft-float", "bool"],
+    "multilabel": ["int64", "uint8", "float", "soft-float", "bool", "map-classes"],
 }
 MODE_KINDS = [(m, k) for m, kinds in TARGET_KINDS.items() for k in kinds]
 
@@ -39,7 +39,11 @@ def make_inputs(mode: str, kind: str, dtype=torch.float32, device="cpu", shape=(
     else:
         x = torch.sigmoid(logits).clamp(0.02, 0.98)
 
-    if mode == "multiclass":
+    if mode == "multilabel" and kind == "map-classes":  # a class map [N, *S] (SPEC section 10)
+        target = torch.randint(0, C, (N, *S), generator=g)
+        if ignore_index is not None:
+            target[torch.rand(target.shape, generator=g) < 0.2] = ignore_index
+    elif mode == "multiclass":
         cls = torch.randint(0, C, (N, *S), generator=g)
         if kind.startswith("map"):
             itype = {"map-int64": torch.int64, "map-int32": torch.int32,
@@ -66,6 +70,8 @@ def make_inputs(mode: str, kind: str, dtype=torch.float32, device="cpu", shape=(
             target = bits.bool()
         else:
             target = bits.double()
+        if ignore_index is not None and target.is_floating_point():  # per element
+            target[torch.rand(target.shape, generator=g) < 0.2] = ignore_index
         if mode == "binary" and kind == "map-no-channel":
             target = target.squeeze(1)  # [N, *S] target with [N, 1, *S] input
     if target.dtype == torch.float64:

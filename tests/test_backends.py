@@ -18,6 +18,8 @@ STATS_OPTIONS = [
     dict(sharpness=2.5),
     dict(from_logits=False, sharpness=0.5),
     dict(from_logits=False, sharpness=2.0, intersection="min"),
+    dict(squared=True),
+    dict(squared=True, from_logits=False, intersection="min"),
 ]
 
 
@@ -25,13 +27,17 @@ def _ids(options):
     return ",".join(f"{k}={v}" for k, v in options.items()) or "defaults"
 
 
-def _int_kind(kind):
-    return kind.startswith("map") or kind in ("int64", "uint8")
+def _takes_ignore(mode, kind):
+    """ignore_index applies to class maps, integer targets and (per element) dense binary and
+    multilabel targets (SPEC section 10); a bool target cannot hold it."""
+    if mode == "multiclass":
+        return kind.startswith("map")
+    return kind != "bool"
 
 
 def _statistics_params():
     """Every (backend, mode, target kind, options, dtype, weight, ignore_index) combination that
-    applies: ignore_index only with integer targets; Triton (slow interpreted, compiling anew
+    applies (ignore_index where a target takes it); Triton (slow interpreted, compiling anew
     for each combination on a GPU) float32 only, and weight and ignore_index together or not
     at all."""
     params = []
@@ -41,7 +47,7 @@ def _statistics_params():
                 for dtype in (torch.float32, torch.float64):
                     for weighted, ignored in ((False, False), (True, True), (True, False),
                                               (False, True)):
-                        if ignored and not _int_kind(kind):
+                        if ignored and not _takes_ignore(mode, kind):
                             continue
                         if is_triton(device, backend) and (dtype == torch.float64
                                                            or weighted != ignored):
@@ -83,11 +89,26 @@ def _score_options(C):
         dict(class_weight=[0.5] if C == 1 else [0.5, 1.0, 2.0, 0.0]),
         dict(class_weight=[2.0] if C == 1 else [1.0, 0.0, 3.0, 1.0], absent="exclude",
              classes=[0] if C == 1 else [1, 2, 3]),
+        # SPEC section 10
+        dict(smooth=0.5, smooth_dr=2.0),
+        dict(smooth=1.0, smooth_dr=0.0, metric="tversky", alpha=0.2, beta=0.9),
+        dict(absent="zero", metric="tversky", alpha=1.0, beta=1.0, per_image=False),
+        dict(absent="zero", reduction="none", log_loss=True),
+        dict(weighted_mean=False, class_weight=[0.5] if C == 1 else [0.5, 1.0, 2.0, 0.0]),
+        dict(weighted_mean=False, classes=[0] if C == 1 else [1, 3], absent="exclude"),
+        dict(metric="generalized_dice"),
+        dict(metric="generalized_dice", w_type="simple", reduction="none", smooth=0.1),
+        dict(metric="generalized_dice", w_type="uniform", per_image=False, reduction="none"),
+        dict(metric="generalized_dice", per_image=False, gamma=2.0, smooth_dr=1e-5,
+             classes=[0] if C == 1 else [1, 2, 3]),
+        dict(metric="generalized_dice", log_loss=True, reduction="sum",
+             **({} if C == 1 else dict(include_background=False))),
     ]
 
 
+N_SCORE_OPTIONS = len(_score_options(4))
 SCORE_CASES = [(m, k, i) for m, k in [("multiclass", "map-int64"), ("binary", "int64"),
-                                      ("multilabel", "float")] for i in range(18)]
+                                      ("multilabel", "float")] for i in range(N_SCORE_OPTIONS)]
 
 
 @pytest.mark.parametrize("mode,kind,index", SCORE_CASES,
@@ -101,7 +122,7 @@ def test_score_and_reduction_options(case, mode, kind, index):
         options["class_weight"] = torch.tensor(options["class_weight"], dtype=dtype,
                                                device=device)
     x, t, w = make_inputs(mode, kind, dtype, device, shape=(3, 4, 6, 5), seed=index)
-    if options.get("absent") == "exclude":
+    if options.get("absent") in ("exclude", "zero") or options.get("metric") == "generalized_dice":
         if t.dtype.is_floating_point:
             t[0, 1:] = 0
         elif mode == "multiclass":

@@ -16,10 +16,11 @@ from softiou_cuda import reference
 
 
 def _ce(x, t, w=None, mode="multiclass", sharpness=1.0, class_weight=None, ignore_index=None,
-        label_smoothing=0.0, reduction="mean"):
+        label_smoothing=0.0, reduction="mean", ce_pos_weight=1.0):
     """The reference's cross-entropy term alone."""
     num, den = reference.cross_entropy_sums(x, t, w, mode, sharpness, class_weight,
-                                            ignore_index, label_smoothing)
+                                            ignore_index, label_smoothing,
+                                            ce_pos_weight=ce_pos_weight)
     return reference.cross_entropy_term(num, den, reduction)
 
 
@@ -58,7 +59,8 @@ def test_reference_is_torch_cross_entropy_for_probabilities(reduction, smoothing
 @pytest.mark.parametrize("mode", ["binary", "multilabel"])
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 @pytest.mark.parametrize("weighted", [False, True])
-def test_reference_is_torch_bce_with_logits(mode, reduction, weighted):
+@pytest.mark.parametrize("pos_weight", [1.0, 2.5, 0.3])
+def test_reference_is_torch_bce_with_logits(mode, reduction, weighted, pos_weight):
     g = torch.Generator().manual_seed(2)
     C = 1 if mode == "binary" else 3
     x = torch.randn(2, C, 5, 4, generator=g, dtype=torch.float64) * 3
@@ -66,8 +68,9 @@ def test_reference_is_torch_bce_with_logits(mode, reduction, weighted):
     cw = torch.rand(C, generator=g, dtype=torch.float64) + 0.2 if weighted else None
     want = F.binary_cross_entropy_with_logits(
         1.5 * x, y, weight=None if cw is None else cw.view(1, C, 1, 1).expand_as(x),
-        reduction=reduction)
-    got = _ce(x, y, mode=mode, sharpness=1.5, class_weight=cw, reduction=reduction)
+        reduction=reduction, pos_weight=torch.tensor(pos_weight, dtype=torch.float64))
+    got = _ce(x, y, mode=mode, sharpness=1.5, class_weight=cw, reduction=reduction,
+              ce_pos_weight=pos_weight)
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
@@ -91,11 +94,16 @@ def _options(mode, C):
     if mode == "multiclass":
         opts += [dict(ce_weight=0.3, label_smoothing=0.1),
                  dict(ce_weight=1.0, label_smoothing=0.2, class_weight=cw, reduction="sum")]
+    else:  # SPEC section 10: pos_weight, with the squared sums
+        opts += [dict(ce_weight=0.8, ce_pos_weight=3.0),
+                 dict(ce_weight=0.5, ce_pos_weight=0.25, class_weight=cw, squared=True)]
     return opts
 
 
-def _int_kind(kind):
-    return kind.startswith("map") or kind in ("int64", "uint8")
+def _takes_ignore(mode, kind):
+    if mode == "multiclass":
+        return kind.startswith("map")
+    return kind != "bool"  # dense binary / multilabel targets: per element (SPEC section 10)
 
 
 def _params():
@@ -106,7 +114,7 @@ def _params():
             for i, options in enumerate(_options(mode, C)):
                 for dtype in (torch.float32, torch.float64):
                     for weighted, ignored in ((False, False), (True, True)):
-                        if ignored and not _int_kind(kind):
+                        if ignored and not _takes_ignore(mode, kind):
                             continue
                         if is_triton(device, backend) and (dtype == torch.float64 or i % 2):
                             continue

@@ -55,7 +55,37 @@ LOSS_KWARGS = [
     dict(metric="dice", per_image=False, reduction="none"),
     dict(metric="tversky", alpha=0.3, beta=0.7, gamma=2.0, log_loss=True, smooth=1.0),
     dict(classes=[1, 2], absent="exclude", reduction="sum", include_background=False),
+    dict(squared=True, smooth=0.5, smooth_dr=1.0, absent="zero", weighted_mean=False),
 ]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("reduction,per_image", [("none", True), ("none", False), ("mean", True)])
+def test_opcheck_and_gradcheck_generalized_dice(device, reduction, per_image):
+    """metric="generalized_dice" (SPEC section 10): one loss per row, its gradient through the
+    C++ autograd against finite differences."""
+    x, t, w = make_inputs("multiclass", "map-int64", torch.float64, device, weight=True,
+                          ignore_index=-1)
+    t[0][t[0] == 2] = 0  # an absent class: an infinite weight replaced
+    kwargs = dict(metric="generalized_dice", reduction=reduction, per_image=per_image,
+                  ignore_index=-1, w_type="square", smooth=1e-5)
+    torch.library.opcheck(torch.ops.softiou.loss.default, (x, t, w), kwargs)
+    assert torch.autograd.gradcheck(
+        lambda x: softiou_cuda.soft_iou_loss(x, t, w, **kwargs), (x,), eps=1e-6, atol=1e-7,
+        rtol=1e-5)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_gradcheck_multilabel_class_map_with_pos_weight(device):
+    """A multilabel class map, squared sums, and the binary cross-entropy's pos_weight."""
+    x, t, w = make_inputs("multilabel", "map-classes", torch.float64, device, weight=True,
+                          ignore_index=-1)
+    kwargs = dict(mode="multilabel", ignore_index=-1, squared=True, ce_weight=0.5,
+                  ce_pos_weight=2.5)
+    torch.library.opcheck(torch.ops.softiou.loss.default, (x, t, w), kwargs)
+    assert torch.autograd.gradcheck(
+        lambda x: softiou_cuda.soft_iou_loss(x, t, w, **kwargs), (x,), eps=1e-6, atol=1e-7,
+        rtol=1e-5)
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -38,6 +38,22 @@ def _intersection_dp(p, y, USE_MIN: tl.constexpr):  # softiou_math.h: intersecti
 
 
 @triton.jit
+def _power_term(v, SQUARED: tl.constexpr):  # softiou_math.h: power_term
+    if SQUARED:
+        return v * v
+    else:
+        return v
+
+
+@triton.jit
+def _grad_p(p, y, gI, gP, USE_MIN: tl.constexpr, SQUARED: tl.constexpr):  # softiou_math.h: grad_p
+    if SQUARED:
+        return gI * _intersection_dp(p, y, USE_MIN) + 2.0 * p * gP
+    else:
+        return gI * _intersection_dp(p, y, USE_MIN) + gP
+
+
+@triton.jit
 def _outside_unit_interval(v):  # softiou_math.h: outside_unit_interval
     return (v < 0) | (v > 1)
 
@@ -69,11 +85,11 @@ def pixel_kernel(x_ptr, t_ptr, w_ptr, coef_ptr, go_ptr, out_ptr, gx_ptr, cw_ptr,
                  C, M, chunk, n_chunks,
                  sxn, sxc, sxm, stn, stc, stm, swn, swm, sgn, sgc, sgm,
                  kn, kc, kk, gon, goc, ce_sn,
-                 sharp, ignore, ls_bits,
+                 sharp, ignore, ls_bits, pw_bits,
                  FWD: tl.constexpr, CLASS_MAP: tl.constexpr, HAS_W: tl.constexpr,
                  HAS_IGNORE: tl.constexpr, SOFTMAX: tl.constexpr, FROM_LOGITS: tl.constexpr,
                  USE_MIN: tl.constexpr, HAS_GO: tl.constexpr, CE: tl.constexpr,
-                 HAS_CW: tl.constexpr, ACC: tl.constexpr,
+                 HAS_CW: tl.constexpr, SQUARED: tl.constexpr, ACC: tl.constexpr,
                  BLOCK_C: tl.constexpr, BLOCK_M: tl.constexpr):
     """Forward: the partial sums of program pid at out[pid * (3C + 2)]: I, P, Y per class, then
     the cross-entropy's numerator and denominator (CE). Backward: the gradient, with the
@@ -151,8 +167,8 @@ def pixel_kernel(x_ptr, t_ptr, w_ptr, coef_ptr, go_ptr, out_ptr, gx_ptr, cw_ptr,
             q = tl.where(v2, cwv[:, None] * ((1.0 - ls) * y + ls / C), 0.0)
         if FWD:
             accI += tl.where(v2, ww * _intersection(p, y, USE_MIN), 0.0)
-            accP += tl.where(v2, ww * p, 0.0)
-            accY += tl.where(v2, ww * y, 0.0)
+            accP += tl.where(v2, ww * _power_term(p, SQUARED), 0.0)
+            accY += tl.where(v2, ww * _power_term(y, SQUARED), 0.0)
             if CE:  # l = sum_k q_k (lse - l_k); denominator w c_t (class map) or w (dense)
                 lse = mx + tl.log(s)
                 ell = tl.sum(tl.where(v2, q * (lse[None, :] - l), 0.0), axis=0)
@@ -164,8 +180,7 @@ def pixel_kernel(x_ptr, t_ptr, w_ptr, coef_ptr, go_ptr, out_ptr, gx_ptr, cw_ptr,
                     ce_den += tl.where(valid, w, 0.0)
         else:
             # grad_p, then the softmax backward with softmax_arg_dx
-            g = tl.where(v2, ww * (gI[:, None] * _intersection_dp(p, y, USE_MIN) + gP[:, None]),
-                         0.0)
+            g = tl.where(v2, ww * _grad_p(p, y, gI[:, None], gP[:, None], USE_MIN, SQUARED), 0.0)
             if SOFTMAX:
                 dot = tl.sum(p * g, axis=0)
                 if FROM_LOGITS:
@@ -198,13 +213,15 @@ def row_kernel(x_ptr, t_ptr, w_ptr, coef_ptr, go_ptr, out_ptr, gx_ptr, cw_ptr, c
                C, M, chunk, n_chunks,
                sxn, sxc, sxm, stn, stc, stm, swn, swm, sgn, sgc, sgm,
                kn, kc, kk, gon, goc, ce_sn,
-               sharp, ignore, ls_bits,
-               FWD: tl.constexpr, INT_TARGET: tl.constexpr, HAS_W: tl.constexpr,
-               HAS_IGNORE: tl.constexpr, SIGMOID: tl.constexpr, FROM_LOGITS: tl.constexpr,
-               USE_MIN: tl.constexpr, HAS_GO: tl.constexpr, CE: tl.constexpr,
-               HAS_CW: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+               sharp, ignore, ls_bits, pw_bits,
+               FWD: tl.constexpr, INT_TARGET: tl.constexpr, CLASS_MAP: tl.constexpr,
+               HAS_W: tl.constexpr, HAS_IGNORE: tl.constexpr, SIGMOID: tl.constexpr,
+               FROM_LOGITS: tl.constexpr, USE_MIN: tl.constexpr, HAS_GO: tl.constexpr,
+               CE: tl.constexpr, HAS_CW: tl.constexpr, SQUARED: tl.constexpr,
+               ACC: tl.constexpr, BLOCK: tl.constexpr):
     """Forward: the partial sums of program pid at out[pid * 5]: I, P, Y, then the binary
-    cross-entropy's numerator and denominator (CE)."""
+    cross-entropy's numerator and denominator (CE). CLASS_MAP: a multilabel class map [N, M],
+    y = [t == c] (SPEC section 10)."""
     pid = tl.program_id(0)
     r = (pid // n_chunks).to(tl.int64)
     k = (pid % n_chunks).to(tl.int64)
@@ -223,6 +240,7 @@ def row_kernel(x_ptr, t_ptr, w_ptr, coef_ptr, go_ptr, out_ptr, gx_ptr, cw_ptr, c
             cw = tl.load(cw_ptr + c).to(ACC)
         else:
             cw = 1.0
+        pw = _from_bits(pw_bits, ACC)  # the binary cross-entropy's pos_weight
     if not FWD:
         gI, gP = _pair_gradient(coef_ptr, go_ptr, n, c, kn, kc, kk, gon, goc, True, HAS_GO, ACC)
         if CE:
@@ -250,7 +268,14 @@ def row_kernel(x_ptr, t_ptr, w_ptr, coef_ptr, go_ptr, out_ptr, gx_ptr, cw_ptr, c
         else:
             p = x
             dp_dx = tl.full([BLOCK], 1.0, ACC)
-        if INT_TARGET:
+        if CLASS_MAP:
+            t = tl.load(t_ptr + n * stn + m * stm, mask=mm, other=0).to(tl.int64)
+            valid = mm
+            if HAS_IGNORE:
+                valid = valid & (t != ignore)
+            nbad += (valid & ((t < 0) | (t >= C))).to(tl.int32)
+            y = tl.where(valid & (t == c), 1.0, 0.0).to(ACC)
+        elif INT_TARGET:
             t = tl.load(t_ptr + n * stn + c * stc + m * stm, mask=mm, other=0).to(tl.int64)
             valid = mm
             if HAS_IGNORE:
@@ -259,8 +284,11 @@ def row_kernel(x_ptr, t_ptr, w_ptr, coef_ptr, go_ptr, out_ptr, gx_ptr, cw_ptr, c
             y = tl.where(valid, t, 0).to(ACC)
         else:
             y = tl.load(t_ptr + n * stn + c * stc + m * stm, mask=mm, other=0).to(ACC)
-            nbad += (_outside_unit_interval(y) & mm).to(tl.int32)
             valid = mm
+            if HAS_IGNORE:  # per element (SPEC section 10)
+                valid = valid & (y != ignore)
+                y = tl.where(valid, y, 0.0)
+            nbad += (_outside_unit_interval(y) & mm).to(tl.int32)
         if HAS_W:
             w = tl.load(w_ptr + n * swn + m * swm, mask=mm, other=0.0).to(ACC)
             nbad += (w < 0).to(tl.int32)
@@ -268,17 +296,19 @@ def row_kernel(x_ptr, t_ptr, w_ptr, coef_ptr, go_ptr, out_ptr, gx_ptr, cw_ptr, c
             w = tl.full([BLOCK], 1.0, ACC)
         if FWD:
             accI += tl.where(valid, w * _intersection(p, y, USE_MIN), 0.0)
-            accP += tl.where(valid, w * p, 0.0)
-            accY += tl.where(valid, w * y, 0.0)
+            accP += tl.where(valid, w * _power_term(p, SQUARED), 0.0)
+            accY += tl.where(valid, w * _power_term(y, SQUARED), 0.0)
             if CE:  # softiou_math.h: bce_with_logits; denominator the kept elements
-                bce = tl.where(z > 0, z, 0.0) - z * y + tl.log(1.0 + e)
+                lw = 1.0 + (pw - 1.0) * y  # bce_log_weight
+                bce = lw * (tl.where(z > 0, z, 0.0) + tl.log(1.0 + e)) - pw * y * z
                 ce_num += tl.where(valid, w * cw * bce, 0.0)
                 ce_den += tl.where(valid, 1.0, 0.0)
         else:
-            g = tl.where(valid, w * (gI * _intersection_dp(p, y, USE_MIN) + gP), 0.0)
+            g = tl.where(valid, w * _grad_p(p, y, gI, gP, USE_MIN, SQUARED), 0.0)
             dx = g * dp_dx
-            if CE:  # + a gce w c (p - y)
-                dx += sharp * gce * tl.where(valid, w * cw * (p - y), 0.0)
+            if CE:  # + a gce w c (lw p - pw y): bce_with_logits_dz
+                dz = (1.0 + (pw - 1.0) * y) * p - pw * y
+                dx += sharp * gce * tl.where(valid, w * cw * dz, 0.0)
             tl.store(gx_ptr + n * sgn + c * sgc + m * sgm, dx.to(gx_ptr.dtype.element_ty),
                      mask=mm)
     if FWD:
@@ -343,29 +373,8 @@ def _from_bits(bits, ACC: tl.constexpr):
 
 
 @triton.jit
-def _pair_terms(I, P, Y, alpha, beta, gamma, smooth, eps, tiny, METRIC: tl.constexpr,
-                LOG_LOSS: tl.constexpr, GAMMA_ONE: tl.constexpr):  # finalize.h: pair_terms
-    if METRIC == 1:  # dice
-        num = 2.0 * I + smooth
-        den = P + Y + smooth
-        num_I = 2.0
-        den_I = 0.0
-        den_P = 1.0
-        den_Y = 1.0
-    elif METRIC == 2:  # tversky
-        num = I + smooth
-        den = I + alpha * (P - I) + beta * (Y - I) + smooth
-        num_I = 1.0
-        den_I = 1.0 - alpha - beta
-        den_P = alpha
-        den_Y = beta
-    else:  # jaccard
-        num = I + smooth
-        den = P + Y - I + smooth
-        num_I = 1.0
-        den_I = -1.0
-        den_P = 1.0
-        den_Y = 1.0
+def _score_terms(num, den, gamma, eps, tiny, LOG_LOSS: tl.constexpr,
+                 GAMMA_ONE: tl.constexpr):  # finalize.h: score_terms
     both_zero = (num == 0.0) & (den == 0.0)
     den_c = tl.where(den < eps, eps, den)
     score = tl.where(both_zero, 1.0, num / den_c)
@@ -384,7 +393,57 @@ def _pair_terms(I, P, Y, alpha, beta, gamma, smooth, eps, tiny, METRIC: tl.const
         d_score = d_score * d
     g_num = tl.where(both_zero, 0.0, d_score / den_c)
     g_den = tl.where(both_zero | (den < eps), 0.0, -(d_score * score) / den_c)
-    return loss, g_num * num_I + g_den * den_I, g_den * den_P, g_den * den_Y
+    return loss, g_num, g_den
+
+
+@triton.jit
+def _pair_terms(I, P, Y, alpha, beta, gamma, smooth, smooth_dr, eps, tiny, METRIC: tl.constexpr,
+                LOG_LOSS: tl.constexpr, GAMMA_ONE: tl.constexpr,
+                ABSENT_ZERO: tl.constexpr):  # finalize.h: pair_terms
+    if METRIC == 1:  # dice
+        num = 2.0 * I + smooth
+        den = P + Y + smooth_dr
+        num_I = 2.0
+        den_I = 0.0
+        den_P = 1.0
+        den_Y = 1.0
+    elif METRIC == 2:  # tversky
+        num = I + smooth
+        den = I + alpha * (P - I) + beta * (Y - I) + smooth_dr
+        num_I = 1.0
+        den_I = 1.0 - alpha - beta
+        den_P = alpha
+        den_Y = beta
+    else:  # jaccard
+        num = I + smooth
+        den = P + Y - I + smooth_dr
+        num_I = 1.0
+        den_I = -1.0
+        den_P = 1.0
+        den_Y = 1.0
+    loss, g_num, g_den = _score_terms(num, den, gamma, eps, tiny, LOG_LOSS, GAMMA_ONE)
+    dI = g_num * num_I + g_den * den_I
+    dP = g_den * den_P
+    dY = g_den * den_Y
+    if ABSENT_ZERO:  # absent="zero": an absent class's pair has loss 0
+        present = Y > 0.0
+        loss = tl.where(present, loss, 0.0)
+        dI = tl.where(present, dI, 0.0)
+        dP = tl.where(present, dP, 0.0)
+        dY = tl.where(present, dY, 0.0)
+    return loss, dI, dP, dY
+
+
+@triton.jit
+def _generalized_weight(Y, W_TYPE: tl.constexpr):  # finalize.h: generalized_weight (float32)
+    y = Y.to(tl.float32)
+    if W_TYPE == 2:  # uniform
+        return tl.full(y.shape, 1.0, tl.float32)
+    if W_TYPE == 1:  # simple
+        d = y
+    else:  # square
+        d = y * y
+    return tl.where(d != 0.0, 1.0 / tl.where(d != 0.0, d, 1.0), float("inf"))
 
 
 @triton.jit
@@ -424,51 +483,83 @@ def _pair_weight(cw_ptr, keep_ptr, c, valid, Y, HAS_CW: tl.constexpr, DROP_BG: t
         w = tl.load(cw_ptr + c, mask=valid, other=0.0).to(ACC)
     else:
         w = tl.full(Y.shape, 1.0, ACC)
-    return tl.where(kept, w, 0.0)
+    return tl.where(kept, w, 0.0), kept
+
+
+@triton.jit
+def _pair(part_ptr, cw_ptr, keep_ptr, idx, valid, C, n_rows, K, sn, sc, sk, alpha, beta, gamma,
+          smooth, smooth_dr, eps, tiny, METRIC: tl.constexpr, LOG_LOSS: tl.constexpr,
+          GAMMA_ONE: tl.constexpr, ABSENT_ZERO: tl.constexpr, PER_IMAGE: tl.constexpr,
+          HAS_CW: tl.constexpr, DROP_BG: tl.constexpr, SUBSET: tl.constexpr,
+          ABSENT_EXCLUDE: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    """Pairs idx (row idx // C, class idx % C): their loss, its derivatives in I, P, Y, their
+    weight in the reduction and whether they are kept."""
+    r = idx // C
+    c = idx % C
+    I, P, Y = _pair_stats(part_ptr, r, c, valid, n_rows, K, sn, sc, sk, PER_IMAGE, ACC, BLOCK)
+    loss, dI, dP, dY = _pair_terms(I, P, Y, alpha, beta, gamma, smooth, smooth_dr, eps, tiny,
+                                   METRIC, LOG_LOSS, GAMMA_ONE, ABSENT_ZERO)
+    w, kept = _pair_weight(cw_ptr, keep_ptr, c, valid, Y, HAS_CW, DROP_BG, SUBSET,
+                           ABSENT_EXCLUDE, ACC)
+    return loss, dI, dP, dY, w, kept
 
 
 @triton.jit
 def finalize_kernel(part_ptr, cw_ptr, keep_ptr, loss_ptr, coef_ptr,
                     C, R, n_rows, K, sn, sc, sk, ce_count, ce_stride, ce_off,
-                    alpha_bits, beta_bits, gamma_bits, smooth_bits, eps_bits, ce_weight_bits,
+                    alpha_bits, beta_bits, gamma_bits, smooth_bits, smooth_dr_bits, eps_bits,
+                    ce_weight_bits,
                     METRIC: tl.constexpr, LOG_LOSS: tl.constexpr, GAMMA_ONE: tl.constexpr,
                     PER_IMAGE: tl.constexpr, ABSENT_EXCLUDE: tl.constexpr,
-                    REDUCTION: tl.constexpr, HAS_CW: tl.constexpr, DROP_BG: tl.constexpr,
-                    SUBSET: tl.constexpr, CE: tl.constexpr, ACC: tl.constexpr,
-                    TINY: tl.constexpr, BLOCK: tl.constexpr):
+                    ABSENT_ZERO: tl.constexpr, WEIGHTED_MEAN: tl.constexpr,
+                    W_TYPE: tl.constexpr, REDUCTION: tl.constexpr, HAS_CW: tl.constexpr,
+                    DROP_BG: tl.constexpr, SUBSET: tl.constexpr, CE: tl.constexpr,
+                    ACC: tl.constexpr, TINY: tl.constexpr, BLOCK: tl.constexpr):
     """One program. The statistics of pair (row n, class c) are the sum over k < K of
     part[n*sn + c*sc + k*sk + (0, 1, 2)] (pooled: over all n_rows rows too). Writes the loss
-    ([] for mean and sum, [R, C] for none; REDUCTION 0 mean, 1 sum, 2 none) and the coefficients
-    [R, C, 3] (d loss / d (I, P, Y) of each pair). Two passes: the mean's divisor first. CE: the
-    cross-entropy term (finalize.h: add_cross_entropy) from its ce_count partial entries at
-    part[i * ce_stride + ce_off + (0, 1)]; d loss / d numerator goes to coef[R * C * 3]."""
+    ([] for mean and sum, [R, C] for none, [R, 1] for the generalized Dice score (METRIC 3);
+    REDUCTION 0 mean, 1 sum, 2 none) and the coefficients [R, C, 3] (d loss / d (I, P, Y) of
+    each pair). Two passes: the mean's divisor first. CE: the cross-entropy term (finalize.h:
+    add_cross_entropy) from its ce_count partial entries at part[i * ce_stride + ce_off + (0, 1)];
+    d loss / d numerator goes to coef[R * C * 3]."""
     alpha = _from_bits(alpha_bits, ACC)
     beta = _from_bits(beta_bits, ACC)
     gamma = _from_bits(gamma_bits, ACC)
     smooth = _from_bits(smooth_bits, ACC)
+    smooth_dr = _from_bits(smooth_dr_bits, ACC)
     eps = _from_bits(eps_bits, ACC)
     tiny = tl.full([BLOCK], TINY, ACC)
     total = tl.zeros([BLOCK], ACC)
     wsum = tl.zeros([BLOCK], ACC)
-    for p0 in range(0, R * C, BLOCK):
-        idx = p0 + tl.arange(0, BLOCK).to(tl.int64)
-        valid = idx < R * C
-        r = idx // C
-        c = idx % C
-        I, P, Y = _pair_stats(part_ptr, r, c, valid, n_rows, K, sn, sc, sk, PER_IMAGE, ACC,
-                              BLOCK)
-        loss, dI, dP, dY = _pair_terms(I, P, Y, alpha, beta, gamma, smooth, eps, tiny, METRIC,
-                                       LOG_LOSS, GAMMA_ONE)
-        w = _pair_weight(cw_ptr, keep_ptr, c, valid, Y, HAS_CW, DROP_BG, SUBSET,
-                         ABSENT_EXCLUDE, ACC)
-        wl = tl.where(valid, w * loss, 0.0)
-        if REDUCTION == 2:
-            tl.store(loss_ptr + idx, wl, mask=valid)
-        total += wl
-        wsum += w
+    if METRIC == 3:  # one loss per row, each of weight 1: the mean's divisor is R
+        if REDUCTION == 0:
+            gscale = 1.0 / tl.maximum(R, 1).to(ACC)
+        else:
+            gscale = tl.full([], 1.0, ACC)
+        total = _generalized_rows(part_ptr, keep_ptr, loss_ptr, coef_ptr, C, R, n_rows, K, sn,
+                                  sc, sk, gamma, smooth, smooth_dr, eps, tiny, gscale, LOG_LOSS,
+                                  GAMMA_ONE, PER_IMAGE, REDUCTION, DROP_BG, SUBSET, W_TYPE, ACC,
+                                  BLOCK)
+        wsum = tl.where(tl.arange(0, BLOCK) == 0, R * 1.0, 0.0).to(ACC)
+    else:
+        for p0 in range(0, R * C, BLOCK):
+            idx = p0 + tl.arange(0, BLOCK).to(tl.int64)
+            valid = idx < R * C
+            loss, dI, dP, dY, w, kept = _pair(
+                part_ptr, cw_ptr, keep_ptr, idx, valid, C, n_rows, K, sn, sc, sk, alpha, beta,
+                gamma, smooth, smooth_dr, eps, tiny, METRIC, LOG_LOSS, GAMMA_ONE, ABSENT_ZERO,
+                PER_IMAGE, HAS_CW, DROP_BG, SUBSET, ABSENT_EXCLUDE, ACC, BLOCK)
+            wl = tl.where(valid, w * loss, 0.0)
+            if REDUCTION == 2:
+                tl.store(loss_ptr + idx, wl, mask=valid)
+            total += wl
+            if WEIGHTED_MEAN:  # finalize.h: pair_divisor
+                wsum += w
+            else:
+                wsum += tl.where(kept, 1.0, 0.0)
     scale = 1.0
     loss_value = tl.sum(total, axis=0)
-    if REDUCTION == 0:  # mean over the kept pairs; no kept pair: 0
+    if REDUCTION == 0:  # mean over the kept pairs (rows); none kept: 0
         ws = tl.sum(wsum, axis=0)
         denom = tl.where(ws > 0.0, ws, 1.0)
         loss_value = loss_value / denom
@@ -487,17 +578,80 @@ def finalize_kernel(part_ptr, cw_ptr, keep_ptr, loss_ptr, coef_ptr,
         tl.store(coef_ptr + R * C * 3, k_ce)
     if REDUCTION != 2:
         tl.store(loss_ptr, loss_value)
-    for p0 in range(0, R * C, BLOCK):
-        idx = p0 + tl.arange(0, BLOCK).to(tl.int64)
-        valid = idx < R * C
-        r = idx // C
-        c = idx % C
-        I, P, Y = _pair_stats(part_ptr, r, c, valid, n_rows, K, sn, sc, sk, PER_IMAGE, ACC,
-                              BLOCK)
-        loss, dI, dP, dY = _pair_terms(I, P, Y, alpha, beta, gamma, smooth, eps, tiny, METRIC,
-                                       LOG_LOSS, GAMMA_ONE)
-        w = _pair_weight(cw_ptr, keep_ptr, c, valid, Y, HAS_CW, DROP_BG, SUBSET,
-                         ABSENT_EXCLUDE, ACC) * scale
-        tl.store(coef_ptr + idx * 3, w * dI, mask=valid)
-        tl.store(coef_ptr + idx * 3 + 1, w * dP, mask=valid)
-        tl.store(coef_ptr + idx * 3 + 2, w * dY, mask=valid)
+    if METRIC != 3:  # (the generalized rows wrote theirs)
+        for p0 in range(0, R * C, BLOCK):
+            idx = p0 + tl.arange(0, BLOCK).to(tl.int64)
+            valid = idx < R * C
+            loss, dI, dP, dY, w, kept = _pair(
+                part_ptr, cw_ptr, keep_ptr, idx, valid, C, n_rows, K, sn, sc, sk, alpha, beta,
+                gamma, smooth, smooth_dr, eps, tiny, METRIC, LOG_LOSS, GAMMA_ONE, ABSENT_ZERO,
+                PER_IMAGE, HAS_CW, DROP_BG, SUBSET, ABSENT_EXCLUDE, ACC, BLOCK)
+            w = w * scale
+            tl.store(coef_ptr + idx * 3, w * dI, mask=valid)
+            tl.store(coef_ptr + idx * 3 + 1, w * dP, mask=valid)
+            tl.store(coef_ptr + idx * 3 + 2, w * dY, mask=valid)
+
+
+@triton.jit
+def _generalized_class(part_ptr, keep_ptr, r, c, valid, n_rows, K, sn, sc, sk,
+                       PER_IMAGE: tl.constexpr, DROP_BG: tl.constexpr, SUBSET: tl.constexpr,
+                       W_TYPE: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    """Classes c of row r: I, P, Y, whether they are kept, their weight (float32)."""
+    I, P, Y = _pair_stats(part_ptr, r, c, valid, n_rows, K, sn, sc, sk, PER_IMAGE, ACC, BLOCK)
+    _, kept = _pair_weight(keep_ptr, keep_ptr, c, valid, Y, False, DROP_BG, SUBSET, False, ACC)
+    return I, P, Y, kept, _generalized_weight(Y, W_TYPE)
+
+
+@triton.jit
+def _generalized_rows(part_ptr, keep_ptr, loss_ptr, coef_ptr, C, R, n_rows, K, sn, sc, sk,
+                      gamma, smooth, smooth_dr, eps, tiny, scale, LOG_LOSS: tl.constexpr,
+                      GAMMA_ONE: tl.constexpr, PER_IMAGE: tl.constexpr,
+                      REDUCTION: tl.constexpr, DROP_BG: tl.constexpr, SUBSET: tl.constexpr,
+                      W_TYPE: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    """finalize.h: generalized_row for every row: the loss of each row ([R, 1] with REDUCTION 2),
+    the coefficients of its pairs (times scale: the mean's 1/R), and the rows' losses in lane 0
+    of the result."""
+    total = tl.zeros([BLOCK], ACC)
+    lane = tl.arange(0, BLOCK)
+    for r0 in range(0, R):
+        r = tl.zeros([BLOCK], tl.int64) + r0
+        largest = tl.zeros([BLOCK], tl.float32)  # the largest finite weight of a kept class
+        for c0 in range(0, C, BLOCK):
+            c = c0 + lane.to(tl.int64)
+            valid = c < C
+            I, P, Y, kept, w = _generalized_class(part_ptr, keep_ptr, r, c, valid, n_rows, K, sn,
+                                                  sc, sk, PER_IMAGE, DROP_BG, SUBSET, W_TYPE,
+                                                  ACC, BLOCK)
+            largest = tl.maximum(largest, tl.where(kept & (w != float("inf")), w, 0.0))
+        big = tl.max(largest, axis=0)
+        num = tl.zeros([BLOCK], ACC)
+        den = tl.zeros([BLOCK], ACC)
+        for c0 in range(0, C, BLOCK):
+            c = c0 + lane.to(tl.int64)
+            valid = c < C
+            I, P, Y, kept, w = _generalized_class(part_ptr, keep_ptr, r, c, valid, n_rows, K, sn,
+                                                  sc, sk, PER_IMAGE, DROP_BG, SUBSET, W_TYPE,
+                                                  ACC, BLOCK)
+            wa = tl.where(w == float("inf"), big, w).to(ACC)
+            num += tl.where(kept, wa * I, 0.0)
+            den += tl.where(kept, wa * (P + Y), 0.0)
+        num_r = tl.zeros([BLOCK], ACC) + tl.sum(num, axis=0)
+        den_r = tl.zeros([BLOCK], ACC) + tl.sum(den, axis=0)
+        gamma_v = tl.zeros([BLOCK], ACC) + gamma
+        loss, g_num, g_den = _score_terms(2.0 * num_r + smooth, den_r + smooth_dr, gamma_v, eps,
+                                          tiny, LOG_LOSS, GAMMA_ONE)
+        if REDUCTION == 2:
+            tl.store(loss_ptr + r, loss, mask=lane == 0)
+        total += tl.where(lane == 0, loss, 0.0)
+        for c0 in range(0, C, BLOCK):
+            c = c0 + lane.to(tl.int64)
+            valid = c < C
+            I, P, Y, kept, w = _generalized_class(part_ptr, keep_ptr, r, c, valid, n_rows, K, sn,
+                                                  sc, sk, PER_IMAGE, DROP_BG, SUBSET, W_TYPE,
+                                                  ACC, BLOCK)
+            wa = tl.where(kept, tl.where(w == float("inf"), big, w).to(ACC), 0.0) * scale
+            base = coef_ptr + (r * C + c) * 3
+            tl.store(base, g_num * (2.0 * wa), mask=valid)
+            tl.store(base + 1, g_den * wa, mask=valid)
+            tl.store(base + 2, g_den * wa, mask=valid)
+    return total

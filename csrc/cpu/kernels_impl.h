@@ -177,12 +177,15 @@ struct Kernel {
   const A sharp;
   const bool from_logits;
   const bool use_min;
+  const bool squared;  // P and Y of p^2 and y^2
   const A ls;    // label smoothing of the cross-entropy term
+  const A pw;    // pos_weight of the binary cross-entropy term
   A csum = A(0);  // sum_k c_k of its class weights
 
   explicit Kernel(const KernelArgs& args)
       : a(args), C(args.C), sharp(A(args.sharpness)), from_logits(args.from_logits),
-        use_min(args.min_intersection), ls(A(args.label_smoothing)) {
+        use_min(args.min_intersection), squared(args.squared), ls(A(args.label_smoothing)),
+        pw(A(args.ce_pos_weight)) {
     for (int64_t c = 0; c < C; ++c) csum += ce_class_weight<A>(a, c);
   }
 
@@ -244,13 +247,12 @@ struct Kernel {
           A* d = backward ? tl.D + c * kTile : nullptr;
           if (from_logits && ce) {  // forward with the cross-entropy: c_k BCE in D
             A* bce = tl.D + c * kTile;
-            const A* y = tl.Yb + c * kTile;
             const A ck = ce_class_weight<A>(a, c);
             for (int t = 0; t < kTile; ++t) {
               const A z = sigmoid_arg(x[t], sharp, true);
               const A e = exp_nonpos(z < A(0) ? z : -z);
               const A inv = A(1) / (A(1) + e);
-              bce[t] = ck * bce_with_logits(z, y[t], e);
+              bce[t] = ck * bce_with_logits(z, target(tl, c, t), e, pw);
               x[t] = z < A(0) ? e * inv : inv;
             }
           } else if (from_logits) {
@@ -516,10 +518,17 @@ struct Kernel {
           }
         } else {
           load_rows<A>(row, 1, 0, a.t_sM, cnt, y);
-          for (int t = 0; t < kTile; ++t) {
-            bad |= outside_unit_interval(y[t]);
-            v[t] = tl.pv[t];
+          if (a.has_ignore) {  // per element (SPEC section 10)
+            const A ignv = A(ign);
+            for (int t = 0; t < kTile; ++t) {
+              const bool ignored = y[t] == ignv;
+              v[t] = ignored ? A(0) : tl.pv[t];
+              y[t] = ignored ? A(0) : y[t];
+            }
+          } else {
+            for (int t = 0; t < kTile; ++t) v[t] = tl.pv[t];
           }
+          for (int t = 0; t < kTile; ++t) bad |= outside_unit_interval(y[t]);
           if (bad) {
             for (int t = 0; t < cnt; ++t)
               if (outside_unit_interval(y[t])) note(err, InputError::kDenseTarget, double(y[t]));
@@ -594,23 +603,23 @@ struct Kernel {
           continue;
         }
         prepare(tl, n, m, cnt, false, err, true, ce);
-        if (ce && a.prob == Prob::kSoftmax) {  // dense target: denominator sum w
+        if (ce && a.prob == Prob::kSoftmax) {  // denominator sum v w c_t (class map) or sum w
           A sn = A(0), sd = A(0);
           for (int t = 0; t < kTile; ++t) {
             const A vw = tl.pv[t] != A(0) ? tl.w[t] : A(0);
             sn += vw != A(0) ? vw * (tl.ceQ[t] * tl.lse[t] - tl.ceQL[t]) : A(0);
-            sd += vw;
+            sd += CLASS_MAP ? vw * ce_class_weight<A>(a, tl.cls[t] < 0 ? 0 : tl.cls[t]) : vw;
           }
           ce_num += sn;
           ce_den += sd;
         } else if (ce) {  // sigmoid: per element, denominator the number of kept elements
           A sn = A(0), sd = A(0);
           for (int64_t c = 0; c < C; ++c) {
-            const A* v = tl.Vb + c * kTile;
             const A* bce = tl.D + c * kTile;
             for (int t = 0; t < kTile; ++t) {
-              sn += v[t] != A(0) ? tl.w[t] * bce[t] : A(0);
-              sd += v[t];
+              const A v = valid(tl, c, t);
+              sn += v != A(0) ? tl.w[t] * bce[t] : A(0);
+              sd += v;
             }
           }
           ce_num += sn;
@@ -618,11 +627,16 @@ struct Kernel {
         }
         if constexpr (CLASS_MAP) {
           // y is one-hot: P takes every class, I and Y only the target class of each pixel,
-          // added pixel by pixel (min(p, y) = p*y when y is 0 or 1)
+          // added pixel by pixel (min(p, y) = p*y and y^2 = y when y is 0 or 1)
           for (int64_t c = 0; c < C; ++c) {
             const A* p = tl.X + c * kTile;
             A* ap = accP + c * kTile;
-            for (int t = 0; t < kTile; ++t) ap[t] += tl.pv[t] != A(0) ? tl.w[t] * p[t] : A(0);
+            if (squared) {
+              for (int t = 0; t < kTile; ++t)
+                ap[t] += tl.pv[t] != A(0) ? tl.w[t] * (p[t] * p[t]) : A(0);
+            } else {
+              for (int t = 0; t < kTile; ++t) ap[t] += tl.pv[t] != A(0) ? tl.w[t] * p[t] : A(0);
+            }
           }
           for (int t = 0; t < kTile; ++t) {
             const int32_t c = tl.cls[t];
@@ -643,8 +657,8 @@ struct Kernel {
               const bool ok = v[t] != A(0);
               const A w = tl.w[t];
               ai[t] += ok ? w * intersection(p[t], y[t], use_min) : A(0);
-              ap[t] += ok ? w * p[t] : A(0);
-              ay[t] += ok ? w * y[t] : A(0);
+              ap[t] += ok ? w * power_term(p[t], squared) : A(0);
+              ay[t] += ok ? w * power_term(y[t], squared) : A(0);
             }
           }
         }
@@ -689,7 +703,9 @@ struct Kernel {
   }
 
   // The class-map loops for the softmax of logits (the common case) are specialised.
-  bool softmax_of_logits() const { return CLASS_MAP && a.prob == Prob::kSoftmax && from_logits; }
+  bool softmax_of_logits() const {
+    return CLASS_MAP && a.prob == Prob::kSoftmax && from_logits && !squared;
+  }
 
   // Class map, softmax of logits: with e_c the exponentials, S their sum, t the target class,
   // g_c = w (gP_c + [c == t] gI_c) and D = (sum_c e_c gP_c + e_t gI_t) / S,
@@ -778,7 +794,7 @@ struct Kernel {
           const A ck = ce_class_weight<A>(a, c);
           for (int t = 0; t < kTile; ++t) {
             const bool ok = valid(tl, c, t) != A(0);
-            g[t] = ok ? tl.w[t] * grad_p(p[t], target(tl, c, t), gI, gP, use_min) : A(0);
+            g[t] = ok ? tl.w[t] * grad_p(p[t], target(tl, c, t), gI, gP, use_min, squared) : A(0);
             dot[t] += p[t] * g[t];
             Q[t] += ck * (keep * target(tl, c, t) + spread);
           }
@@ -793,18 +809,19 @@ struct Kernel {
           const A ck = ce_class_weight<A>(a, c);
           switch (a.prob) {
             case Prob::kSoftmax:  // with the cross-entropy (logits only): + a gce w (Q p - q_c)
-              for (int t = 0; t < kTile; ++t) {  // (a class map's Yb is not loaded: a select)
-                const A q = ck * (keep * dx[t] + spread);
+              for (int t = 0; t < kTile; ++t) {  // (dx is the target's row: read, then written)
+                const A q = ck * (keep * target(tl, c, t) + spread);
                 const A cev = with_ce && tl.pv[t] != A(0) ? gce * tl.w[t] * (Q[t] * p[t] - q)
                                                           : A(0);
                 dx[t] = softmax_arg_dx(r[t], sharp, from_logits) * p[t] * (g[t] - dot[t]) +
                         sharp * cev;
               }
               break;
-            case Prob::kSigmoid:  // with the cross-entropy (logits only): + a gce v w c_k (p - y)
+            case Prob::kSigmoid:  // with the cross-entropy (logits only):
+              // + a gce v w c_k (lw p - pw y)
               for (int t = 0; t < kTile; ++t) {
                 const A cev = with_ce && valid(tl, c, t) != A(0)
-                                  ? gce * tl.w[t] * ck * (p[t] - dx[t])
+                                  ? gce * tl.w[t] * ck * bce_with_logits_dz(p[t], target(tl, c, t), pw)
                                   : A(0);
                 dx[t] = g[t] * d[t] + sharp * cev;
               }

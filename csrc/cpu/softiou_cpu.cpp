@@ -145,9 +145,9 @@ void gradient_pass(Prepared& p, const at::Tensor& gx, std::optional<int64_t> ign
 at::Tensor stats_cpu(const at::Tensor& input, const at::Tensor& target,
                      const std::optional<at::Tensor>& weight, c10::string_view mode,
                      bool from_logits, double sharpness, c10::string_view intersection,
-                     std::optional<int64_t> ignore_index) {
+                     std::optional<int64_t> ignore_index, bool squared) {
   Prepared p = prepare(input, target, weight, mode, from_logits, sharpness, intersection,
-                       ignore_index, Shapes::kNormalized);
+                       ignore_index, squared, Shapes::kNormalized);
   at::Tensor out = at::empty({p.N, p.C, 3}, input.options().dtype(p.acc));
   AT_DISPATCH_FLOATING_TYPES(p.acc, "softiou_stats", [&] {
     compute_stats<scalar_t>(p, ignore_index, out.data_ptr<scalar_t>(), nullptr);
@@ -160,7 +160,7 @@ std::tuple<at::Tensor, at::Tensor> stats_ce_cpu(const at::Tensor& input, const a
                                                 const std::optional<at::Tensor>& class_weight,
                                                 const CrossEntropyOptions& o) {
   Prepared p = prepare(input, target, weight, o.mode, o.from_logits, o.sharpness, o.intersection,
-                       o.ignore_index, Shapes::kNormalized);
+                       o.ignore_index, o.squared, Shapes::kNormalized);
   const at::Tensor cw = prepare_cross_entropy(p, o, class_weight, input.device(), true);
   at::Tensor out = at::empty({p.N, p.C, 3}, input.options().dtype(p.acc));
   at::Tensor ce = at::empty({p.N, 2}, input.options().dtype(p.acc));
@@ -173,9 +173,10 @@ std::tuple<at::Tensor, at::Tensor> stats_ce_cpu(const at::Tensor& input, const a
 at::Tensor stats_backward_cpu(const at::Tensor& grad_stats, const at::Tensor& input,
                               const at::Tensor& target, const std::optional<at::Tensor>& weight,
                               c10::string_view mode, bool from_logits, double sharpness,
-                              c10::string_view intersection, std::optional<int64_t> ignore_index) {
+                              c10::string_view intersection, std::optional<int64_t> ignore_index,
+                              bool squared) {
   Prepared p = prepare(input, target, weight, mode, from_logits, sharpness, intersection,
-                       ignore_index, Shapes::kNormalized);
+                       ignore_index, squared, Shapes::kNormalized);
   const at::Tensor g = use_grad_stats(p, grad_stats, input);
   if (p.empty) return at::zeros_like(input);
   at::Tensor gx = allocate_grad(p, input);
@@ -190,7 +191,7 @@ at::Tensor stats_ce_backward_cpu(const at::Tensor& grad_stats,
                                  const std::optional<at::Tensor>& class_weight,
                                  const CrossEntropyOptions& o) {
   Prepared p = prepare(input, target, weight, o.mode, o.from_logits, o.sharpness, o.intersection,
-                       o.ignore_index, Shapes::kNormalized);
+                       o.ignore_index, o.squared, Shapes::kNormalized);
   const at::Tensor cw = prepare_cross_entropy(p, o, class_weight, input.device(), false);
   const at::Tensor g = use_grad_stats(p, grad_stats, input);
   const at::Tensor gce = use_grad_ce(p, grad_ce, input);
@@ -206,7 +207,7 @@ std::tuple<at::Tensor, at::Tensor> loss_forward_cpu(const at::Tensor& input,
                                                     const std::optional<at::Tensor>& class_weight,
                                                     const LossOptions& o) {
   Prepared p = prepare(input, target, weight, o.mode, o.from_logits, o.sharpness, o.intersection,
-                       o.ignore_index, Shapes::kUser);
+                       o.ignore_index, o.squared, Shapes::kUser);
   Finalize fin = prepare_loss(p, o, class_weight, input.device(), true);
   const FinalizeArgs& f = fin.args;
   at::Tensor loss = at::empty(loss_shape(f), input.options().dtype(p.acc));
@@ -231,7 +232,7 @@ at::Tensor loss_backward_cpu(const at::Tensor& grad, const at::Tensor& input,
                              const std::optional<at::Tensor>& class_weight,
                              const LossOptions& o) {
   Prepared p = prepare(input, target, weight, o.mode, o.from_logits, o.sharpness, o.intersection,
-                       o.ignore_index, Shapes::kUser);
+                       o.ignore_index, o.squared, Shapes::kUser);
   if (p.empty) return at::zeros_like(input);
   const Finalize fin = prepare_loss(p, o, class_weight, input.device(), false);
   const at::Tensor g = use_loss_grad(p, coef, grad, fin.args);

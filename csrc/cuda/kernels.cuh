@@ -242,7 +242,7 @@ __global__ void __launch_bounds__(kPixelThreads<FWD>, FWD ? 2 : 3) pixel_kernel(
   const int64_t begin = b * L.chunk;
   const int64_t end = begin + L.chunk < L.groups ? begin + L.chunk : L.groups;
   const A sharp = A(a.sharpness);
-  const bool from_logits = a.from_logits, use_min = a.min_intersection;
+  const bool from_logits = a.from_logits, use_min = a.min_intersection, squared = a.squared;
   const bool softmax = a.prob == Prob::kSoftmax;
   const bool wide = L.pixel != nullptr;
   const int cw = int(L.cw);
@@ -454,9 +454,9 @@ __global__ void __launch_bounds__(kPixelThreads<FWD>, FWD ? 2 : 3) pixel_kernel(
 #pragma unroll
         for (int v = 0; v < V; ++v) {
           if constexpr (CLASS_MAP) {
-            // y is one-hot: min(p, y) = p*y, and only the target class takes I and Y
+            // y is one-hot: min(p, y) = p*y, y^2 = y, and only the target class takes I and Y
             const A wp = w[v] * p[k][v];
-            if (SLOT(k) < cw && pv[v]) accP[k] += wp;
+            if (SLOT(k) < cw && pv[v]) accP[k] += squared ? wp * p[k][v] : wp;
             if (pv[v] && tcls[v] == SLOT(k)) {
               accI[k] += wp;
               accY[k] += w[v];
@@ -465,8 +465,8 @@ __global__ void __launch_bounds__(kPixelThreads<FWD>, FWD ? 2 : 3) pixel_kernel(
             if (SLOT(k) < cw && v < cnt) {
               const A yy = y[CLASS_MAP ? 0 : k][v];
               accI[k] += w[v] * intersection(p[k][v], yy, use_min);
-              accP[k] += w[v] * p[k][v];
-              accY[k] += w[v] * yy;
+              accP[k] += w[v] * power_term(p[k][v], squared);
+              accY[k] += w[v] * power_term(yy, squared);
             }
           }
         }
@@ -478,7 +478,7 @@ __global__ void __launch_bounds__(kPixelThreads<FWD>, FWD ? 2 : 3) pixel_kernel(
   ((SLOT(k) < cw && (CLASS_MAP ? pv[v] : v < cnt))                                         \
        ? w[v] * grad_p(p[k][v],                                                             \
                        CLASS_MAP ? (tcls[v] == SLOT(k) ? A(1) : A(0)) : y[CLASS_MAP ? 0 : k][v], \
-                       gI[k], gP[k], use_min)                                               \
+                       gI[k], gP[k], use_min, squared)                                      \
        : A(0))
       A dot[V];
 #pragma unroll
@@ -618,7 +618,7 @@ __global__ void __launch_bounds__(kThreads) pixel_prepass(const Launch L) {
         A gI, gP;
         pair_gradient(a, n, c, gI, gP);
         const A pc = softmax_exp(l, mx) * inv;
-        dot += pc * w * grad_p(pc, yc, gI, gP, a.min_intersection);
+        dot += pc * w * grad_p(pc, yc, gI, gP, a.min_intersection, a.squared);
       }
       if constexpr (ce) {
         const A q = ce_class_weight<A>(a, c) * (keep * yc + spread);
@@ -648,17 +648,20 @@ __global__ void __launch_bounds__(kThreads) row_kernel(const Launch L) {
   const int64_t begin = b * L.chunk;
   const int64_t end = begin + L.chunk < L.groups ? begin + L.chunk : L.groups;
   const A sharp = A(a.sharpness);
-  const bool from_logits = a.from_logits, use_min = a.min_intersection;
+  const bool from_logits = a.from_logits, use_min = a.min_intersection, squared = a.squared;
   const bool sigmoid = a.prob == Prob::kSigmoid;
+  // an integer multilabel target without the channel dim: a class map (SPEC section 10)
+  const bool class_map = a.class_map;
   A accI = A(0), accP = A(0), accY = A(0), gI = A(0), gP = A(0);
   if (!FWD) pair_gradient(a, n, c, gI, gP);
   // the binary cross-entropy term (SPEC section 9): forward sums, backward gradient
   constexpr bool ce = CE;
   const A gce = FWD || !CE ? A(0) : ce_gradient<A>(a, n);
   const A cwc = CE ? ce_class_weight<A>(a, c) : A(0);
+  const A pw = A(a.ce_pos_weight);
   A ce_num = A(0), ce_den = A(0);
   const S* xs = static_cast<const S*>(a.x) + n * a.x_sN + c * a.x_sC;
-  const TT* ts = static_cast<const TT*>(a.t) + n * a.t_sN + c * a.t_sC;
+  const TT* ts = static_cast<const TT*>(a.t) + n * a.t_sN + (class_map ? 0 : c * a.t_sC);
 
   for (int64_t base = begin; base < end; base += kThreads) {
     const int64_t gi = base + threadIdx.x;
@@ -680,11 +683,21 @@ __global__ void __launch_bounds__(kThreads) row_kernel(const Launch L) {
       if constexpr (IsInt<TT>::value) {
         const int64_t iv = int64_t(traw[v]);
         const bool ignored = a.has_ignore && iv == a.ignore_index;
-        if (ok && !ignored && iv != 0 && iv != 1) bad |= kBadBinary;
-        ok = ok && !ignored;
-        y = ok ? A(iv) : A(0);
+        if (class_map) {  // y = [t == c]
+          if (ok && !ignored && (iv < 0 || iv >= a.C)) bad |= kBadClass;
+          ok = ok && !ignored;
+          y = ok && iv == c ? A(1) : A(0);
+        } else {
+          if (ok && !ignored && iv != 0 && iv != 1) bad |= kBadBinary;
+          ok = ok && !ignored;
+          y = ok ? A(iv) : A(0);
+        }
       } else {
         y = to_acc<A>(traw[v]);
+        if (a.has_ignore && y == A(a.ignore_index)) {  // per element (SPEC section 10)
+          ok = false;
+          y = A(0);
+        }
         if (outside_unit_interval(y)) bad |= kBadDense;
       }
       const A x = to_acc<A>(xraw[v]);
@@ -698,18 +711,19 @@ __global__ void __launch_bounds__(kThreads) row_kernel(const Launch L) {
       if constexpr (FWD) {
         if (ok) {
           accI += w[v] * intersection(p, y, use_min);
-          accP += w[v] * p;
-          accY += w[v] * y;
+          accP += w[v] * power_term(p, squared);
+          accY += w[v] * power_term(y, squared);
           if constexpr (ce) {
             const A z = sigmoid_arg(x, sharp, true);
-            ce_num += w[v] * cwc * bce_with_logits(z, y, exp_nonpos(z < A(0) ? z : -z));
+            ce_num += w[v] * cwc * bce_with_logits(z, y, exp_nonpos(z < A(0) ? z : -z), pw);
             ce_den += A(1);
           }
         }
       } else {
-        const A gr = ok ? w[v] * grad_p(p, y, gI, gP, use_min) : A(0);
+        const A gr = ok ? w[v] * grad_p(p, y, gI, gP, use_min, squared) : A(0);
         A d = gr * dp_dx;
-        if (CE && ok) d += sharp * gce * w[v] * cwc * (p - y);  // + a gce w c (p - y)
+        // + a gce w c (lw p - pw y)
+        if (CE && ok) d += sharp * gce * w[v] * cwc * bce_with_logits_dz(p, y, pw);
         out[v] = Store<S>::from(d);
       }
     }
@@ -791,20 +805,29 @@ __global__ void __launch_bounds__(kThreads) finalize_kernel(const A* stats, int6
       den += static_cast<const A*>(f.ce)[i * f.ce_sN + 1];
     }
   }
-  for (int64_t i = threadIdx.x; i < pairs; i += kThreads) {
-    const int64_t r = i / C, c = i % C;
-    A I, P, Y;
-    pair_stats(stats, s_n, s_c, f, r, c, I, P, Y);
-    const PairTerms<A> t = pair_terms(I, P, Y, f);
-    const A w = pair_weight(f, c, Y);
-    const A wl = w * t.loss;
-    if (f.reduction == Reduction::kNone) loss[i] = wl;
-    total += wl;
-    wsum += w;
-    A* k = coef + i * 3;
-    k[0] = w * t.dI;
-    k[1] = w * t.dP;
-    k[2] = w * t.dY;
+  if (f.generalized()) {  // one loss per row, each of weight 1 (SPEC section 10)
+    for (int64_t r = threadIdx.x; r < f.rows(); r += kThreads) {
+      const A l = generalized_row(stats, s_n, s_c, f, r, coef + r * C * 3);
+      if (f.reduction == Reduction::kNone) loss[r] = l;
+      total += l;
+      wsum += A(1);
+    }
+  } else {
+    for (int64_t i = threadIdx.x; i < pairs; i += kThreads) {
+      const int64_t r = i / C, c = i % C;
+      A I, P, Y;
+      pair_stats(stats, s_n, s_c, f, r, c, I, P, Y);
+      const PairTerms<A> t = pair_terms(I, P, Y, f);
+      const A w = pair_weight(f, c, Y);
+      const A wl = w * t.loss;
+      if (f.reduction == Reduction::kNone) loss[i] = wl;
+      total += wl;
+      wsum += pair_divisor(f, c, Y);
+      A* k = coef + i * 3;
+      k[0] = w * t.dI;
+      k[1] = w * t.dP;
+      k[2] = w * t.dY;
+    }
   }
   if (f.ce_slot && threadIdx.x == 0) coef[pairs * 3] = A(0);
   sh_total[threadIdx.x] = total;
@@ -822,7 +845,7 @@ __global__ void __launch_bounds__(kThreads) finalize_kernel(const A* stats, int6
     __syncthreads();
   }
   if (f.reduction == Reduction::kNone) return;
-  if (f.reduction == Reduction::kMean) {  // mean over the kept pairs; none kept: 0
+  if (f.reduction == Reduction::kMean) {  // mean over the kept pairs (or rows); none kept: 0
     const A denom = sh_wsum[0] > A(0) ? sh_wsum[0] : A(1);
     if (threadIdx.x == 0) loss[0] = sh_total[0] / denom;
     const A inv = A(1) / denom;
@@ -915,7 +938,10 @@ inline int classes_per_lane(const KernelArgs& a) {
 
 // The pixel kernel when the classes of a pixel interact (softmax) or the target is a class map;
 // otherwise every element is independent and the row kernel runs.
-inline bool pixel_mode(const KernelArgs& a) { return a.prob == Prob::kSoftmax || a.class_map; }
+// A multilabel class map with the sigmoid runs in the row kernel (y = [t == c] per row).
+inline bool pixel_mode(const KernelArgs& a) {
+  return a.prob == Prob::kSoftmax || (a.class_map && a.prob != Prob::kSigmoid);
+}
 inline bool needs_prepass(const KernelArgs& a) {
   return a.prob == Prob::kSoftmax && a.C > 32 * classes_per_lane(a);
 }

@@ -67,10 +67,10 @@ void finalize(const void* stats, int64_t s_n, int64_t s_c, const Finalize& fin,
 at::Tensor stats_cuda(const at::Tensor& input, const at::Tensor& target,
                       const std::optional<at::Tensor>& weight, c10::string_view mode,
                       bool from_logits, double sharpness, c10::string_view intersection,
-                      std::optional<int64_t> ignore_index) {
+                      std::optional<int64_t> ignore_index, bool squared) {
   c10::cuda::CUDAGuard guard(input.device());
   Prepared p = prepare(input, target, weight, mode, from_logits, sharpness, intersection,
-                       ignore_index, Shapes::kNormalized);
+                       ignore_index, squared, Shapes::kNormalized);
   at::Tensor out = at::empty({p.N, p.C, 3}, input.options().dtype(p.acc));
   const int dev = input.get_device();
   compute_stats(p, out.data_ptr(), dev, c10::cuda::getCurrentCUDAStream(dev));
@@ -84,7 +84,7 @@ std::tuple<at::Tensor, at::Tensor> stats_ce_cuda(const at::Tensor& input,
                                                  const CrossEntropyOptions& o) {
   c10::cuda::CUDAGuard guard(input.device());
   Prepared p = prepare(input, target, weight, o.mode, o.from_logits, o.sharpness, o.intersection,
-                       o.ignore_index, Shapes::kNormalized);
+                       o.ignore_index, o.squared, Shapes::kNormalized);
   const at::Tensor cw = prepare_cross_entropy(p, o, class_weight, input.device(), true);
   at::Tensor out = at::empty({p.N, p.C, 3}, input.options().dtype(p.acc));
   at::Tensor ce = at::empty({p.N, 2}, input.options().dtype(p.acc));
@@ -108,7 +108,7 @@ at::Tensor stats_ce_backward_cuda(const at::Tensor& grad_stats,
                                   const CrossEntropyOptions& o) {
   c10::cuda::CUDAGuard guard(input.device());
   Prepared p = prepare(input, target, weight, o.mode, o.from_logits, o.sharpness, o.intersection,
-                       o.ignore_index, Shapes::kNormalized);
+                       o.ignore_index, o.squared, Shapes::kNormalized);
   const at::Tensor cw = prepare_cross_entropy(p, o, class_weight, input.device(), false);
   const at::Tensor g = use_grad_stats(p, grad_stats, input);
   const at::Tensor gce = use_grad_ce(p, grad_ce, input);
@@ -123,10 +123,10 @@ at::Tensor stats_backward_cuda(const at::Tensor& grad_stats, const at::Tensor& i
                                const at::Tensor& target, const std::optional<at::Tensor>& weight,
                                c10::string_view mode, bool from_logits, double sharpness,
                                c10::string_view intersection,
-                               std::optional<int64_t> ignore_index) {
+                               std::optional<int64_t> ignore_index, bool squared) {
   c10::cuda::CUDAGuard guard(input.device());
   Prepared p = prepare(input, target, weight, mode, from_logits, sharpness, intersection,
-                       ignore_index, Shapes::kNormalized);
+                       ignore_index, squared, Shapes::kNormalized);
   const at::Tensor g = use_grad_stats(p, grad_stats, input);
   if (p.empty) return at::zeros_like(input);
   at::Tensor gx = allocate_grad(p, input);
@@ -142,7 +142,7 @@ std::tuple<at::Tensor, at::Tensor> loss_forward_cuda(const at::Tensor& input,
                                                      const LossOptions& o) {
   c10::cuda::CUDAGuard guard(input.device());
   Prepared p = prepare(input, target, weight, o.mode, o.from_logits, o.sharpness, o.intersection,
-                       o.ignore_index, Shapes::kUser);
+                       o.ignore_index, o.squared, Shapes::kUser);
   Finalize fin = prepare_loss(p, o, class_weight, input.device(), true);
   at::Tensor loss = at::empty(loss_shape(fin.args), input.options().dtype(p.acc));
   at::Tensor coef = at::empty({coef_elems(fin.args)}, input.options().dtype(p.acc));
@@ -167,7 +167,7 @@ at::Tensor loss_backward_cuda(const at::Tensor& grad, const at::Tensor& input,
                               const LossOptions& o) {
   c10::cuda::CUDAGuard guard(input.device());
   Prepared p = prepare(input, target, weight, o.mode, o.from_logits, o.sharpness, o.intersection,
-                       o.ignore_index, Shapes::kUser);
+                       o.ignore_index, o.squared, Shapes::kUser);
   if (p.empty) return at::zeros_like(input);
   const Finalize fin = prepare_loss(p, o, class_weight, input.device(), false);
   const at::Tensor g = use_loss_grad(p, coef, grad, fin.args);

@@ -1,0 +1,355 @@
+"""MONAI's ``DiceLoss``, ``GeneralizedDiceLoss`` and ``DiceCELoss`` (monai.losses, 1.6) on the
+fused operator: the same constructor arguments and defaults, the same results.
+
+How MONAI's arguments map onto ``soft_iou_loss`` (SPEC section 10):
+
+* ``sigmoid=True``: multilabel logits. ``softmax=True`` with more than one channel: multiclass
+  logits. Otherwise (or ``softmax`` with one channel, which MONAI ignores with a warning) the input
+  is probabilities (``from_logits=False``): values outside [0, 1] are an error here, where MONAI
+  computes with them. ``other_act`` (an arbitrary callable) cannot be fused: it is refused with an
+  error that names it (apply it to the input yourself and pass probabilities).
+* ``to_onehot_y=True``: the label map ``[B, 1, *S]`` is read as a class map, never expanded to one
+  hot; its ``ignore_index`` pixels leave every class. A one-hot / soft target ``[B, C, *S]`` is read
+  densely; ``ignore_index`` there is MONAI's mask: per element with one channel, the pixels whose
+  channel ``ignore_index`` is set (a class index) or whose channels are all zero (a sentinel).
+* ``jaccard=True``: MONAI's ``(2I + s_nr) / (2U + s_dr)`` is ``metric="jaccard"`` with
+  ``smooth = s_nr / 2``, ``smooth_dr = s_dr / 2``; Dice is ``metric="dice"``.
+  ``squared_pred``: ``squared=True``. ``soft_label`` (without ``squared_pred``): ``intersection="min"``.
+* ``batch=True``: ``per_image=False``. ``weight``: ``class_weight`` (as MONAI, only with more than one
+  class left), the mean over every (sample, class) pair: ``weighted_mean=False``.
+* No ``eps`` clamp (MONAI has none): ``eps`` is float32's smallest normal number.
+* Precision: softiou sums in the input's accumulation dtype. MONAI's ``to_onehot_y`` makes a
+  float32 one-hot target, and with ``squared_pred`` takes its norm in float32: there the two
+  differ by MONAI's float32 rounding (~1e-7 relative); elsewhere by float64 rounding.
+
+``DiceCELoss`` with ``softmax=True`` (more than one channel) or ``sigmoid=True`` (one channel) is
+one fused call: the cross-entropy (``BCEWithLogitsLoss(pos_weight=weight)`` with one channel) is
+added in the same pass (SPEC section 9). Its other configurations add ``torch.nn.functional``'s
+cross-entropy to the fused Dice loss, as MONAI does.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+from .. import backends, reference
+from ..api import soft_iou_loss
+from ..checks import LossOptions, accumulation_dtype, normalize_inputs
+
+# float32's smallest normal number: the fused loss's eps without clamping any real denominator
+_NO_CLAMP = float(torch.finfo(torch.float32).tiny)
+_REDUCTIONS = ("mean", "sum", "none")
+
+
+def _check_activation(sigmoid: bool, softmax: bool, other_act) -> None:
+    if other_act is not None and not callable(other_act):
+        raise TypeError(f"other_act must be None or callable but is {type(other_act).__name__}.")
+    if int(sigmoid) + int(softmax) + int(other_act is not None) > 1:
+        raise ValueError("Incompatible values: more than 1 of [sigmoid=True, softmax=True, "
+                         "other_act is not None].")
+
+
+def _check_reduction(reduction, allowed=_REDUCTIONS) -> str:
+    reduction = getattr(reduction, "value", reduction)
+    if reduction not in allowed:
+        raise ValueError(f"reduction must be one of {', '.join(map(repr, allowed))}; "
+                         f"got {reduction!r}")
+    return reduction
+
+
+class _MonaiLoss(torch.nn.Module):
+    """The argument handling shared by MONAI's Dice losses."""
+
+    def __init__(self, include_background, to_onehot_y, sigmoid, softmax, other_act, reduction,
+                 smooth_nr, smooth_dr, batch, soft_label, backend):
+        super().__init__()
+        _check_activation(sigmoid, softmax, other_act)
+        if other_act is not None:
+            raise ValueError("other_act is not supported by softiou's fused loss (an arbitrary "
+                             "callable cannot run inside its kernels): apply it to the input "
+                             "and pass the probabilities with other_act=None, or use "
+                             "sigmoid=True / softmax=True")
+        self.include_background = include_background
+        self.to_onehot_y = to_onehot_y
+        self.sigmoid = sigmoid
+        self.softmax = softmax
+        self.other_act = other_act
+        self.reduction = _check_reduction(reduction)
+        self.smooth_nr = float(smooth_nr)
+        self.smooth_dr = float(smooth_dr)
+        self.batch = batch
+        self.soft_label = soft_label
+        self.backend = backend
+        self._warned = set()
+
+    def _ignored(self, what: str) -> None:
+        """MONAI's warning for an option a one-channel prediction ignores: once per module, not
+        once per call."""
+        if what not in self._warned:
+            self._warned.add(what)
+            warnings.warn(f"single channel prediction, `{what}=True` ignored.", stacklevel=4)
+
+    def _plan(self, input: torch.Tensor, target: torch.Tensor):
+        """(input, target, mode, from_logits, class_map) after the activation and the target's
+        form are decided."""
+        C = input.shape[1]
+        if self.sigmoid:
+            mode, from_logits = "multilabel", True
+        elif self.softmax and C > 1:
+            mode, from_logits = "multiclass", True
+        else:
+            if self.softmax:
+                self._ignored("softmax")
+            mode, from_logits = "multilabel", False
+        class_map = self.to_onehot_y and C > 1
+        if self.to_onehot_y and C == 1:
+            self._ignored("to_onehot_y")
+        if not self.include_background and C == 1:
+            self._ignored("include_background")
+        if class_map:
+            if target.dim() != input.dim() or target.shape[1] != 1:
+                raise AssertionError(f"ground truth has different shape ({target.shape}) from "
+                                     f"input ({input.shape}): to_onehot_y takes a label map "
+                                     "[B, 1, *spatial]")
+            target = target[:, 0]
+            if target.is_floating_point():  # MONAI's one_hot reads labels as long
+                target = target.long()
+        else:
+            if target.shape != input.shape:
+                raise AssertionError(f"ground truth has different shape ({target.shape}) from "
+                                     f"input ({input.shape})")
+            if not target.is_floating_point():  # MONAI multiplies: read as numbers
+                target = target.to(input.dtype)
+        return input, target, mode, from_logits, class_map
+
+    def _per_pair_view(self, loss: torch.Tensor, input: torch.Tensor, per_row: bool = False):
+        """reduction="none": MONAI's shape [B, C', 1, ...] (per image) or [C', 1, ...] (batch)."""
+        if not per_row and not self.include_background and input.shape[1] > 1:
+            loss = loss[..., 1:]
+        return loss.reshape(list(loss.shape) + [1] * (input.dim() - 2))
+
+    def _options(self, C, mode, from_logits, **kw) -> dict:
+        # include_background=False with one channel: ignored (MONAI warns, see _plan)
+        return dict(mode=mode, from_logits=from_logits, eps=_NO_CLAMP,
+                    per_image=not self.batch, include_background=self.include_background or C == 1,
+                    reduction=self.reduction, backend=self.backend, **kw)
+
+
+class DiceLoss(_MonaiLoss):
+    """``monai.losses.DiceLoss`` on the fused operator (see the module's docstring)."""
+
+    def __init__(self, include_background: bool = True, to_onehot_y: bool = False,
+                 sigmoid: bool = False, softmax: bool = False,
+                 other_act: Optional[Callable] = None, squared_pred: bool = False,
+                 jaccard: bool = False, reduction: str = "mean", smooth_nr: float = 1e-5,
+                 smooth_dr: float = 1e-5, batch: bool = False, weight=None,
+                 soft_label: bool = False, ignore_index: Optional[int] = None, *,
+                 backend: str = "auto"):
+        super().__init__(include_background, to_onehot_y, sigmoid, softmax, other_act, reduction,
+                         smooth_nr, smooth_dr, batch, soft_label, backend)
+        self.squared_pred = squared_pred
+        self.jaccard = jaccard
+        self.ignore_index = ignore_index
+        weight = torch.as_tensor(weight) if weight is not None else None
+        if weight is not None and weight.numel() > 0 and bool(weight.min() < 0):
+            raise ValueError("the value/values of the `weight` should be no less than 0.")
+        self.register_buffer("class_weight", weight)
+
+    def _class_weight(self, C: int, acc: torch.dtype, device) -> Optional[torch.Tensor]:
+        """MONAI's weight as ``class_weight`` [C]: applied only when more than one class is
+        left; with include_background=False it weighs classes 1.. (class 0 is dropped)."""
+        w = self.class_weight
+        drop = not self.include_background and C > 1
+        kept = C - 1 if drop else C
+        if w is None or kept == 1:
+            return None
+        if w.dim() == 0:
+            w = w.expand(kept)
+        elif w.shape[0] != kept:
+            raise ValueError("The length of the `weight` sequence should be the same as the "
+                             "number of classes. If `include_background=False`, the weight "
+                             "should not include the background category class 0.")
+        w = w.to(device=device, dtype=acc)
+        return torch.cat([w.new_ones(1), w]) if drop else w
+
+    def _metric(self) -> dict:
+        if self.jaccard:
+            return dict(metric="jaccard", smooth=self.smooth_nr / 2, smooth_dr=self.smooth_dr / 2)
+        return dict(metric="dice", smooth=self.smooth_nr, smooth_dr=self.smooth_dr)
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        C = input.shape[1]
+        dense_target = target
+        input, target, mode, from_logits, class_map = self._plan(input, target)
+        acc = accumulation_dtype(input.dtype)
+        squared = self.squared_pred
+        intersection = "min" if self.soft_label and not squared else "product"
+        weight = ignore_index = None
+        mask = None  # a dense target's mask by a class channel (MONAI: 1 - y[:, ignore_index])
+        ii = self.ignore_index
+        if ii is not None:
+            if class_map or C == 1:
+                ignore_index = ii
+            elif 0 <= ii < C:
+                mask = 1 - dense_target[:, ii].to(acc)
+            else:  # a sentinel: the pixels without any class
+                weight = (dense_target.sum(dim=1) > 0).to(acc)
+        options = self._options(C, mode, from_logits, intersection=intersection, squared=squared,
+                                ignore_index=ignore_index, weighted_mean=False, **self._metric())
+        cw = self._class_weight(C, acc, input.device)
+        if mask is None:
+            loss = soft_iou_loss(input, target, weight, class_weight=cw, **options)
+        elif squared:  # MONAI masks p and y: with squares, sums weighted by mask^2
+            loss = soft_iou_loss(input, target, mask * mask, class_weight=cw, **options)
+        elif self.soft_label:  # sum min(m p, m y) = sum m min(p, y)
+            loss = soft_iou_loss(input, target, mask, class_weight=cw, **options)
+        else:  # I = sum m^2 p y, P = sum m p, Y = sum m y
+            loss = _loss_with_masked_target(input, target, mask, cw, options)
+        if self.reduction == "none":
+            loss = self._per_pair_view(loss, input)
+        return loss
+
+
+def _loss_with_masked_target(input, target, mask, class_weight, options):
+    """The loss of MONAI's mask m on a dense target with the product intersection: I and P are
+    those of weight m and target m*y; Y = sum m y (the target's alone, no gradient)."""
+    backend = options.pop("backend")
+    o = LossOptions(**options)
+    name = backends.resolve(backend, input.device)
+    x, t, w = normalize_inputs(input, target * mask[:, None], mask, o.mode)
+    stats = backends.stats_function(name)(x, t, w, *o.stats_args()[:5])
+    y_sums = (target * mask[:, None]).flatten(2).sum(-1).to(stats.dtype)
+    stats = torch.stack((stats[..., 0], stats[..., 1], y_sums), dim=-1)
+    if name == "reference":
+        return reference.loss_from_stats(stats, class_weight=class_weight, **o.finalize_kwargs())
+    if name == "triton":
+        return backends.triton_ops().finalize(stats, class_weight, **o.finalize_kwargs())
+    return torch.ops.softiou.finalize(stats, class_weight, **o.finalize_kwargs())
+
+
+class GeneralizedDiceLoss(_MonaiLoss):
+    """``monai.losses.GeneralizedDiceLoss`` on the fused operator: ``metric="generalized_dice"``
+    (SPEC section 10), the class weights from the target's volume in float32 as MONAI's."""
+
+    def __init__(self, include_background: bool = True, to_onehot_y: bool = False,
+                 sigmoid: bool = False, softmax: bool = False,
+                 other_act: Optional[Callable] = None, w_type: str = "square",
+                 reduction: str = "mean", smooth_nr: float = 1e-5, smooth_dr: float = 1e-5,
+                 batch: bool = False, soft_label: bool = False, *, backend: str = "auto"):
+        super().__init__(include_background, to_onehot_y, sigmoid, softmax, other_act, reduction,
+                         smooth_nr, smooth_dr, batch, soft_label, backend)
+        w_type = getattr(w_type, "value", w_type)
+        if w_type not in ("square", "simple", "uniform"):
+            raise ValueError(f"w_type must be one of 'square', 'simple', 'uniform'; got {w_type!r}")
+        self.w_type = w_type
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        C = input.shape[1]
+        input, target, mode, from_logits, _ = self._plan(input, target)
+        options = self._options(C, mode, from_logits, metric="generalized_dice", w_type=self.w_type,
+                                smooth=self.smooth_nr, smooth_dr=self.smooth_dr,
+                                intersection="min" if self.soft_label else "product")
+        loss = soft_iou_loss(input, target, **options)
+        if self.reduction == "none":
+            loss = self._per_pair_view(loss, input, per_row=True)
+        return loss
+
+
+class DiceCELoss(torch.nn.Module):
+    """``monai.losses.DiceCELoss`` on the fused operator: ``lambda_dice`` times the Dice loss plus
+    ``lambda_ce`` times the cross-entropy of the logits (``nn.CrossEntropyLoss(weight,
+    label_smoothing)``, or ``nn.BCEWithLogitsLoss(pos_weight=weight)`` with one channel).
+
+    One fused call (SPEC section 9) with ``softmax=True`` and more than one channel, or
+    ``sigmoid=True`` and one. MONAI's other configurations pair a cross-entropy the fused pass does
+    not compute with that Dice loss (the softmax cross-entropy with a sigmoid Dice loss, or
+    ``lambda_dice=0``): there the fused Dice loss is added to ``torch.nn.functional``'s
+    cross-entropy, MONAI's own. As MONAI's, no ``reduction="none"``."""
+
+    def __init__(self, include_background: bool = True, to_onehot_y: bool = False,
+                 sigmoid: bool = False, softmax: bool = False,
+                 other_act: Optional[Callable] = None, squared_pred: bool = False,
+                 jaccard: bool = False, reduction: str = "mean", smooth_nr: float = 1e-5,
+                 smooth_dr: float = 1e-5, batch: bool = False,
+                 weight: Optional[torch.Tensor] = None, lambda_dice: float = 1.0,
+                 lambda_ce: float = 1.0, label_smoothing: float = 0.0, *,
+                 backend: str = "auto"):
+        super().__init__()
+        reduction = _check_reduction(reduction, ("mean", "sum"))
+        if lambda_dice < 0.0:
+            raise ValueError("lambda_dice should be no less than 0.0.")
+        if lambda_ce < 0.0:
+            raise ValueError("lambda_ce should be no less than 0.0.")
+        weight = torch.as_tensor(weight) if weight is not None else None
+        dice_weight = weight[1:] if weight is not None and not include_background else weight
+        self.dice = DiceLoss(include_background=include_background, to_onehot_y=to_onehot_y,
+                             sigmoid=sigmoid, softmax=softmax, other_act=other_act,
+                             squared_pred=squared_pred, jaccard=jaccard, reduction=reduction,
+                             smooth_nr=smooth_nr, smooth_dr=smooth_dr, batch=batch,
+                             weight=dice_weight, backend=backend)
+        self.register_buffer("ce_weight", weight)
+        self.reduction = reduction
+        self.lambda_dice = float(lambda_dice)
+        self.lambda_ce = float(lambda_ce)
+        self.label_smoothing = float(label_smoothing)
+        if not 0.0 <= self.label_smoothing <= 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1]; got {label_smoothing}")
+
+    def _fused(self, C: int) -> bool:
+        d = self.dice
+        if self.lambda_dice == 0.0:
+            return False
+        if d.softmax and C > 1:
+            # the fused call shares the class weights between the two terms: MONAI's Dice term
+            # ignores them when one class is left
+            kept = C - 1 if not d.include_background else C
+            return self.ce_weight is None or kept > 1
+        return d.sigmoid and C == 1 and (self.ce_weight is None or self.ce_weight.numel() == 1)
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if input.dim() != target.dim():
+            raise ValueError("the number of dimensions for input and target should be the same, "
+                             f"got shape {input.shape} (nb dims: {len(input.shape)}) and "
+                             f"{target.shape} (nb dims: {len(target.shape)}).")
+        C = input.shape[1]
+        if target.shape[1] != 1 and target.shape[1] != C:
+            raise ValueError("number of channels for target is neither 1 (without one-hot "
+                             "encoding) nor the same as input, "
+                             f"got shape {input.shape} and {target.shape}.")
+        if not self._fused(C):
+            dice = self.dice(input, target)
+            ce = self._ce(input, target) if C != 1 else self._bce(input, target)
+            return self.lambda_dice * dice + self.lambda_ce * ce
+        d = self.dice
+        input_, t, mode, from_logits, _ = d._plan(input, target)
+        acc = accumulation_dtype(input.dtype)
+        ratio = self.lambda_ce / self.lambda_dice
+        extra = {}
+        if C == 1:
+            cw = None
+            if self.ce_weight is not None:
+                extra["ce_pos_weight"] = float(self.ce_weight.reshape(-1)[0])
+        else:
+            cw = None if self.ce_weight is None else self.ce_weight.to(input.device, acc)
+            extra["label_smoothing"] = self.label_smoothing
+        options = d._options(C, mode, from_logits, squared=d.squared_pred, weighted_mean=False,
+                             ce_weight=ratio, **d._metric(), **extra)
+        return self.lambda_dice * soft_iou_loss(input_, t, class_weight=cw, **options)
+
+    def _ce(self, input, target):  # MONAI's DiceCELoss.ce
+        if input.shape[1] != target.shape[1] and target.shape[1] == 1:
+            target = torch.squeeze(target, dim=1).long()
+        elif not torch.is_floating_point(target):
+            target = target.to(dtype=input.dtype)
+        return F.cross_entropy(input, target, weight=self.ce_weight, reduction=self.reduction,
+                               label_smoothing=self.label_smoothing)
+
+    def _bce(self, input, target):  # MONAI's DiceCELoss.bce
+        if not torch.is_floating_point(target):
+            target = target.to(dtype=input.dtype)
+        return F.binary_cross_entropy_with_logits(input, target, pos_weight=self.ce_weight,
+                                                  reduction=self.reduction)
