@@ -51,8 +51,11 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--out", default="demo/results")
+    ap.add_argument("--threads", type=int, default=2, help="CPU threads (the figures depend on it)")
     args = ap.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        torch.set_num_threads(args.threads)
     train = make_signals(range(256), args.length, device)
     val = make_signals(range(10_000, 10_064), args.length, device)
     print(f"\n1-D peak detection: signals of {args.length} samples, peaks are "
@@ -84,3 +87,7 @@ def main(argv=None):
     with open(os.path.join(args.out, "signal1d.json"), "w") as f:
         json.dump(dict(results, length=args.length, steps=args.steps), f, indent=1)
     return results
+
+
+if __name__ == "__main__":
+    main()

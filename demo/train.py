@@ -184,7 +184,12 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="demo/results")
     ap.add_argument("--no-1d", action="store_true", help="skip the 1-D peak-detection variant")
+    ap.add_argument("--threads", type=int, default=2,
+                    help="CPU threads (the figures depend on it: PyTorch's CPU convolutions add "
+                         "their partial sums per thread)")
     args = ap.parse_args(argv)
+    if not gpu:
+        torch.set_num_threads(args.threads)
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, group = 0, None
@@ -242,5 +247,5 @@ def main(argv=None):
         dist.destroy_process_group()
     elif not args.no_1d:
         from .signal1d import main as main_1d
-        main_1d(["--out", args.out])
+        main_1d(["--out", args.out, "--threads", str(args.threads)])
     return results

@@ -46,7 +46,8 @@ def test_spec_zero_gradient_at_the_optimum(device, variant, span):
 def test_a_plain_formulation_has_a_gradient_at_its_minimum(span, expected):
     """What the tie convention fixes. A common formulation: the intersection with
     torch.minimum/torch.maximum and the union as the hull with torch.max/torch.min over the
-    pair; at pred == target its gradient is -0.5 and -0.1667 (the issue's figures)."""
+    pair; at pred == target its gradient is -0.5 (a point span) and -1/6 (a span of length 2),
+    not 0."""
     ps, pe = _leaf([span[0]]), _leaf([span[1]])
     ts, te = torch.tensor([span[0]], dtype=torch.float64), torch.tensor([span[1]],
                                                                          dtype=torch.float64)
