@@ -380,17 +380,23 @@ inline void check_pos_weight(double pos_weight, c10::string_view mode) {
                     "binary cross-entropy's; it must be 1 in multiclass mode; got ", pos_weight);
 }
 
+// The cross-entropy term's own options, shared by softiou::loss and softiou::stats_ce:
+// label_smoothing (multiclass) and pos_weight (binary cross-entropy).
+inline void check_term_options(double label_smoothing, double pos_weight, c10::string_view mode) {
+  TORCH_CHECK_VALUE(label_smoothing >= 0 && label_smoothing < 1,
+                    "softiou: label_smoothing must be a number in [0, 1); got ", label_smoothing);
+  TORCH_CHECK_VALUE(label_smoothing == 0 || mode == "multiclass", "softiou: label_smoothing ",
+                    "must be 0 in ", std::string(mode), " mode (binary cross-entropy); got ",
+                    label_smoothing);
+  check_pos_weight(pos_weight, mode);
+}
+
 // SPEC section 9: the checks of ce_weight and label_smoothing (label_smoothing is checked even
 // with the term off: a value that would be refused with it on is refused).
 inline void check_cross_entropy(const LossOptions& o) {
   TORCH_CHECK_VALUE(o.ce_weight >= 0 && o.ce_weight < 1e308,
                     "softiou: ce_weight must be a finite number >= 0; got ", o.ce_weight);
-  TORCH_CHECK_VALUE(o.label_smoothing >= 0 && o.label_smoothing < 1,
-                    "softiou: label_smoothing must be a number in [0, 1); got ", o.label_smoothing);
-  TORCH_CHECK_VALUE(o.label_smoothing == 0 || o.mode == "multiclass", "softiou: label_smoothing ",
-                    "must be 0 in ", std::string(o.mode), " mode (binary cross-entropy); got ",
-                    o.label_smoothing);
-  check_pos_weight(o.ce_pos_weight, o.mode);
+  check_term_options(o.label_smoothing, o.ce_pos_weight, o.mode);
   if (o.ce_weight > 0) {
     TORCH_CHECK_VALUE(o.from_logits, "softiou: ce_weight > 0 needs from_logits=True: the ",
                       "cross-entropy is of logits");
@@ -422,12 +428,7 @@ inline at::Tensor prepare_cross_entropy(Prepared& p, const CrossEntropyOptions& 
                                         const std::optional<at::Tensor>& class_weight,
                                         const at::Device& device, bool accumulate) {
   TORCH_CHECK_VALUE(o.from_logits, "softiou: the cross-entropy term needs from_logits=True");
-  TORCH_CHECK_VALUE(o.label_smoothing >= 0 && o.label_smoothing < 1,
-                    "softiou: label_smoothing must be a number in [0, 1); got ", o.label_smoothing);
-  TORCH_CHECK_VALUE(o.label_smoothing == 0 || o.mode == "multiclass", "softiou: label_smoothing ",
-                    "must be 0 in ", std::string(o.mode), " mode (binary cross-entropy); got ",
-                    o.label_smoothing);
-  check_pos_weight(o.ce_pos_weight, o.mode);
+  check_term_options(o.label_smoothing, o.ce_pos_weight, o.mode);
   at::Tensor cw = class_weights(p.C, device, p.acc, class_weight);
   p.args.ce = accumulate;
   p.args.label_smoothing = o.label_smoothing;

@@ -220,9 +220,10 @@ def _loss_with_masked_target(input, target, mask, class_weight, options):
     backend = options.pop("backend")
     o = LossOptions(**options)
     name = backends.resolve(backend, input.device)
-    x, t, w = normalize_inputs(input, target * mask[:, None], mask, o.mode)
+    masked = target * mask[:, None]
+    x, t, w = normalize_inputs(input, masked, mask, o.mode)
     stats = backends.stats_function(name)(x, t, w, *o.stats_args()[:5])
-    y_sums = (target * mask[:, None]).flatten(2).sum(-1).to(stats.dtype)
+    y_sums = masked.flatten(2).sum(-1).to(stats.dtype)
     stats = torch.stack((stats[..., 0], stats[..., 1], y_sums), dim=-1)
     if name == "reference":
         return reference.loss_from_stats(stats, class_weight=class_weight, **o.finalize_kwargs())
