@@ -8,6 +8,10 @@ package of that name on PyPI).
 
 import glob
 import os
+import re
+import shlex
+import subprocess
+import tempfile
 
 from setuptools import setup
 
@@ -25,6 +29,33 @@ def want_cuda() -> bool:
     return torch.version.cuda is not None and CUDA_HOME is not None and torch.cuda.is_available()
 
 
+def shared_libstdcxx() -> list:
+    """Link arguments that make the extension use the C++ runtime torch uses, where the compiler
+    would link libstdc++ statically (a toolchain built with static standard libraries, or one
+    whose driver adds -static-libstdc++). A private copy of libstdc++ inside the extension mixes
+    its functions with the process's data (locale facets) and crashed, on a GPU machine whose g++
+    does this, every C++ error message that formats a number. The runtime torch loaded is named
+    by path, so that the linker resolves against it before the static archive."""
+    cxx = shlex.split(os.environ.get("CXX", "c++"))
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            src = os.path.join(tmp, "probe.cpp")
+            open(src, "w").close()
+            dry = subprocess.run(cxx + ["-###", "-shared", "-o", os.path.join(tmp, "probe.so"),
+                                        src], capture_output=True, text=True, timeout=60).stderr
+        shared = subprocess.run(cxx + ["-print-file-name=libstdc++.so"], capture_output=True,
+                                text=True, timeout=60).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return []
+    static = re.search(r'"?-Bstatic"?\s+"?-lstdc\+\+"?', dry) is not None \
+        or not os.path.isabs(shared)
+    if not static:
+        return []
+    with open("/proc/self/maps") as maps:  # torch is imported: its libstdc++ is mapped
+        paths = {line.split()[-1] for line in maps if "/libstdc++.so" in line}
+    return sorted(paths)[:1]
+
+
 def extension():
     sources = ["csrc/ops.cpp", "csrc/autograd.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
     # -fopenmp: at::parallel_for is an inline template whose OpenMP pragma is compiled here; the
@@ -33,7 +64,7 @@ def extension():
     # -Wl,-z,now: bind every symbol when the module loads, so the C++ exception runtime the
     # extension throws through is the one present at import, whatever libraries load later.
     cxx = ["-O3", "-fno-trapping-math", "-fopenmp", "-Wall", "-Wno-unknown-pragmas"]
-    link = ["-fopenmp", "-Wl,-z,now"]
+    link = ["-fopenmp", "-Wl,-z,now"] + shared_libstdcxx()
     macros = []
     if want_cuda():
         sources += sorted(glob.glob("csrc/cuda/*.cpp")) + sorted(glob.glob("csrc/cuda/*.cu"))

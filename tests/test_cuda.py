@@ -51,13 +51,15 @@ def test_cuda_graph_capture(backend):
         assert torch.equal(static_grad, eager_grad)
 
 
-def test_class_index_out_of_range_is_a_device_side_assert():
-    script = textwrap.dedent("""
+@pytest.mark.parametrize("mode", ["multiclass", "multilabel"])
+def test_class_index_out_of_range_is_a_device_side_assert(mode):
+    """In a process of its own: a device-side assert leaves the CUDA context unusable."""
+    script = textwrap.dedent(f"""
         import torch, softiou_cuda
         x = torch.randn(2, 3, 8, 8, device="cuda")
         t = torch.randint(0, 3, (2, 8, 8), device="cuda")
         t[1, 2, 3] = 7
-        softiou_cuda.soft_iou_loss(x, t, backend="cuda")
+        softiou_cuda.soft_iou_loss(x, t, backend="cuda", mode="{mode}")
         torch.cuda.synchronize()
     """)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)

@@ -77,6 +77,8 @@ def test_dense_multiclass_target_takes_no_ignore_index(any_backend):
 
 def test_multilabel_class_map_out_of_range(any_backend):
     device, backend = any_backend
+    if backend == "cuda":
+        pytest.skip("a device-side assert (test_cuda.py, in a process of its own)")
     x = torch.randn(2, 3, 4, 5, device=device)
     t = torch.randint(0, 3, (2, 4, 5), device=device)
     t[0, 0, 0] = 3

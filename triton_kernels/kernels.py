@@ -85,7 +85,7 @@ def pixel_kernel(x_ptr, t_ptr, w_ptr, coef_ptr, go_ptr, out_ptr, gx_ptr, cw_ptr,
                  C, M, chunk, n_chunks,
                  sxn, sxc, sxm, stn, stc, stm, swn, swm, sgn, sgc, sgm,
                  kn, kc, kk, gon, goc, ce_sn,
-                 sharp, ignore, ls_bits, pw_bits,
+                 sharp_hi, sharp_lo, ignore, ls_hi, ls_lo, pw_hi, pw_lo,
                  FWD: tl.constexpr, CLASS_MAP: tl.constexpr, HAS_W: tl.constexpr,
                  HAS_IGNORE: tl.constexpr, SOFTMAX: tl.constexpr, FROM_LOGITS: tl.constexpr,
                  USE_MIN: tl.constexpr, HAS_GO: tl.constexpr, CE: tl.constexpr,
@@ -108,8 +108,9 @@ def pixel_kernel(x_ptr, t_ptr, w_ptr, coef_ptr, go_ptr, out_ptr, gx_ptr, cw_ptr,
     ce_num = tl.zeros([BLOCK_M], ACC)
     ce_den = tl.zeros([BLOCK_M], ACC)
     nbad = tl.zeros([BLOCK_M], tl.int32)
+    sharp = _from_bits(sharp_hi, sharp_lo, ACC)
     if CE:  # the cross-entropy term's class weights and label smoothing
-        ls = _from_bits(ls_bits, ACC)
+        ls = _from_bits(ls_hi, ls_lo, ACC)
         if HAS_CW:
             cwv = tl.load(cw_ptr + c64, mask=cmask, other=0.0).to(ACC)
         else:
@@ -213,7 +214,7 @@ def row_kernel(x_ptr, t_ptr, w_ptr, coef_ptr, go_ptr, out_ptr, gx_ptr, cw_ptr, c
                C, M, chunk, n_chunks,
                sxn, sxc, sxm, stn, stc, stm, swn, swm, sgn, sgc, sgm,
                kn, kc, kk, gon, goc, ce_sn,
-               sharp, ignore, ls_bits, pw_bits,
+               sharp_hi, sharp_lo, ignore, ls_hi, ls_lo, pw_hi, pw_lo,
                FWD: tl.constexpr, INT_TARGET: tl.constexpr, CLASS_MAP: tl.constexpr,
                HAS_W: tl.constexpr, HAS_IGNORE: tl.constexpr, SIGMOID: tl.constexpr,
                FROM_LOGITS: tl.constexpr, USE_MIN: tl.constexpr, HAS_GO: tl.constexpr,
@@ -235,12 +236,13 @@ def row_kernel(x_ptr, t_ptr, w_ptr, coef_ptr, go_ptr, out_ptr, gx_ptr, cw_ptr, c
     ce_num = tl.zeros([BLOCK], ACC)
     ce_den = tl.zeros([BLOCK], ACC)
     nbad = tl.zeros([BLOCK], tl.int32)
+    sharp = _from_bits(sharp_hi, sharp_lo, ACC)
     if CE:
         if HAS_CW:
             cw = tl.load(cw_ptr + c).to(ACC)
         else:
             cw = 1.0
-        pw = _from_bits(pw_bits, ACC)  # the binary cross-entropy's pos_weight
+        pw = _from_bits(pw_hi, pw_lo, ACC)  # the binary cross-entropy's pos_weight
     if not FWD:
         gI, gP = _pair_gradient(coef_ptr, go_ptr, n, c, kn, kc, kk, gon, goc, True, HAS_GO, ACC)
         if CE:
@@ -366,10 +368,14 @@ def ce_reduce_kernel(part_ptr, out_ptr, per_sample, stride, off, ACC: tl.constex
 # The finalize step (csrc/finalize.h)
 # ---------------------------------------------------------------------------------------------
 @triton.jit
-def _from_bits(bits, ACC: tl.constexpr):
-    """An option passed as the bits of its float64 value (Triton passes Python floats as
-    float32), in the accumulation dtype."""
-    return bits.to(tl.int64).to(tl.float64, bitcast=True).to(ACC)
+def _from_bits(hi, lo, ACC: tl.constexpr):
+    """An option passed as the bits of its float64 value in two int32 halves (Triton passes
+    Python floats as float32; Inductor's user-kernel codegen in torch 2.11 fails on Python int
+    arguments beyond 32 bits), in the accumulation dtype. (+ a zero tensor: Triton specialises an
+    int argument equal to 1 as a constant.)"""
+    h = (hi + tl.zeros([], tl.int32)).to(tl.int64)
+    l = (lo + tl.zeros([], tl.int32)).to(tl.uint32, bitcast=True).to(tl.int64)
+    return ((h << 32) | l).to(tl.float64, bitcast=True).to(ACC)
 
 
 @triton.jit
@@ -507,27 +513,29 @@ def _pair(part_ptr, cw_ptr, keep_ptr, idx, valid, C, n_rows, K, sn, sc, sk, alph
 @triton.jit
 def finalize_kernel(part_ptr, cw_ptr, keep_ptr, loss_ptr, coef_ptr,
                     C, R, n_rows, K, sn, sc, sk, ce_count, ce_stride, ce_off,
-                    alpha_bits, beta_bits, gamma_bits, smooth_bits, smooth_dr_bits, eps_bits,
-                    ce_weight_bits,
+                    alpha_hi, alpha_lo, beta_hi, beta_lo, gamma_hi, gamma_lo, smooth_hi,
+                    smooth_lo, smooth_dr_hi, smooth_dr_lo, eps_hi, eps_lo,
+                    ce_weight_hi, ce_weight_lo,
                     METRIC: tl.constexpr, LOG_LOSS: tl.constexpr, GAMMA_ONE: tl.constexpr,
                     PER_IMAGE: tl.constexpr, ABSENT_EXCLUDE: tl.constexpr,
                     ABSENT_ZERO: tl.constexpr, WEIGHTED_MEAN: tl.constexpr,
                     W_TYPE: tl.constexpr, REDUCTION: tl.constexpr, HAS_CW: tl.constexpr,
                     DROP_BG: tl.constexpr, SUBSET: tl.constexpr, CE: tl.constexpr,
-                    ACC: tl.constexpr, TINY: tl.constexpr, BLOCK: tl.constexpr):
+                    FLAT_COEF: tl.constexpr, ACC: tl.constexpr, TINY: tl.constexpr,
+                    BLOCK: tl.constexpr):
     """One program. The statistics of pair (row n, class c) are the sum over k < K of
     part[n*sn + c*sc + k*sk + (0, 1, 2)] (pooled: over all n_rows rows too). Writes the loss
     ([] for mean and sum, [R, C] for none, [R, 1] for the generalized Dice score (METRIC 3);
     REDUCTION 0 mean, 1 sum, 2 none) and the coefficients [R, C, 3] (d loss / d (I, P, Y) of
     each pair). Two passes: the mean's divisor first. CE: the cross-entropy term (finalize.h:
     add_cross_entropy) from its ce_count partial entries at part[i * ce_stride + ce_off + (0, 1)];
-    d loss / d numerator goes to coef[R * C * 3]."""
-    alpha = _from_bits(alpha_bits, ACC)
-    beta = _from_bits(beta_bits, ACC)
-    gamma = _from_bits(gamma_bits, ACC)
-    smooth = _from_bits(smooth_bits, ACC)
-    smooth_dr = _from_bits(smooth_dr_bits, ACC)
-    eps = _from_bits(eps_bits, ACC)
+    d loss / d numerator goes to coef[R * C * 3] (FLAT_COEF: 0 there without it)."""
+    alpha = _from_bits(alpha_hi, alpha_lo, ACC)
+    beta = _from_bits(beta_hi, beta_lo, ACC)
+    gamma = _from_bits(gamma_hi, gamma_lo, ACC)
+    smooth = _from_bits(smooth_hi, smooth_lo, ACC)
+    smooth_dr = _from_bits(smooth_dr_hi, smooth_dr_lo, ACC)
+    eps = _from_bits(eps_hi, eps_lo, ACC)
     tiny = tl.full([BLOCK], TINY, ACC)
     total = tl.zeros([BLOCK], ACC)
     wsum = tl.zeros([BLOCK], ACC)
@@ -565,7 +573,7 @@ def finalize_kernel(part_ptr, cw_ptr, keep_ptr, loss_ptr, coef_ptr,
         loss_value = loss_value / denom
         scale = 1.0 / denom
     if CE:
-        lam = _from_bits(ce_weight_bits, ACC)
+        lam = _from_bits(ce_weight_hi, ce_weight_lo, ACC)
         num, den = _ce_sums(part_ptr, 0, ce_count, ce_stride, ce_off, ACC, BLOCK)
         if REDUCTION == 1:
             term = num
@@ -576,6 +584,8 @@ def finalize_kernel(part_ptr, cw_ptr, keep_ptr, loss_ptr, coef_ptr,
             k_ce = lam / d
         loss_value += lam * term
         tl.store(coef_ptr + R * C * 3, k_ce)
+    elif FLAT_COEF:  # the flat layout's last slot: no cross-entropy term
+        tl.store(coef_ptr + R * C * 3, tl.zeros([], ACC))
     if REDUCTION != 2:
         tl.store(loss_ptr, loss_value)
     if METRIC != 3:  # (the generalized rows wrote theirs)

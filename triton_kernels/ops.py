@@ -47,10 +47,11 @@ def _cdiv(a, b):
     return (a + b - 1) // b
 
 
-def _bits(value: float) -> int:
-    """The bits of a float64, as an int: the finalize kernel reads its float options this way,
-    exactly (Triton would pass a Python float as float32)."""
-    return struct.unpack("<q", struct.pack("<d", float(value)))[0]
+def _bits(value: float) -> Tuple[int, int]:
+    """The bits of a float64 as two int32 (high, low): the kernels read their float64 options
+    this way, exactly (Triton would pass a Python float as float32, and Inductor's codegen of user
+    kernels in torch 2.11 fails on Python ints beyond 32 bits)."""
+    return struct.unpack("<ii", struct.pack("<d", float(value)))[::-1]
 
 
 def _prepare(input: Tensor, target: Tensor, weight: Optional[Tensor], mode: str):
@@ -132,9 +133,9 @@ def _run(input, target, weight, mode, from_logits, sharpness, intersection, igno
             grad_out if grad_out is not None else dummy, part, gx if gx is not None else dummy,
             cw if cw is not None else dummy, ce_coef if ce_coef is not None else dummy,
             C, M, chunk, n_chunks, sxn, sxc, sxm, stn, stc, stm, swn, swm, sgn, sgc, sgm,
-            *coef_strides, *grad_out_strides, ce_stride, float(sharpness),
-            int(ignore_index) if ignore_index is not None else 0, _bits(label_smoothing),
-            _bits(ce_pos_weight))
+            *coef_strides, *grad_out_strides, ce_stride, *_bits(sharpness),
+            int(ignore_index) if ignore_index is not None else 0, *_bits(label_smoothing),
+            *_bits(ce_pos_weight))
     if pixel:
         _launcher(pixel_kernel)[grid](*args, CLASS_MAP=class_map, SOFTMAX=softmax,
                                       BLOCK_C=block_c, BLOCK_M=block_m, num_warps=warps, **common)
@@ -295,8 +296,8 @@ def _finalize(part, layout, N, C, K, class_weight, metric, alpha, beta, gamma, l
     rows = N if per_image else 1
     loss = torch.empty(loss_shape(rows, C, per_image, reduction, metric), dtype=acc,
                        device=device)
-    coef = torch.zeros((rows * C * 3 + 1,), dtype=acc, device=device) if flat_coef else \
-        torch.empty((rows, C, 3), dtype=acc, device=device)
+    coef = torch.empty((rows * C * 3 + 1,) if flat_coef else (rows, C, 3), dtype=acc,
+                       device=device)
     ce = ce_weight > 0
     ce_count, ce_stride, ce_off = ce_layout if ce else (0, 1, 0)
     cw = None if class_weight is None else class_weight.to(acc).contiguous()
@@ -304,13 +305,14 @@ def _finalize(part, layout, N, C, K, class_weight, metric, alpha, beta, gamma, l
     dummy = coef
     _launcher(finalize_kernel)[(1,)](
         part, cw if cw is not None else dummy, keep if keep is not None else dummy, loss, coef,
-        C, rows, N, K, *layout, ce_count, ce_stride, ce_off, _bits(alpha), _bits(beta),
-        _bits(gamma), _bits(smooth), _bits(smooth if smooth_dr is None else smooth_dr),
-        _bits(eps), _bits(ce_weight), METRIC=METRICS[metric], LOG_LOSS=log_loss,
+        C, rows, N, K, *layout, ce_count, ce_stride, ce_off, *_bits(alpha), *_bits(beta),
+        *_bits(gamma), *_bits(smooth), *_bits(smooth if smooth_dr is None else smooth_dr),
+        *_bits(eps), *_bits(ce_weight), METRIC=METRICS[metric], LOG_LOSS=log_loss,
         GAMMA_ONE=gamma == 1.0, PER_IMAGE=per_image, ABSENT_EXCLUDE=absent == "exclude",
         ABSENT_ZERO=absent == "zero", WEIGHTED_MEAN=weighted_mean, W_TYPE=W_TYPES[w_type],
         REDUCTION=REDUCTIONS[reduction],
         HAS_CW=cw is not None, DROP_BG=not include_background, SUBSET=keep is not None, CE=ce,
+        FLAT_COEF=flat_coef,
         ACC=tl.float64 if acc == torch.float64 else tl.float32, TINY=TINY[acc], BLOCK=128,
         num_warps=4)
     return loss, coef
