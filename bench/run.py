@@ -195,6 +195,9 @@ def _prepare_provider(args, case, provider, sets, notes):
         notes[provider.name] = str(exc)
         rec["skipped"] = str(exc)
         return rec
+    except ImportError as exc:  # a peer installed without its dependencies (the tests' --no-deps)
+        notes[provider.name] = rec["skipped"] = f"cannot be imported: {exc}"
+        return rec
     try:
         rec["check"] = check(provider, case, fn, *sets[0])
     except Exception as exc:  # noqa: BLE001 - a provider that fails is reported, not timed
