@@ -119,18 +119,12 @@ def _monai(case):
     if importlib.util.find_spec("monai") is None:
         raise Unavailable("monai is not installed")
     from monai.losses import DiceCELoss, DiceLoss
-    if case.loss == "ce+iou":  # DiceCELoss(jaccard=True): its Jaccard plus the cross-entropy
-        if case.mode == "multiclass":
-            loss = DiceCELoss(jaccard=True, softmax=True, to_onehot_y=True, smooth_nr=0.0,
-                              smooth_dr=1e-7)
-            return lambda x, t: loss(x, t.unsqueeze(1))
-        loss = DiceCELoss(jaccard=True, sigmoid=True, smooth_nr=0.0, smooth_dr=1e-7)
-        return lambda x, t: loss(x, t.to(x.dtype))
+    # ce+iou: DiceCELoss(jaccard=True), its Jaccard plus the cross-entropy
+    cls = DiceCELoss if case.loss == "ce+iou" else DiceLoss
     if case.mode == "multiclass":
-        loss = DiceLoss(jaccard=True, softmax=True, to_onehot_y=True, smooth_nr=0.0,
-                        smooth_dr=1e-7)
+        loss = cls(jaccard=True, softmax=True, to_onehot_y=True, smooth_nr=0.0, smooth_dr=1e-7)
         return lambda x, t: loss(x, t.unsqueeze(1))
-    loss = DiceLoss(jaccard=True, sigmoid=True, smooth_nr=0.0, smooth_dr=1e-7)
+    loss = cls(jaccard=True, sigmoid=True, smooth_nr=0.0, smooth_dr=1e-7)
     return lambda x, t: loss(x, t.to(x.dtype))
 
 

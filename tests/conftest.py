@@ -19,11 +19,6 @@ if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
 
 import torch  # noqa: E402
 
-# SOFTIOU_FATAL_TRACES=1: on a fatal signal (a segmentation fault) print every thread's C++ stack
-# (c10's handler, chained to pytest's faulthandler), to find where a crash happens.
-if os.environ.get("SOFTIOU_FATAL_TRACES") == "1":
-    torch._C._set_print_stack_traces_on_fatal_signal(True)
-
 # Triton reads TRITON_INTERPRET when it is imported: decide before anything imports it.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
