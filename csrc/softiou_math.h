@@ -53,20 +53,26 @@ SOFTIOU_HD double log1p_pos(double x) { return log1p(x); }
 SOFTIOU_HD float exp_nonpos(float z) {
   const float lo = -87.0f;  // e^-87 is the smallest normal float range we keep; below is 0
   float zc = z < lo ? lo : z;  // NaN passes (the comparison is false)
-  const float magic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to the nearest integer
+  // 1.5 * 2^23 + 127: adding it rounds to the nearest integer n, and leaves n + 127 (the
+  // exponent field of 2^n) in the low mantissa bits of t
+  const float magic = 12583039.0f;
   float t = zc * 1.44269504088896341f + magic;
   float n = t - magic;
   float r = zc - n * 0.693359375f;
   r = r - n * -2.12194440e-4f;
-  // the polynomial by Estrin's scheme (pairs of terms, then powers of r^2): half the dependency
-  // depth of Horner's, which the loops calling this are bound by
-  const float r2 = r * r;
-  const float pa = 1.9875691500e-4f * r + 1.3981999507e-3f;
-  const float pb = 8.3334519073e-3f * r + 4.1665795894e-2f;
-  const float pc = 1.6666665459e-1f * r + 5.0000001201e-1f;
-  const float p = (pa * r2 + pb) * r2 + pc;
-  float y = p * r2 + (r + 1.0f);
-  int32_t e = (static_cast<int32_t>(n) + 127) << 23;
+  // e^r = 1 + r + r^2 (c2 + c3 r + ... + c7 r^5), by Horner's scheme: one multiply-add per
+  // term (the loops calling it run several rows at once, so they are bound by the number of
+  // instructions, not by the chain's depth)
+  float y = 1.9875691500e-4f * r + 1.3981999507e-3f;
+  y = y * r + 8.3334519073e-3f;
+  y = y * r + 4.1665795894e-2f;
+  y = y * r + 1.6666665459e-1f;
+  y = y * r + 5.0000001201e-1f;
+  y = y * r + 1.0f;
+  y = y * r + 1.0f;
+  uint32_t e;
+  std::memcpy(&e, &t, sizeof(e));
+  e <<= 23;  // 2^n: the mantissa bits above n + 127 shift out
   float scale;
   std::memcpy(&scale, &e, sizeof(scale));
   float res = y * scale;

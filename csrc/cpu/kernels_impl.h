@@ -283,21 +283,34 @@ struct Kernel {
   // next step reads it again); any other tile is copied into X (returns false).
   bool logits_max(Tile<A>& tl, const S* xp, int cnt) const {
     A* mx = tl.aux;
-    for (int t = 0; t < kTile; ++t) mx[t] = neg_inf<A>();
     const bool in_place = a.x_sM == 1 && cnt == kTile;
+    if (in_place) {
+      // kLanes pixels at a time over all the classes: the maxima stay in registers (a loop
+      // over the classes outside the pixels' would store and reload them for every class)
+      constexpr int kLanes = 32;
+      const A sh = sharp;
+      const int64_t sC = a.x_sC;
+      for (int t0 = 0; t0 < kTile; t0 += kLanes) {
+        A m[kLanes];
+        for (int j = 0; j < kLanes; ++j) m[j] = neg_inf<A>();
+        for (int64_t c = 0; c < C; ++c) {
+          const S* row = xp + c * sC + t0;
+          for (int j = 0; j < kLanes; ++j) m[j] = max_(m[j], softmax_arg(to_acc<A>(row[j]), sh, true));
+        }
+        for (int j = 0; j < kLanes; ++j) mx[t0 + j] = m[j];
+      }
+      return true;
+    }
+    for (int t = 0; t < kTile; ++t) mx[t] = neg_inf<A>();
     for (int64_t c = 0; c < C; ++c) {
       const S* row = xp + c * a.x_sC;
-      if (in_place) {
-        for (int t = 0; t < kTile; ++t) mx[t] = max_(mx[t], softmax_arg(to_acc<A>(row[t]), sharp, true));
-      } else {
-        A* x = tl.X + c * kTile;
-        for (int t = 0; t < kTile; ++t) {
-          x[t] = t < cnt ? softmax_arg(to_acc<A>(row[t * a.x_sM]), sharp, true) : A(0);
-          mx[t] = max_(mx[t], x[t]);
-        }
+      A* x = tl.X + c * kTile;
+      for (int t = 0; t < kTile; ++t) {
+        x[t] = t < cnt ? softmax_arg(to_acc<A>(row[t * a.x_sM]), sharp, true) : A(0);
+        mx[t] = max_(mx[t], x[t]);
       }
     }
-    return in_place;
+    return false;
   }
 
   // Softmax, second step: X = e = e^(l - shift), the shift from the maximum in tl.aux, and
@@ -318,18 +331,27 @@ struct Kernel {
     A* mx = tl.aux;
     A* s = tl.sum;
     A* ds = tl.dsum;
-    for (int t = 0; t < kTile; ++t) {
-      mx[t] = softmax_shift(mx[t]);
-      s[t] = A(0);
-      if (DSUM) ds[t] = A(0);
-    }
+    for (int t = 0; t < kTile; ++t) mx[t] = softmax_shift(mx[t]);
     using In = typename std::conditional<FROM_INPUT, S, A>::type;
     const In* in = FROM_INPUT ? reinterpret_cast<const In*>(xp) : reinterpret_cast<const In*>(tl.X);
     const int64_t step = FROM_INPUT ? a.x_sC : kTile;
     static const A zeros[4] = {A(0), A(0), A(0), A(0)};
-    // four rows at a time: the exponential is a long dependency chain, and one row of a tile
-    // holds only kTile / (SIMD width) independent ones
-    int64_t c = 0;
+    // the first row starts the sums (C >= 1; no zero fill, which compilers turn into a string
+    // instruction with a long start-up)
+    {
+      A* x = tl.X;
+      const A g = DSUM ? gP[0] : A(0);
+      for (int t = 0; t < kTile; ++t) {
+        const A v = to_acc<A>(in[t]);
+        const A e = softmax_exp(FROM_INPUT ? softmax_arg(v, sharp, true) : v, mx[t]);
+        x[t] = e;
+        s[t] = e;
+        if (DSUM) ds[t] = e * g;
+      }
+    }
+    // then four rows at a time: the exponential is a long dependency chain, and one row of a
+    // tile holds only kTile / (SIMD width) independent ones
+    int64_t c = 1;
     for (; c + 3 < C; c += 4) {
       const In* i0 = in + c * step;
       A* x0 = tl.X + c * kTile;
@@ -469,26 +491,38 @@ struct Kernel {
     // target
     const TT* tp = static_cast<const TT*>(a.t) + n * a.t_sN + m * a.t_sM;
     if constexpr (CLASS_MAP) {
-      int64_t raw[kTile];
+      // a pixel is kept where 0 <= v < C and v is not ignore_index; the loops are branch-free
+      // (a full contiguous tile vectorises with 64-bit compares), the tail's lanes are ignored
+      const int64_t ign = a.ignore_index;
+      const bool has_ign = a.has_ignore;
+      const uint64_t classes = uint64_t(C);
+      int32_t bad = 0;
       if (a.t_sM == 1 && cnt == kTile) {
-        for (int t = 0; t < kTile; ++t) raw[t] = int64_t(tp[t]);
+        for (int t = 0; t < kTile; ++t) {
+          const int64_t v = int64_t(tp[t]);
+          const bool in_range = uint64_t(v) < classes;
+          const bool ignored = has_ign & (v == ign);
+          bad |= int32_t(!(in_range | ignored));
+          const bool keep = in_range & !ignored;
+          tl.cls[t] = keep ? int32_t(v) : int32_t(-1);
+          tl.pv[t] = keep ? A(1) : A(0);
+        }
       } else {
-        for (int t = 0; t < kTile; ++t) raw[t] = t < cnt ? int64_t(tp[t * a.t_sM]) : int64_t(-1);
-      }
-      const int64_t ign = a.has_ignore ? a.ignore_index : int64_t(-1);
-      bool bad = false;
-      for (int t = 0; t < kTile; ++t) {
-        const int64_t v = raw[t];
-        const bool in_range = v >= 0 && v < C;
-        const bool ignored = (a.has_ignore && v == ign) || t >= cnt;
-        bad |= !in_range && !ignored;
-        tl.cls[t] = in_range && !ignored ? int32_t(v) : int32_t(-1);
-        tl.pv[t] = in_range && !ignored ? A(1) : A(0);
+        for (int t = 0; t < kTile; ++t) {
+          const bool tail = t >= cnt;
+          const int64_t v = tail ? int64_t(-1) : int64_t(tp[t * a.t_sM]);
+          const bool in_range = uint64_t(v) < classes;
+          const bool ignored = (has_ign & (v == ign)) | tail;
+          bad |= int32_t(!(in_range | ignored));
+          const bool keep = in_range & !ignored;
+          tl.cls[t] = keep ? int32_t(v) : int32_t(-1);
+          tl.pv[t] = keep ? A(1) : A(0);
+        }
       }
       if (bad) {
         for (int t = 0; t < cnt; ++t) {
-          const int64_t v = raw[t];
-          if (!(a.has_ignore && v == ign) && (v < 0 || v >= C))
+          const int64_t v = int64_t(tp[t * a.t_sM]);
+          if (!(has_ign && v == ign) && (v < 0 || v >= C))
             note(err, InputError::kClassIndex, double(v));
         }
       }
@@ -550,6 +584,33 @@ struct Kernel {
   // uses bank t mod 4): consecutive pixels of one class do not wait on each other's additions.
   int64_t bank(int t) const { return int64_t(t & 3) * C; }
 
+  // The class map's statistics of one tile, with pw the per-pixel factor of p (the pixel weight,
+  // or weight / S when X holds a softmax's exponentials): P takes every class (p^2 with
+  // SQUARED), I the target class of each pixel, both per lane; Y adds each kept pixel's weight
+  // to its class, pixel by pixel.
+  template <bool SQUARED>
+  void class_map_sums(const Tile<A>& tl, const A* __restrict__ pw, A* __restrict__ accI,
+                      A* __restrict__ accP, A* __restrict__ accY) const {
+    const A* __restrict__ pv = tl.pv;
+    const int32_t* __restrict__ cls = tl.cls;
+    for (int64_t c = 0; c < C; ++c) {
+      const A* __restrict__ p = tl.X + c * kTile;
+      A* __restrict__ ai = accI + c * kTile;
+      A* __restrict__ ap = accP + c * kTile;
+      const int32_t cc = int32_t(c);
+      for (int t = 0; t < kTile; ++t) {
+        const A wp = pw[t] * p[t];
+        ap[t] += pv[t] != A(0) ? (SQUARED ? pw[t] * (p[t] * p[t]) : wp) : A(0);
+        ai[t] += cls[t] == cc ? wp : A(0);
+      }
+    }
+    const A* __restrict__ w = tl.w;
+    for (int t = 0; t < kTile; ++t) {
+      const int32_t c = cls[t];
+      if (c >= 0) accY[bank(t) + c] += w[t];
+    }
+  }
+
   void stats(int64_t chunk, int64_t ib, int64_t ie, A* partials, A* scratch,
              ItemError* errors) const {
     const int64_t K = (a.M + chunk - 1) / chunk;
@@ -588,18 +649,7 @@ struct Kernel {
             ce_den += sd;
           }
           for (int t = 0; t < kTile; ++t) ws[t] = tl.w[t] * tl.sum[t];
-          for (int64_t c = 0; c < C; ++c) {
-            const A* e = tl.X + c * kTile;
-            A* ap = accP + c * kTile;
-            for (int t = 0; t < kTile; ++t) ap[t] += tl.pv[t] != A(0) ? ws[t] * e[t] : A(0);
-          }
-          for (int t = 0; t < kTile; ++t) {
-            const int32_t c = tl.cls[t];
-            if (c >= 0) {
-              accI[bank(t) + c] += ws[t] * tl.X[c * kTile + t];
-              accY[bank(t) + c] += tl.w[t];
-            }
-          }
+          class_map_sums<false>(tl, ws, accI, accP, accY);
           continue;
         }
         prepare(tl, n, m, cnt, false, err, true, ce);
@@ -626,24 +676,11 @@ struct Kernel {
           ce_den += sd;
         }
         if constexpr (CLASS_MAP) {
-          // y is one-hot: P takes every class, I and Y only the target class of each pixel,
-          // added pixel by pixel (min(p, y) = p*y and y^2 = y when y is 0 or 1)
-          for (int64_t c = 0; c < C; ++c) {
-            const A* p = tl.X + c * kTile;
-            A* ap = accP + c * kTile;
-            if (squared) {
-              for (int t = 0; t < kTile; ++t)
-                ap[t] += tl.pv[t] != A(0) ? tl.w[t] * (p[t] * p[t]) : A(0);
-            } else {
-              for (int t = 0; t < kTile; ++t) ap[t] += tl.pv[t] != A(0) ? tl.w[t] * p[t] : A(0);
-            }
-          }
-          for (int t = 0; t < kTile; ++t) {
-            const int32_t c = tl.cls[t];
-            if (c >= 0) {
-              accI[bank(t) + c] += tl.w[t] * tl.X[c * kTile + t];
-              accY[bank(t) + c] += tl.w[t];
-            }
+          // y is one-hot (min(p, y) = p*y and y^2 = y when y is 0 or 1)
+          if (squared) {
+            class_map_sums<true>(tl, tl.w, accI, accP, accY);
+          } else {
+            class_map_sums<false>(tl, tl.w, accI, accP, accY);
           }
         } else {
           for (int64_t c = 0; c < C; ++c) {
@@ -671,8 +708,10 @@ struct Kernel {
         A sP = A(0);
         for (int t = 0; t < kTile; ++t) sP += accP[c * kTile + t];
         out[c * 3 + 1] = sP;
-        if constexpr (CLASS_MAP) {  // I and Y were added pixel by pixel, per class and bank
-          out[c * 3 + 0] = (accI[c] + accI[C + c]) + (accI[2 * C + c] + accI[3 * C + c]);
+        if constexpr (CLASS_MAP) {  // Y was added pixel by pixel, per class and bank
+          A sI = A(0);
+          for (int t = 0; t < kTile; ++t) sI += accI[c * kTile + t];
+          out[c * 3 + 0] = sI;
           out[c * 3 + 2] = (accY[c] + accY[C + c]) + (accY[2 * C + c] + accY[3 * C + c]);
         } else {
           A sI = A(0), sY = A(0);
@@ -719,38 +758,80 @@ struct Kernel {
     load_weight_target(tl, n, m, cnt, err);
     const S* xp = static_cast<const S*>(a.x) + n * a.x_sN + m * a.x_sM;
     exp_and_sum<true>(tl, logits_max(tl, xp, cnt) ? xp : nullptr, gP);
-    A* D = tl.dsum;
-    A* k = tl.aux;  // a w / S, 0 where the pixel is not kept
-    A* extra = tl.R;  // the target class's term
-    A* kc = tl.R + kTile;  // the cross-entropy's label-smoothing term, per unit class weight
-    const A keep = A(1) - ls, spread = ls / A(C);
-    for (int t = 0; t < kTile; ++t) {  // branch-free: the compiler vectorises it with gathers
-      const int32_t c = tl.cls[t];
-      const int32_t cc = c < 0 ? 0 : c;
-      const A et_gI = c >= 0 ? tl.X[cc * kTile + t] * gI[cc] : A(0);
-      const A vw = c >= 0 ? tl.w[t] : A(0);
-      const A ct = ce_class_weight<A>(a, cc);
-      D[t] = tl.sum[t] * (D[t] + et_gI) - gce * (keep * ct + spread * csum);
-      k[t] = sharp * vw * tl.sum[t];
-      extra[t] = k[t] * et_gI - sharp * gce * vw * keep * ct;
-      kc[t] = sharp * gce * vw * spread;
+    // per pixel: D, k = a w / S (0 where the pixel is not kept), the target class's term and
+    // the cross-entropy's label-smoothing term per unit class weight. Branch-free with local
+    // restrict pointers: the compiler vectorises it with gathers (with the member fields read
+    // in the loop, it could not: the stores might change them).
+    const A* __restrict__ X = tl.X;
+    const A* __restrict__ inv = tl.sum;
+    const A* __restrict__ w = tl.w;
+    const int32_t* __restrict__ cls = tl.cls;
+    A* __restrict__ D = tl.dsum;
+    A* __restrict__ k = tl.aux;
+    A* __restrict__ extra = tl.R;
+    A* __restrict__ kc = tl.R + kTile;
+    const A sh = sharp;
+    if (gce == A(0)) {  // no cross-entropy term (or a zero gradient for it)
+      for (int t = 0; t < kTile; ++t) {
+        const int32_t c = cls[t];
+        const int32_t cc = c < 0 ? 0 : c;
+        const A et_gI = c >= 0 ? X[cc * kTile + t] * gI[cc] : A(0);
+        const A vw = c >= 0 ? w[t] : A(0);
+        D[t] = inv[t] * (D[t] + et_gI);
+        k[t] = sh * vw * inv[t];
+        extra[t] = k[t] * et_gI;
+        kc[t] = A(0);
+      }
+    } else {
+      const A keep = A(1) - ls, spread = ls / A(C), sum_c = csum;
+      const A* __restrict__ cw = static_cast<const A*>(a.class_weight);
+      for (int t = 0; t < kTile; ++t) {
+        const int32_t c = cls[t];
+        const int32_t cc = c < 0 ? 0 : c;
+        const A et_gI = c >= 0 ? X[cc * kTile + t] * gI[cc] : A(0);
+        const A vw = c >= 0 ? w[t] : A(0);
+        const A ct = cw == nullptr ? A(1) : cw[cc];
+        D[t] = inv[t] * (D[t] + et_gI) - gce * (keep * ct + spread * sum_c);
+        k[t] = sh * vw * inv[t];
+        extra[t] = k[t] * et_gI - sh * gce * vw * keep * ct;
+        kc[t] = sh * gce * vw * spread;
+      }
     }
     S* gx = static_cast<S*>(a.grad_x) + n * a.g_sN + m * a.g_sM;
-    const bool dense = a.g_sM == 1 && cnt == kTile;
-    for (int64_t c = 0; c < C; ++c) {
-      const A* e = tl.X + c * kTile;
-      const A g = gP[c], cw = ce_class_weight<A>(a, c);
-      A* dx = tl.Yb;  // one row of the result
-      for (int t = 0; t < kTile; ++t) {
-        const A v = tl.pv[t] != A(0) ? k[t] * e[t] * (g - D[t]) - kc[t] * cw : A(0);
-        dx[t] = tl.cls[t] == int32_t(c) ? v + extra[t] : v;
+    const bool smoothing = gce != A(0) && ls != A(0);  // kc is zero without it
+    if (a.g_sM == 1 && cnt == kTile) {  // a full contiguous tile: written where it goes
+      for (int64_t c = 0; c < C; ++c) {
+        if (smoothing) {
+          softmax_map_row<true>(tl, c, gP[c], gx + c * a.g_sC);
+        } else {
+          softmax_map_row<false>(tl, c, gP[c], gx + c * a.g_sC);
+        }
       }
-      S* out = gx + c * a.g_sC;
-      if (dense) {
-        for (int t = 0; t < kTile; ++t) out[t] = Store<S>::from(dx[t]);
-      } else {
+    } else {
+      A* dx = tl.Yb;  // one row of the result, then copied out
+      for (int64_t c = 0; c < C; ++c) {
+        softmax_map_row<true>(tl, c, gP[c], dx);
+        S* out = gx + c * a.g_sC;
         for (int t = 0; t < cnt; ++t) out[t * a.g_sM] = Store<S>::from(dx[t]);
       }
+    }
+  }
+
+  // Row c of backward_softmax_map's result (kTile lanes) into out (S or A). SMOOTHING = false
+  // leaves out the label-smoothing term (kc), for a caller that knows it is zero.
+  template <bool SMOOTHING, class O>
+  void softmax_map_row(const Tile<A>& tl, int64_t c, A g, O* __restrict__ out) const {
+    const A* __restrict__ e = tl.X + c * kTile;
+    const A* __restrict__ D = tl.dsum;
+    const A* __restrict__ k = tl.aux;
+    const A* __restrict__ extra = tl.R;
+    const A* __restrict__ kc = tl.R + kTile;
+    const A cw = ce_class_weight<A>(a, c);
+    const int32_t cls = int32_t(c);
+    for (int t = 0; t < kTile; ++t) {
+      const A grad = SMOOTHING ? k[t] * e[t] * (g - D[t]) - kc[t] * cw : k[t] * e[t] * (g - D[t]);
+      const A v = tl.pv[t] != A(0) ? grad : A(0);
+      out[t] = Store<O>::from(tl.cls[t] == cls ? v + extra[t] : v);
     }
   }
 
