@@ -149,6 +149,15 @@ inline void load_rows(const S* base, int64_t C, int64_t sC, int64_t sM, int cnt,
   }
 }
 
+// Whether any of n values lies outside [0, 1] (a NaN does not): branch-free, so that it
+// vectorises (outside_unit_interval's || is a branch per value).
+template <class A>
+inline bool any_outside_unit_interval(const A* __restrict__ v, int64_t n) {
+  int32_t bad = 0;
+  for (int64_t i = 0; i < n; ++i) bad |= int32_t(v[i] < A(0)) | int32_t(v[i] > A(1));
+  return bad != 0;
+}
+
 // Everything the statistics and the gradient of one tile need.
 template <class A>
 struct Tile {
@@ -207,9 +216,7 @@ struct Kernel {
     } else {
       load_rows<A>(xp, C, a.x_sC, a.x_sM, cnt, tl.X);
       if (!from_logits) {
-        bool bad = false;
-        for (int64_t i = 0; i < C * kTile; ++i) bad |= outside_unit_interval(tl.X[i]);
-        if (bad) {
+        if (any_outside_unit_interval(tl.X, C * kTile)) {
           for (int64_t i = 0; i < C * kTile; ++i)
             if (outside_unit_interval(tl.X[i]))
               note(err, InputError::kProbability, double(tl.X[i]));
@@ -255,12 +262,23 @@ struct Kernel {
               bce[t] = ck * bce_with_logits(z, target(tl, c, t), e, pw);
               x[t] = z < A(0) ? e * inv : inv;
             }
-          } else if (from_logits) {
-            for (int t = 0; t < kTile; ++t) {
-              A p, slope;
-              sigmoid_and_slope(sigmoid_arg(x[t], sharp, true), p, slope);
-              if (backward) d[t] = slope * sigmoid_arg_dx(x[t], sharp, true);
-              x[t] = p;
+          } else if (from_logits) {  // restrict locals: the loops vectorise
+            A* __restrict__ xr = x;
+            const A sh = sharp;
+            if (backward) {
+              A* __restrict__ dr = d;
+              for (int t = 0; t < kTile; ++t) {
+                A p, slope;
+                sigmoid_and_slope(sigmoid_arg(xr[t], sh, true), p, slope);
+                dr[t] = slope * sigmoid_arg_dx(xr[t], sh, true);
+                xr[t] = p;
+              }
+            } else {
+              for (int t = 0; t < kTile; ++t) {
+                A p, slope;
+                sigmoid_and_slope(sigmoid_arg(xr[t], sh, true), p, slope);
+                xr[t] = p;
+              }
             }
           } else {
             for (int t = 0; t < kTile; ++t) {
@@ -531,18 +549,11 @@ struct Kernel {
       const int64_t ign = a.has_ignore ? a.ignore_index : int64_t(-1);
       for (int64_t c = 0; c < C; ++c) {
         const TT* row = tp + c * a.t_sC;
-        A* y = tl.Yb + c * kTile;
-        A* v = tl.Vb + c * kTile;
-        bool bad = false;
+        A* __restrict__ y = tl.Yb + c * kTile;
+        A* __restrict__ v = tl.Vb + c * kTile;
         if constexpr (is_integer_target<TT>()) {
-          for (int t = 0; t < kTile; ++t) {
-            const int64_t iv = t < cnt ? int64_t(row[t * a.t_sM]) : int64_t(0);
-            const bool ignored = (a.has_ignore && iv == ign) || t >= cnt;
-            const bool binary = iv == 0 || iv == 1;
-            bad |= !binary && !ignored;
-            v[t] = binary && !ignored ? A(1) : A(0);
-            y[t] = binary && !ignored ? A(iv) : A(0);
-          }
+          const bool bad = a.t_sM == 1 && cnt == kTile ? binary_target_row<true>(row, cnt, y, v)
+                                                       : binary_target_row<false>(row, cnt, y, v);
           if (bad) {
             for (int t = 0; t < cnt; ++t) {
               const int64_t iv = int64_t(row[t * a.t_sM]);
@@ -552,24 +563,46 @@ struct Kernel {
           }
         } else {
           load_rows<A>(row, 1, 0, a.t_sM, cnt, y);
+          const A* __restrict__ pv = tl.pv;
           if (a.has_ignore) {  // per element (SPEC section 10)
             const A ignv = A(ign);
             for (int t = 0; t < kTile; ++t) {
               const bool ignored = y[t] == ignv;
-              v[t] = ignored ? A(0) : tl.pv[t];
+              v[t] = ignored ? A(0) : pv[t];
               y[t] = ignored ? A(0) : y[t];
             }
           } else {
-            for (int t = 0; t < kTile; ++t) v[t] = tl.pv[t];
+            for (int t = 0; t < kTile; ++t) v[t] = pv[t];
           }
-          for (int t = 0; t < kTile; ++t) bad |= outside_unit_interval(y[t]);
-          if (bad) {
+          if (any_outside_unit_interval(y, kTile)) {
             for (int t = 0; t < cnt; ++t)
               if (outside_unit_interval(y[t])) note(err, InputError::kDenseTarget, double(y[t]));
           }
         }
       }
     }
+  }
+
+  // One row of an integer target per element (DENSE: a full contiguous tile): y and its
+  // validity v, kept where the value is 0 or 1 and not ignore_index (the tail's lanes are not
+  // kept). Branch-free, with local restrict pointers, so that it vectorises. Returns whether a
+  // value was neither binary nor ignored.
+  template <bool DENSE>
+  bool binary_target_row(const TT* __restrict__ row, int cnt, A* __restrict__ y,
+                         A* __restrict__ v) const {
+    const int64_t ign = a.ignore_index, sM = a.t_sM;
+    const bool has_ign = a.has_ignore;
+    int32_t bad = 0;
+    for (int t = 0; t < kTile; ++t) {
+      const bool tail = !DENSE && t >= cnt;
+      const int64_t iv = tail ? int64_t(0) : int64_t(row[DENSE ? t : t * sM]);
+      const bool binary = (iv == 0) | (iv == 1);
+      const bool ignored = (has_ign & (iv == ign)) | tail;
+      bad |= int32_t(!(binary | ignored));
+      v[t] = binary & !ignored ? A(1) : A(0);
+      y[t] = (iv == 1) & !ignored ? A(1) : A(0);
+    }
+    return bad != 0;
   }
 
   // validity and target of element (c, t)
@@ -608,6 +641,32 @@ struct Kernel {
     for (int t = 0; t < kTile; ++t) {
       const int32_t c = cls[t];
       if (c >= 0) accY[bank(t) + c] += w[t];
+    }
+  }
+
+  // The statistics of one tile with a target per element: I, P and Y per lane. The options are
+  // template arguments and the rows restrict locals, so that the loop vectorises (with the
+  // options read at run time it stayed scalar).
+  template <bool USE_MIN, bool SQUARED>
+  void dense_sums(const Tile<A>& tl, A* __restrict__ accI, A* __restrict__ accP,
+                  A* __restrict__ accY) const {
+    const A* __restrict__ w = tl.w;
+    for (int64_t c = 0; c < C; ++c) {
+      const A* __restrict__ p = tl.X + c * kTile;
+      const A* __restrict__ y = tl.Yb + c * kTile;
+      const A* __restrict__ v = tl.Vb + c * kTile;
+      A* __restrict__ ai = accI + c * kTile;
+      A* __restrict__ ap = accP + c * kTile;
+      A* __restrict__ ay = accY + c * kTile;
+      for (int t = 0; t < kTile; ++t) {
+        const bool ok = v[t] != A(0);
+        const A ti = w[t] * intersection(p[t], y[t], USE_MIN);
+        const A tp = w[t] * power_term(p[t], SQUARED);
+        const A ty = w[t] * power_term(y[t], SQUARED);
+        ai[t] += ok ? ti : A(0);
+        ap[t] += ok ? tp : A(0);
+        ay[t] += ok ? ty : A(0);
+      }
     }
   }
 
@@ -682,21 +741,17 @@ struct Kernel {
           } else {
             class_map_sums<false>(tl, tl.w, accI, accP, accY);
           }
+        } else if (use_min) {
+          if (squared) {
+            dense_sums<true, true>(tl, accI, accP, accY);
+          } else {
+            dense_sums<true, false>(tl, accI, accP, accY);
+          }
         } else {
-          for (int64_t c = 0; c < C; ++c) {
-            const A* p = tl.X + c * kTile;
-            const A* y = tl.Yb + c * kTile;
-            const A* v = tl.Vb + c * kTile;
-            A* ai = accI + c * kTile;
-            A* ap = accP + c * kTile;
-            A* ay = accY + c * kTile;
-            for (int t = 0; t < kTile; ++t) {
-              const bool ok = v[t] != A(0);
-              const A w = tl.w[t];
-              ai[t] += ok ? w * intersection(p[t], y[t], use_min) : A(0);
-              ap[t] += ok ? w * power_term(p[t], squared) : A(0);
-              ay[t] += ok ? w * power_term(y[t], squared) : A(0);
-            }
+          if (squared) {
+            dense_sums<false, true>(tl, accI, accP, accY);
+          } else {
+            dense_sums<false, false>(tl, accI, accP, accY);
           }
         }
       }
@@ -863,48 +918,88 @@ struct Kernel {
         prepare(tl, n, m, cnt, true, err);
         A* dot = tl.aux;
         A* Q = tl.ceQ;  // the cross-entropy's sum_k q_k (dense softmax)
-        for (int t = 0; t < kTile; ++t) dot[t] = Q[t] = A(0);
         const A keep = A(1) - ls, spread = ls / A(C);
         const bool with_ce = gce != A(0);
-        // g = dL/dp, and for the softmax sum_c p_c g_c
+        // g = dL/dp (the options and rows in locals, so that the loops vectorise)
+        const bool um = use_min, sq = squared;
         for (int64_t c = 0; c < C; ++c) {
           A gI, gP;
           pair_gradient(a, n, c, gI, gP);
-          const A* p = tl.X + c * kTile;
-          A* g = G + c * kTile;
-          const A ck = ce_class_weight<A>(a, c);
-          for (int t = 0; t < kTile; ++t) {
-            const bool ok = valid(tl, c, t) != A(0);
-            g[t] = ok ? tl.w[t] * grad_p(p[t], target(tl, c, t), gI, gP, use_min, squared) : A(0);
-            dot[t] += p[t] * g[t];
-            Q[t] += ck * (keep * target(tl, c, t) + spread);
+          const A* __restrict__ p = tl.X + c * kTile;
+          const A* __restrict__ w = tl.w;
+          A* __restrict__ g = G + c * kTile;
+          if constexpr (CLASS_MAP) {
+            const A* __restrict__ pv = tl.pv;
+            const int32_t* __restrict__ cls = tl.cls;
+            const int32_t cc = int32_t(c);
+            for (int t = 0; t < kTile; ++t) {
+              const A y = cls[t] == cc ? A(1) : A(0);
+              g[t] = pv[t] != A(0) ? w[t] * grad_p(p[t], y, gI, gP, um, sq) : A(0);
+            }
+          } else {
+            const A* __restrict__ y = tl.Yb + c * kTile;
+            const A* __restrict__ v = tl.Vb + c * kTile;
+            for (int t = 0; t < kTile; ++t)
+              g[t] = v[t] != A(0) ? w[t] * grad_p(p[t], y[t], gI, gP, um, sq) : A(0);
+          }
+        }
+        // (the rows and options in restrict locals below: read through tl and the members,
+        // they would be reloaded after every store, and the loops would stay scalar)
+        const int32_t* __restrict__ cls = tl.cls;  // the class map (read only with CLASS_MAP)
+        A* __restrict__ dt = dot;
+        A* __restrict__ q_sum = Q;
+        if (a.prob == Prob::kSoftmax) {  // sum_c p_c g_c, and Q
+          for (int t = 0; t < kTile; ++t) dt[t] = q_sum[t] = A(0);
+          for (int64_t c = 0; c < C; ++c) {
+            const A* __restrict__ p = tl.X + c * kTile;
+            const A* __restrict__ g = G + c * kTile;
+            const A* __restrict__ y = tl.Yb + c * kTile;
+            const int32_t cc = int32_t(c);
+            const A ck = ce_class_weight<A>(a, c);
+            for (int t = 0; t < kTile; ++t) {
+              const A yt = CLASS_MAP ? (cls[t] == cc ? A(1) : A(0)) : y[t];
+              dt[t] += p[t] * g[t];
+              q_sum[t] += ck * (keep * yt + spread);
+            }
           }
         }
         // dL/dx through the activation
+        const A sh = sharp, pos_w = pw;
+        const bool fl = from_logits;
+        const A* __restrict__ w = tl.w;
+        const A* __restrict__ pv = tl.pv;
         for (int64_t c = 0; c < C; ++c) {
-          const A* p = tl.X + c * kTile;
-          const A* g = G + c * kTile;
-          const A* r = tl.R + c * kTile;
-          const A* d = tl.D + c * kTile;
-          A* dx = tl.Yb + c * kTile;  // the target row is no longer needed: stage dx there
+          const A* __restrict__ p = tl.X + c * kTile;
+          const A* __restrict__ g = G + c * kTile;
+          const A* __restrict__ r = tl.R + c * kTile;
+          const A* __restrict__ d = tl.D + c * kTile;
+          const A* __restrict__ v = tl.Vb + c * kTile;
+          // the target row is no longer needed once read: dx is staged there (each element is
+          // read, then written, through this one pointer)
+          A* __restrict__ dx = tl.Yb + c * kTile;
+          const int32_t cc = int32_t(c);
           const A ck = ce_class_weight<A>(a, c);
           switch (a.prob) {
             case Prob::kSoftmax:  // with the cross-entropy (logits only): + a gce w (Q p - q_c)
-              for (int t = 0; t < kTile; ++t) {  // (dx is the target's row: read, then written)
-                const A q = ck * (keep * target(tl, c, t) + spread);
-                const A cev = with_ce && tl.pv[t] != A(0) ? gce * tl.w[t] * (Q[t] * p[t] - q)
-                                                          : A(0);
-                dx[t] = softmax_arg_dx(r[t], sharp, from_logits) * p[t] * (g[t] - dot[t]) +
-                        sharp * cev;
+              for (int t = 0; t < kTile; ++t) {
+                const A yt = CLASS_MAP ? (cls[t] == cc ? A(1) : A(0)) : dx[t];
+                const A q = ck * (keep * yt + spread);
+                const A cev = with_ce && pv[t] != A(0) ? gce * w[t] * (q_sum[t] * p[t] - q) : A(0);
+                dx[t] = softmax_arg_dx(r[t], sh, fl) * p[t] * (g[t] - dt[t]) + sh * cev;
               }
               break;
             case Prob::kSigmoid:  // with the cross-entropy (logits only):
               // + a gce v w c_k (lw p - pw y)
+              if (!with_ce) {
+                for (int t = 0; t < kTile; ++t) dx[t] = g[t] * d[t];
+                break;
+              }
               for (int t = 0; t < kTile; ++t) {
-                const A cev = with_ce && valid(tl, c, t) != A(0)
-                                  ? gce * tl.w[t] * ck * bce_with_logits_dz(p[t], target(tl, c, t), pw)
-                                  : A(0);
-                dx[t] = g[t] * d[t] + sharp * cev;
+                const A yt = CLASS_MAP ? (cls[t] == cc ? A(1) : A(0)) : dx[t];
+                const A vt = CLASS_MAP ? pv[t] : v[t];
+                const A cev = vt != A(0) ? gce * w[t] * ck * bce_with_logits_dz(p[t], yt, pos_w)
+                                         : A(0);
+                dx[t] = g[t] * d[t] + sh * cev;
               }
               break;
             case Prob::kIdentity:
