@@ -509,38 +509,12 @@ struct Kernel {
     // target
     const TT* tp = static_cast<const TT*>(a.t) + n * a.t_sN + m * a.t_sM;
     if constexpr (CLASS_MAP) {
-      // a pixel is kept where 0 <= v < C and v is not ignore_index; the loops are branch-free
-      // (a full contiguous tile vectorises with 64-bit compares), the tail's lanes are ignored
-      const int64_t ign = a.ignore_index;
-      const bool has_ign = a.has_ignore;
-      const uint64_t classes = uint64_t(C);
-      int32_t bad = 0;
-      if (a.t_sM == 1 && cnt == kTile) {
-        for (int t = 0; t < kTile; ++t) {
-          const int64_t v = int64_t(tp[t]);
-          const bool in_range = uint64_t(v) < classes;
-          const bool ignored = has_ign & (v == ign);
-          bad |= int32_t(!(in_range | ignored));
-          const bool keep = in_range & !ignored;
-          tl.cls[t] = keep ? int32_t(v) : int32_t(-1);
-          tl.pv[t] = keep ? A(1) : A(0);
-        }
-      } else {
-        for (int t = 0; t < kTile; ++t) {
-          const bool tail = t >= cnt;
-          const int64_t v = tail ? int64_t(-1) : int64_t(tp[t * a.t_sM]);
-          const bool in_range = uint64_t(v) < classes;
-          const bool ignored = (has_ign & (v == ign)) | tail;
-          bad |= int32_t(!(in_range | ignored));
-          const bool keep = in_range & !ignored;
-          tl.cls[t] = keep ? int32_t(v) : int32_t(-1);
-          tl.pv[t] = keep ? A(1) : A(0);
-        }
-      }
+      const bool bad = a.t_sM == 1 && cnt == kTile ? class_map_row<true>(tp, cnt, tl.cls, tl.pv)
+                                                   : class_map_row<false>(tp, cnt, tl.cls, tl.pv);
       if (bad) {
         for (int t = 0; t < cnt; ++t) {
           const int64_t v = int64_t(tp[t * a.t_sM]);
-          if (!(has_ign && v == ign) && (v < 0 || v >= C))
+          if (!(a.has_ignore && v == a.ignore_index) && (v < 0 || v >= C))
             note(err, InputError::kClassIndex, double(v));
         }
       }
@@ -581,6 +555,31 @@ struct Kernel {
         }
       }
     }
+  }
+
+  // The class map of one tile (DENSE: a full contiguous tile): each pixel's class, -1 where it
+  // is not kept, and its validity pv; a pixel is kept where 0 <= v < C and v is not
+  // ignore_index (the tail's lanes are not kept). Branch-free, with local restrict pointers, so
+  // that it vectorises (with 64-bit compares). Returns whether a value was out of range and not
+  // ignored.
+  template <bool DENSE>
+  bool class_map_row(const TT* __restrict__ tp, int cnt, int32_t* __restrict__ cls,
+                     A* __restrict__ pv) const {
+    const int64_t ign = a.ignore_index, sM = a.t_sM;
+    const bool has_ign = a.has_ignore;
+    const uint64_t classes = uint64_t(C);
+    int32_t bad = 0;
+    for (int t = 0; t < kTile; ++t) {
+      const bool tail = !DENSE && t >= cnt;
+      const int64_t v = tail ? int64_t(-1) : int64_t(tp[DENSE ? t : t * sM]);
+      const bool in_range = uint64_t(v) < classes;
+      const bool ignored = (has_ign & (v == ign)) | tail;
+      bad |= int32_t(!(in_range | ignored));
+      const bool keep = in_range & !ignored;
+      cls[t] = keep ? int32_t(v) : int32_t(-1);
+      pv[t] = keep ? A(1) : A(0);
+    }
+    return bad != 0;
   }
 
   // One row of an integer target per element (DENSE: a full contiguous tile): y and its
