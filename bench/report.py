@@ -196,7 +196,8 @@ def write(report, out_dir, tag):
     text = table(report)
     with open(os.path.join(out_dir, f"{tag}.txt"), "w") as f:
         m = report["machine"]
-        f.write(f"# {m.get('gpu') or m.get('cpu')} | torch {m['torch']} | triton {m['triton']} | "
+        f.write(f"# {m.get('gpu') or m.get('cpu')} | softiou cpu kernels "
+                f"{m.get('softiou_cpu_isa')} | torch {m['torch']} | triton {m['triton']} | "
                 f"commit {m['commit'][:12]} | {m['date']} | copy bandwidth "
                 f"{report['copy_bandwidth_GBps']:.0f} GB/s\n")
         f.write(text + "\n")

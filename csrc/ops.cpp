@@ -18,12 +18,60 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include <exception>
+#include <string>
+#include <vector>
+
 #include "cpu/softiou_cpu.h"
 #include "ops.h"
 
 namespace {
 
-PyObject* cpu_isa(PyObject*, PyObject*) { return PyUnicode_FromString(softiou::cpu_isa_name()); }
+// A C++ error (a bad SOFTIOU_CPU_ISA among them) becomes a Python ValueError.
+template <class F>
+PyObject* translate_errors(F&& f) {
+  try {
+    return f();
+  } catch (const c10::Error& e) {
+    PyErr_SetString(PyExc_ValueError, e.what_without_backtrace());
+    return nullptr;
+  } catch (const std::exception& e) {
+    PyErr_SetString(PyExc_ValueError, e.what());
+    return nullptr;
+  }
+}
+
+PyObject* cpu_isa(PyObject*, PyObject*) {
+  return translate_errors([] { return PyUnicode_FromString(softiou::cpu_isa_name()); });
+}
+
+PyObject* cpu_isas(PyObject*, PyObject*) {
+  const std::vector<std::string> names = softiou::cpu_isas();
+  PyObject* out = PyTuple_New(Py_ssize_t(names.size()));
+  if (out == nullptr) return nullptr;
+  for (size_t i = 0; i < names.size(); ++i) {
+    PyObject* name = PyUnicode_FromString(names[i].c_str());
+    if (name == nullptr) {
+      Py_DECREF(out);
+      return nullptr;
+    }
+    PyTuple_SET_ITEM(out, Py_ssize_t(i), name);
+  }
+  return out;
+}
+
+PyObject* set_cpu_isa(PyObject*, PyObject* arg) {
+  if (!PyUnicode_Check(arg)) {
+    PyErr_SetString(PyExc_TypeError, "softiou: the instruction set must be a str");
+    return nullptr;
+  }
+  const char* name = PyUnicode_AsUTF8(arg);
+  if (name == nullptr) return nullptr;
+  return translate_errors([name] {
+    softiou::set_cpu_isa(name);
+    Py_RETURN_NONE;
+  });
+}
 
 PyObject* has_cuda(PyObject*, PyObject*) {
 #ifdef SOFTIOU_WITH_CUDA
@@ -35,6 +83,8 @@ PyObject* has_cuda(PyObject*, PyObject*) {
 
 PyMethodDef methods[] = {
     {"cpu_isa", cpu_isa, METH_NOARGS, "Instruction set the CPU kernels run with."},
+    {"cpu_isas", cpu_isas, METH_NOARGS, "Instruction sets of the CPU kernels this processor runs."},
+    {"_set_cpu_isa", set_cpu_isa, METH_O, "Switches the CPU kernels to another instruction set."},
     {"has_cuda", has_cuda, METH_NOARGS, "Whether the CUDA kernels were compiled in."},
     {nullptr, nullptr, 0, nullptr},
 };

@@ -36,8 +36,14 @@ def has_cuda_kernels() -> bool:
 
 
 def cpu_isa() -> str:
-    """The instruction set the CPU kernels run with ("avx2" or "baseline")."""
+    """The instruction set the CPU kernels run with: "avx512", "avx2" or "baseline" (the best
+    this processor runs, or the one the environment variable ``SOFTIOU_CPU_ISA`` names)."""
     return _C.cpu_isa() if HAS_EXTENSION else "none"
+
+
+def cpu_isas() -> tuple:
+    """The instruction sets of the CPU kernels this processor runs, best first."""
+    return _C.cpu_isas() if HAS_EXTENSION else ()
 
 
 # ---------------------------------------------------------------------------------------------

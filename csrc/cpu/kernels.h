@@ -49,6 +49,9 @@ const KernelTable& table();
 namespace avx2 {
 const KernelTable& table();
 }
+namespace avx512 {
+const KernelTable& table();
+}
 
 }  // namespace cpu
 }  // namespace softiou

@@ -7,8 +7,11 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
+#include <string>
 #include <vector>
 
 #ifdef __linux__
@@ -25,20 +28,62 @@ namespace {
 
 using math::finalize_serial;
 
-const cpu::KernelTable& kernels() {
-  static const cpu::KernelTable* table = [] {
-    const char* force = std::getenv("SOFTIOU_CPU_ISA");
-    if (force != nullptr && std::strcmp(force, "baseline") == 0) return &cpu::baseline::table();
+// The builds of the CPU kernels, best first, and whether this processor (and its OS, for the
+// AVX-512 registers' state) runs each.
+struct Isa {
+  const char* name;
+  const cpu::KernelTable& (*table)();
+  bool (*runs)();
+};
+
+bool runs_avx2() {
 #if defined(__x86_64__) && defined(__GNUC__)
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-        __builtin_cpu_supports("f16c"))
-      return &cpu::avx2::table();
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+         __builtin_cpu_supports("f16c");
+#else
+  return false;
 #endif
-    return &cpu::baseline::table();
-  }();
-  return *table;
 }
+
+bool runs_avx512() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  return runs_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+#else
+  return false;
+#endif
+}
+
+bool runs_baseline() { return true; }
+
+constexpr Isa kIsas[] = {{"avx512", &cpu::avx512::table, &runs_avx512},
+                         {"avx2", &cpu::avx2::table, &runs_avx2},
+                         {"baseline", &cpu::baseline::table, &runs_baseline}};
+
+// The build named `name` (nullptr: the best this processor runs); a clear error for a name that
+// is not one of them or that this processor cannot run. `what` names where the name came from.
+const cpu::KernelTable* find_isa(const char* name, const char* what) {
+  std::string runnable;
+  for (const Isa& isa : kIsas) {
+    if (!isa.runs()) continue;
+    if (name == nullptr || std::strcmp(name, isa.name) == 0) return &isa.table();
+    runnable += runnable.empty() ? "" : ", ";
+    runnable += isa.name;
+  }
+  TORCH_CHECK_VALUE(false, "softiou: ", what, " is '", name, "', not an instruction set this ",
+                    "processor runs the CPU kernels with; choose one of: ", runnable);
+}
+
+// The kernels in use: chosen at the first call, the best this processor runs or the one the
+// environment variable SOFTIOU_CPU_ISA names; set_cpu_isa switches them (tests).
+std::atomic<const cpu::KernelTable*>& current_kernels() {
+  static std::atomic<const cpu::KernelTable*> table{
+      find_isa(std::getenv("SOFTIOU_CPU_ISA"), "SOFTIOU_CPU_ISA")};
+  return table;
+}
+
+const cpu::KernelTable& kernels() { return *current_kernels().load(std::memory_order_acquire); }
 
 // Pixels an item covers: about 64K elements, a whole number of tiles. A function of the shape
 // only, so the reduction order does not depend on the thread count.
@@ -90,8 +135,9 @@ template <class F>
 void run_items(const Items& it, const Prepared& p, F&& body) {
   const int64_t scratch_bytes = cpu::scratch_elems(p.args.C) * at::elementSize(p.acc);
   at::parallel_for(0, it.count, 1, [&](int64_t begin, int64_t end) {
-    std::vector<double> scratch((scratch_bytes + 7) / 8);
-    body(begin, end, static_cast<void*>(scratch.data()));
+    // not zeroed: the kernels write every value of their tiles before they read it
+    std::unique_ptr<double[]> scratch(new double[(scratch_bytes + 7) / 8]);
+    body(begin, end, static_cast<void*>(scratch.get()));
   });
 }
 
@@ -262,6 +308,18 @@ std::tuple<at::Tensor, at::Tensor> finalize_cpu(const at::Tensor& stats,
 }  // namespace
 
 const char* cpu_isa_name() { return kernels().isa; }
+
+std::vector<std::string> cpu_isas() {
+  std::vector<std::string> names;
+  for (const Isa& isa : kIsas) {
+    if (isa.runs()) names.emplace_back(isa.name);
+  }
+  return names;
+}
+
+void set_cpu_isa(const std::string& name) {
+  current_kernels().store(find_isa(name.c_str(), "isa"), std::memory_order_release);
+}
 
 TORCH_LIBRARY_IMPL(softiou, CPU, m) {
   m.impl("loss", &loss_kernel<&loss_forward_cpu>);

@@ -1,6 +1,14 @@
 #pragma once
 
+#include <string>
+#include <vector>
+
 namespace softiou {
-// "avx2" or "baseline": the CPU kernel build chosen for this processor.
-const char* cpu_isa_name();
+// The CPU kernels are compiled once per instruction set: "avx512" (F, BW, VL, DQ, with FMA and
+// F16C), "avx2" (with FMA and F16C) and "baseline" (x86-64, or any other processor). The first
+// call chooses the best this processor runs, or the one the environment variable SOFTIOU_CPU_ISA
+// names (an error if it cannot run it).
+const char* cpu_isa_name();           // the build in use
+std::vector<std::string> cpu_isas();  // the builds this processor runs, best first
+void set_cpu_isa(const std::string& name);  // switch builds (tests); an error names a bad name
 }  // namespace softiou
