@@ -1,6 +1,6 @@
 // The CPU kernels: one pass over input, target and weight for the statistics, one pass for the
-// gradient. Included once per instruction set by kernels_baseline.cpp and kernels_avx2.cpp,
-// which define SOFTIOU_CPU_NS (and SOFTIOU_MATH_NS) so that each copy has its own symbols.
+// gradient. Included once per instruction set by kernels_baseline.cpp, kernels_avx2.cpp and
+// kernels_avx512.cpp, which define SOFTIOU_CPU_NS (and SOFTIOU_MATH_NS) so that each copy has its own symbols.
 //
 // Layout of the work: a tile is kTile consecutive pixels of one sample and all its C classes,
 // staged in small buffers [C][kTile] that stay in L1. Every loop below runs over the kTile lanes
@@ -9,7 +9,7 @@
 // with the class index: it is never expanded.
 //
 // Only this project's own inline functions are used here (no std:: templates), so that nothing
-// compiled for AVX2 can be merged by the linker into the baseline build.
+// compiled for AVX2 or AVX-512 can be merged by the linker into another build.
 #ifndef SOFTIOU_CPU_NS
 #error "define SOFTIOU_CPU_NS before including kernels_impl.h"
 #endif
@@ -612,34 +612,29 @@ struct Kernel {
     return CLASS_MAP ? (tl.cls[t] == int32_t(c) ? A(1) : A(0)) : tl.Yb[c * kTile + t];
   }
 
-  // The class map's I and Y are added pixel by pixel into per-class sums, in four banks (pixel t
-  // uses bank t mod 4): consecutive pixels of one class do not wait on each other's additions.
-  int64_t bank(int t) const { return int64_t(t & 3) * C; }
-
   // The class map's statistics of one tile, with pw the per-pixel factor of p (the pixel weight,
   // or weight / S when X holds a softmax's exponentials): P takes every class (p^2 with
-  // SQUARED), I the target class of each pixel, both per lane; Y adds each kept pixel's weight
-  // to its class, pixel by pixel.
+  // SQUARED), I and Y the target class of each pixel, all per lane (one compare per element
+  // selects the target class for both).
   template <bool SQUARED>
   void class_map_sums(const Tile<A>& tl, const A* __restrict__ pw, A* __restrict__ accI,
                       A* __restrict__ accP, A* __restrict__ accY) const {
     const A* __restrict__ pv = tl.pv;
+    const A* __restrict__ w = tl.w;
     const int32_t* __restrict__ cls = tl.cls;
     for (int64_t c = 0; c < C; ++c) {
       const A* __restrict__ p = tl.X + c * kTile;
       A* __restrict__ ai = accI + c * kTile;
       A* __restrict__ ap = accP + c * kTile;
       const int32_t cc = int32_t(c);
+      A* __restrict__ ay = accY + c * kTile;
       for (int t = 0; t < kTile; ++t) {
         const A wp = pw[t] * p[t];
+        const bool target = cls[t] == cc;  // never where the pixel is not kept (cls = -1)
         ap[t] += pv[t] != A(0) ? (SQUARED ? pw[t] * (p[t] * p[t]) : wp) : A(0);
-        ai[t] += cls[t] == cc ? wp : A(0);
+        ai[t] += target ? wp : A(0);
+        ay[t] += target ? w[t] : A(0);
       }
-    }
-    const A* __restrict__ w = tl.w;
-    for (int t = 0; t < kTile; ++t) {
-      const int32_t c = cls[t];
-      if (c >= 0) accY[bank(t) + c] += w[t];
     }
   }
 
@@ -759,23 +754,15 @@ struct Kernel {
       out[C * 3 + 0] = ce_num;
       out[C * 3 + 1] = ce_den;
       for (int64_t c = 0; c < C; ++c) {
-        A sP = A(0);
-        for (int t = 0; t < kTile; ++t) sP += accP[c * kTile + t];
-        out[c * 3 + 1] = sP;
-        if constexpr (CLASS_MAP) {  // Y was added pixel by pixel, per class and bank
-          A sI = A(0);
-          for (int t = 0; t < kTile; ++t) sI += accI[c * kTile + t];
-          out[c * 3 + 0] = sI;
-          out[c * 3 + 2] = (accY[c] + accY[C + c]) + (accY[2 * C + c] + accY[3 * C + c]);
-        } else {
-          A sI = A(0), sY = A(0);
-          for (int t = 0; t < kTile; ++t) {
-            sI += accI[c * kTile + t];
-            sY += accY[c * kTile + t];
-          }
-          out[c * 3 + 0] = sI;
-          out[c * 3 + 2] = sY;
+        A sI = A(0), sP = A(0), sY = A(0);
+        for (int t = 0; t < kTile; ++t) {
+          sI += accI[c * kTile + t];
+          sP += accP[c * kTile + t];
+          sY += accY[c * kTile + t];
         }
+        out[c * 3 + 0] = sI;
+        out[c * 3 + 1] = sP;
+        out[c * 3 + 2] = sY;
       }
       errors[item] = err;
     }
@@ -829,7 +816,9 @@ struct Kernel {
       for (int t = 0; t < kTile; ++t) {
         const int32_t c = cls[t];
         const int32_t cc = c < 0 ? 0 : c;
-        const A et_gI = c >= 0 ? X[cc * kTile + t] * gI[cc] : A(0);
+        // read for every lane (cc is a valid class): gathers and selects in SIMD code
+        const A et = X[cc * kTile + t], g_t = gI[cc];
+        const A et_gI = c >= 0 ? et * g_t : A(0);
         const A vw = c >= 0 ? w[t] : A(0);
         D[t] = inv[t] * (D[t] + et_gI);
         k[t] = sh * vw * inv[t];
@@ -842,7 +831,8 @@ struct Kernel {
       for (int t = 0; t < kTile; ++t) {
         const int32_t c = cls[t];
         const int32_t cc = c < 0 ? 0 : c;
-        const A et_gI = c >= 0 ? X[cc * kTile + t] * gI[cc] : A(0);
+        const A et = X[cc * kTile + t], g_t = gI[cc];
+        const A et_gI = c >= 0 ? et * g_t : A(0);
         const A vw = c >= 0 ? w[t] : A(0);
         const A ct = cw == nullptr ? A(1) : cw[cc];
         D[t] = inv[t] * (D[t] + et_gI) - gce * (keep * ct + spread * sum_c);
@@ -880,12 +870,15 @@ struct Kernel {
     const A* __restrict__ k = tl.aux;
     const A* __restrict__ extra = tl.R;
     const A* __restrict__ kc = tl.R + kTile;
+    const A* __restrict__ pv = tl.pv;
+    const int32_t* __restrict__ cls = tl.cls;
     const A cw = ce_class_weight<A>(a, c);
-    const int32_t cls = int32_t(c);
+    const int32_t cc = int32_t(c);
     for (int t = 0; t < kTile; ++t) {
       const A grad = SMOOTHING ? k[t] * e[t] * (g - D[t]) - kc[t] * cw : k[t] * e[t] * (g - D[t]);
-      const A v = tl.pv[t] != A(0) ? grad : A(0);
-      out[t] = Store<O>::from(tl.cls[t] == cls ? v + extra[t] : v);
+      const A v = pv[t] != A(0) ? grad : A(0);
+      const A ex = extra[t];  // read for every lane: a select, not a masked load, in SIMD code
+      out[t] = Store<O>::from(cls[t] == cc ? v + ex : v);
     }
   }
 
