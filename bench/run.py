@@ -2,7 +2,8 @@
 
 For every case and provider: the provider's loss is checked against the float64 reference, then
 forward, backward and forward+backward are timed (median and spread, warm-up excluded, inputs
-rotated, the L2 flushed on the GPU), the peak memory above the inputs is measured, and the
+rotated, the L2 flushed before every call on the GPU, the inputs read before every call on the
+CPU), the peak memory above the inputs is measured, and the
 achieved bandwidth (the fewest bytes the direction must move, over the time) is set against a
 device-to-device copy measured in the same run. Output: a table on stdout, a JSON file and PNG
 plots under --out.
@@ -93,6 +94,12 @@ def _direction_calls(fn, sets):
     def fresh(i):
         x, t = sets[i % k]
         x.grad = None
+        if x.device.type == "cpu":
+            # read the inputs (untimed), so that every provider starts with them as warm as the
+            # caches allow: in the per-call group's rounds, where each provider takes the same
+            # input set in turn, the first one otherwise found it cold and the others warm
+            x.detach().sum()
+            t.sum()
         return x, t
 
     def setup_backward(i):
