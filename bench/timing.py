@@ -56,7 +56,10 @@ class Timer:
 
 
     def measure_interleaved(self, calls):
-        """``measure`` for several (setup, fn) at once, in rounds of one call of each."""
+        """``measure`` for several (setup, fn) at once, in rounds of one call of each. Each round
+        starts one call later than the one before, so that no call always follows the same one
+        (a call that follows a provider which allocates and frees much memory, or evicts the
+        caches, pays for it: always the same one would pay every time)."""
         for i in range(self.warmup):
             for setup, fn in calls:
                 fn(*setup(i))
@@ -65,7 +68,9 @@ class Timer:
         times = [[] for _ in calls]
         spent = 0.0
         for i in range(self.reps):
-            for k, (setup, fn) in enumerate(calls):
+            for j in range(len(calls)):
+                k = (i + j) % len(calls)
+                setup, fn = calls[k]
                 times[k].append(self._once(fn, setup(i)))
                 spent += times[k][-1] / 1e3
             if spent > self.budget_s and i >= 2:
