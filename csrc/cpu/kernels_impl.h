@@ -1,6 +1,7 @@
 // The CPU kernels: one pass over input, target and weight for the statistics, one pass for the
 // gradient. Included once per instruction set by kernels_baseline.cpp, kernels_avx2.cpp and
-// kernels_avx512.cpp, which define SOFTIOU_CPU_NS (and SOFTIOU_MATH_NS) so that each copy has its own symbols.
+// kernels_avx512.cpp, which define SOFTIOU_CPU_NS (and SOFTIOU_MATH_NS) so that each copy has its
+// own symbols.
 //
 // Layout of the work: a tile is kTile consecutive pixels of one sample and all its C classes,
 // staged in small buffers [C][kTile] that stay in L1. Every loop below runs over the kTile lanes
@@ -626,8 +627,8 @@ struct Kernel {
       const A* __restrict__ p = tl.X + c * kTile;
       A* __restrict__ ai = accI + c * kTile;
       A* __restrict__ ap = accP + c * kTile;
-      const int32_t cc = int32_t(c);
       A* __restrict__ ay = accY + c * kTile;
+      const int32_t cc = int32_t(c);
       for (int t = 0; t < kTile; ++t) {
         const A wp = pw[t] * p[t];
         const bool target = cls[t] == cc;  // never where the pixel is not kept (cls = -1)
