@@ -23,6 +23,14 @@ def ignore_value(kind: str) -> int:
     return 255 if "uint8" in kind else -1
 
 
+def takes_ignore(mode: str, kind: str) -> bool:
+    """ignore_index applies to class maps, integer targets and (per element) dense binary and
+    multilabel targets (SPEC section 10); a bool target cannot hold it."""
+    if mode == "multiclass":
+        return kind.startswith("map")
+    return kind != "bool"
+
+
 def make_inputs(mode: str, kind: str, dtype=torch.float32, device="cpu", shape=(2, 4, 5, 7),
                 from_logits=True, ignore_index=None, weight=False, seed=0, scale=2.0):
     """``(input, target, weight)``: input is a leaf that requires grad, of shape ``shape``

@@ -7,7 +7,7 @@ import torch
 import softiou_cuda
 from conftest import CASES, is_interpreted, is_triton
 from helpers import (MODE_KINDS, TARGET_KINDS, assert_matches_reference, ignore_value,
-                     make_inputs)
+                     make_inputs, takes_ignore)
 
 # options that change the statistics, the part each backend computes
 STATS_OPTIONS = [
@@ -27,14 +27,6 @@ def _ids(options):
     return ",".join(f"{k}={v}" for k, v in options.items()) or "defaults"
 
 
-def _takes_ignore(mode, kind):
-    """ignore_index applies to class maps, integer targets and (per element) dense binary and
-    multilabel targets (SPEC section 10); a bool target cannot hold it."""
-    if mode == "multiclass":
-        return kind.startswith("map")
-    return kind != "bool"
-
-
 def _statistics_params():
     """Every (backend, mode, target kind, options, dtype, weight, ignore_index) combination that
     applies (ignore_index where a target takes it); Triton (slow interpreted, compiling anew
@@ -47,7 +39,7 @@ def _statistics_params():
                 for dtype in (torch.float32, torch.float64):
                     for weighted, ignored in ((False, False), (True, True), (True, False),
                                               (False, True)):
-                        if ignored and not _takes_ignore(mode, kind):
+                        if ignored and not takes_ignore(mode, kind):
                             continue
                         if is_triton(device, backend) and (dtype == torch.float64
                                                            or weighted != ignored):

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 import softiou_cuda
-from helpers import MODE_KINDS, assert_matches_reference, ignore_value, make_inputs
+from helpers import (MODE_KINDS, assert_matches_reference, ignore_value, loss_and_grad,
+                     make_inputs, takes_ignore)
 
 pytestmark = pytest.mark.skipif(not softiou_cuda.ops.HAS_EXTENSION,
                                 reason="the C++ extension is not built")
@@ -74,22 +75,15 @@ OPTIONS = [
 ]
 
 
-def _applies(mode, kind, options):
-    if options.get("ce_weight") and options.get("from_logits") is False:
-        return False
-    return True
-
-
-CASES = [(m, k, i, s) for m, k in MODE_KINDS for i, o in enumerate(OPTIONS)
-         if _applies(m, k, o) for s in range(len(SHAPES))]
+CASES = [(m, k, i, s) for m, k in MODE_KINDS for i in range(len(OPTIONS))
+         for s in range(len(SHAPES))]
 
 
 @pytest.mark.parametrize("mode,kind,index,shape", CASES,
                          ids=[f"{m}-{k}-{i}-s{s}" for m, k, i, s in CASES])
 def test_build_matches_reference(isa, mode, kind, index, shape):
     options = OPTIONS[index]
-    takes_ignore = kind.startswith("map") if mode == "multiclass" else kind != "bool"
-    ignore = ignore_value(kind) if takes_ignore and index % 2 == 0 else None
+    ignore = ignore_value(kind) if takes_ignore(mode, kind) and index % 2 == 0 else None
     x, t, w = make_inputs(mode, kind, torch.float32, "cpu", shape=SHAPES[shape],
                           from_logits=options.get("from_logits", True), ignore_index=ignore,
                           weight=index % 3 != 1, seed=index)
@@ -117,11 +111,8 @@ def test_build_is_bitwise_the_same_for_any_thread_count(isa, mode, kind):
     try:
         for threads in (1, 2):
             torch.set_num_threads(threads)
-            xr = x.detach().requires_grad_()
-            loss = softiou_cuda.soft_iou_loss(xr, t, w, mode=mode, reduction="none",
-                                              backend="cpu")
-            (g,) = torch.autograd.grad(loss.sum(), xr)
-            results.append((loss, g))
+            results.append(loss_and_grad(softiou_cuda.soft_iou_loss, x, t, w, mode=mode,
+                                         reduction="none", backend="cpu"))
     finally:
         torch.set_num_threads(before)
     assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])

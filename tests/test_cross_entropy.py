@@ -11,7 +11,7 @@ import torch.nn.functional as F
 import softiou_cuda
 from conftest import CASES, DEVICES, is_interpreted, is_triton
 from helpers import (LOW_PRECISION, MODE_KINDS, assert_matches_reference, ignore_value,
-                     make_inputs)
+                     make_inputs, takes_ignore)
 from softiou_cuda import reference
 
 
@@ -100,12 +100,6 @@ def _options(mode, C):
     return opts
 
 
-def _takes_ignore(mode, kind):
-    if mode == "multiclass":
-        return kind.startswith("map")
-    return kind != "bool"  # dense binary / multilabel targets: per element (SPEC section 10)
-
-
 def _params():
     params = []
     for device, backend in CASES:
@@ -114,7 +108,7 @@ def _params():
             for i, options in enumerate(_options(mode, C)):
                 for dtype in (torch.float32, torch.float64):
                     for weighted, ignored in ((False, False), (True, True)):
-                        if ignored and not _takes_ignore(mode, kind):
+                        if ignored and not takes_ignore(mode, kind):
                             continue
                         if is_triton(device, backend) and (dtype == torch.float64 or i % 2):
                             continue
