@@ -161,6 +161,11 @@ BAD_VALUES = [
      lambda x, t, w: (x, torch.nn.functional.one_hot(t, 3).movedim(-1, 1) * 2, w)),
     ("dense target holds", dict(),
      lambda x, t, w: (x, torch.nn.functional.one_hot(t, 3).movedim(-1, 1).float() * 1.5, w)),
+    # binary: the CPU kernels' per-element sigmoid path, which hands a bad item to the tiles
+    ("holds 2", dict(mode="binary"), lambda x, t, w: (x[:, :1], (t[:, None] > 0).long() * 2, w)),
+    ("weight", dict(mode="binary"), lambda x, t, w: (x[:, :1], (t[:, None] > 0).long(), -w)),
+    ("dense target holds", dict(mode="binary"),
+     lambda x, t, w: (x[:, :1], (t[:, None] > 0).float() * 1.5, w)),
 ]
 
 

@@ -7,7 +7,9 @@
 // staged in small buffers [C][kTile] that stay in L1. Every loop below runs over the kTile lanes
 // with branch-free arithmetic, so the compiler turns it into SIMD code; the softmax over the
 // classes is a loop over the buffer rows. The integer class map is read per pixel and compared
-// with the class index: it is never expanded.
+// with the class index: it is never expanded. Per-element targets under a sigmoid of logits
+// (binary, multilabel) skip the staging: one loop per block of kTile pixels reads the input and
+// writes the sums or the gradient (sigmoid_sums, sigmoid_backward).
 //
 // Only this project's own inline functions are used here (no std:: templates), so that nothing
 // compiled for AVX2 or AVX-512 can be merged by the linker into another build.
@@ -536,23 +538,9 @@ struct Kernel {
                 note(err, InputError::kBinaryTarget, double(iv));
             }
           }
-        } else {
-          load_rows<A>(row, 1, 0, a.t_sM, cnt, y);
-          const A* __restrict__ pv = tl.pv;
-          if (a.has_ignore) {  // per element (SPEC section 10)
-            const A ignv = A(ign);
-            for (int t = 0; t < kTile; ++t) {
-              const bool ignored = y[t] == ignv;
-              v[t] = ignored ? A(0) : pv[t];
-              y[t] = ignored ? A(0) : y[t];
-            }
-          } else {
-            for (int t = 0; t < kTile; ++t) v[t] = pv[t];
-          }
-          if (any_outside_unit_interval(y, kTile)) {
-            for (int t = 0; t < cnt; ++t)
-              if (outside_unit_interval(y[t])) note(err, InputError::kDenseTarget, double(y[t]));
-          }
+        } else if (dense_target_row(row, cnt, y, v)) {
+          for (int t = 0; t < cnt; ++t)
+            if (outside_unit_interval(y[t])) note(err, InputError::kDenseTarget, double(y[t]));
         }
       }
     }
@@ -603,6 +591,24 @@ struct Kernel {
       y[t] = (iv == 1) & !ignored ? A(1) : A(0);
     }
     return bad != 0;
+  }
+
+  // One row of a dense target per element: y (ignore_index elements set to 0, SPEC section 10)
+  // and its validity v (0 where ignored and past cnt). Returns whether a kept value lies outside
+  // [0, 1].
+  bool dense_target_row(const TT* row, int cnt, A* __restrict__ y, A* __restrict__ v) const {
+    load_rows<A>(row, 1, 0, a.t_sM, cnt, y);
+    if (a.has_ignore) {
+      const A ignv = A(a.ignore_index);
+      for (int t = 0; t < kTile; ++t) {
+        const bool ignored = y[t] == ignv;
+        v[t] = ignored | (t >= cnt) ? A(0) : A(1);
+        y[t] = ignored ? A(0) : y[t];
+      }
+    } else {
+      for (int t = 0; t < kTile; ++t) v[t] = t < cnt ? A(1) : A(0);
+    }
+    return any_outside_unit_interval(y, kTile);
   }
 
   // validity and target of element (c, t)
@@ -665,6 +671,158 @@ struct Kernel {
     }
   }
 
+  // Per-element targets (binary, multilabel) under a sigmoid of logits, every row contiguous:
+  // each element is independent of the others, so a row goes from the input to its sums (or to
+  // its gradient) in one loop per block of kTile pixels, after one loop that reads the block's
+  // target (at small C the tile's dozen short loops per tile cost more than the work). The same
+  // per-element functions as the tile path, and the same lanes summed in the same order.
+  bool fused_sigmoid(bool backward) const {
+    return !CLASS_MAP && a.prob == Prob::kSigmoid && from_logits && a.x_sM == 1 &&
+           a.t_sM == 1 && (a.w == nullptr || a.w_sM == 1) && (!backward || a.g_sM == 1);
+  }
+
+  // cnt values of a contiguous per-element target row as y and their validity v ([kTile]
+  // each; v = 0 past cnt), as load_weight_target reads them. Returns whether a value is not
+  // allowed. (The target has its own loop: with the compute in the same loop, the selects on
+  // an int64 target's masks and on float data do not vectorise.)
+  bool target_block(const TT* row, int cnt, A* __restrict__ y, A* __restrict__ v) const {
+    if constexpr (is_integer_target<TT>()) {
+      return cnt == kTile ? binary_target_row<true>(row, cnt, y, v)
+                          : binary_target_row<false>(row, cnt, y, v);
+    } else {
+      return dense_target_row(row, cnt, y, v);
+    }
+  }
+
+  // One element's terms of I, P and Y, added to its lanes (the tile path's prepare and
+  // dense_sums in one). The options are template arguments, as in dense_sums.
+  template <bool USE_MIN, bool SQUARED>
+  SOFTIOU_HD static void sum_element(A xv, A y, A v, A wt, A sh, A& ai, A& ap, A& ay) {
+    A p, slope;
+    sigmoid_and_slope(sigmoid_arg(xv, sh, true), p, slope);
+    const bool ok = v != A(0);
+    const A ti = wt * intersection(p, y, USE_MIN);
+    const A tp = wt * power_term(p, SQUARED);
+    const A ty = wt * power_term(y, SQUARED);
+    ai += ok ? ti : A(0);
+    ap += ok ? tp : A(0);
+    ay += ok ? ty : A(0);
+  }
+
+  // One element's dL/dx (the tile path's prepare and backward loops in one).
+  SOFTIOU_HD static A grad_element(A xv, A y, A v, A wt, A sh, A pos_w, bool um, bool sq, A gI,
+                                   A gP, A gce, A ck, bool with_ce) {
+    A p, slope;
+    sigmoid_and_slope(sigmoid_arg(xv, sh, true), p, slope);
+    const A d = slope * sigmoid_arg_dx(xv, sh, true);
+    const bool ok = v != A(0);
+    const A g = ok ? wt * grad_p(p, y, gI, gP, um, sq) : A(0);
+    const A cev = with_ce && ok ? gce * wt * ck * bce_with_logits_dz(p, y, pos_w) : A(0);
+    return with_ce ? g * d + sh * cev : g * d;
+  }
+
+  // The statistics of pixels [m_begin, m_end) of sample n, added to the lanes of accI/accP/accY
+  // ([C][kTile]) as the tile path adds them. Returns false where a value is not allowed (the
+  // caller then runs the item through the tiles, which report it).
+  template <bool USE_MIN, bool SQUARED>
+  bool sigmoid_sums(int64_t n, int64_t m_begin, int64_t m_end, A* accI, A* accP,
+                    A* accY) const {
+    const S* xb = static_cast<const S*>(a.x) + n * a.x_sN;
+    const TT* tb = static_cast<const TT*>(a.t) + n * a.t_sN;
+    const A* wb = a.w != nullptr ? static_cast<const A*>(a.w) + n * a.w_sN : nullptr;
+    const A sh = sharp;
+    A yb[kTile], vb[kTile], ones[kTile];  // ones: the weights of an unweighted loss
+    for (int j = 0; j < kTile; ++j) ones[j] = A(1);
+    bool bad = false;
+    for (int64_t c = 0; c < C; ++c) {
+      A* __restrict__ ai = accI + c * kTile;
+      A* __restrict__ ap = accP + c * kTile;
+      A* __restrict__ ay = accY + c * kTile;
+      for (int64_t m = m_begin; m < m_end; m += kTile) {
+        const int cnt = int(min64(kTile, m_end - m));
+        bad |= target_block(tb + c * a.t_sC + m, cnt, yb, vb);
+        const S* __restrict__ x = xb + c * a.x_sC + m;
+        const A* __restrict__ w = wb != nullptr ? wb + m : ones;
+        const A* __restrict__ y = yb;
+        const A* __restrict__ v = vb;
+        int32_t negative = 0;
+        if (cnt == kTile) {
+          for (int j = 0; j < kTile; ++j) {
+            const A wt = w[j];
+            negative |= int32_t(wt < A(0));
+            sum_element<USE_MIN, SQUARED>(to_acc<A>(x[j]), y[j], v[j], wt, sh, ai[j], ap[j],
+                                          ay[j]);
+          }
+        } else {
+          for (int j = 0; j < cnt; ++j) {
+            const A wt = w[j];
+            negative |= int32_t(wt < A(0));
+            sum_element<USE_MIN, SQUARED>(to_acc<A>(x[j]), y[j], v[j], wt, sh, ai[j], ap[j],
+                                          ay[j]);
+          }
+        }
+        bad |= negative != 0;
+      }
+    }
+    return !bad;
+  }
+
+  // sigmoid_sums with the options as template arguments.
+  bool fused_sums(int64_t n, int64_t m_begin, int64_t m_end, A* accI, A* accP, A* accY) const {
+    if (use_min) {
+      return squared ? sigmoid_sums<true, true>(n, m_begin, m_end, accI, accP, accY)
+                     : sigmoid_sums<true, false>(n, m_begin, m_end, accI, accP, accY);
+    }
+    return squared ? sigmoid_sums<false, true>(n, m_begin, m_end, accI, accP, accY)
+                   : sigmoid_sums<false, false>(n, m_begin, m_end, accI, accP, accY);
+  }
+
+  // The gradient of pixels [m_begin, m_end) of sample n, written to grad_x. Returns false where
+  // a value is not allowed (the caller then runs the item through the tiles).
+  bool sigmoid_backward(int64_t n, int64_t m_begin, int64_t m_end, A gce) const {
+    const S* xb = static_cast<const S*>(a.x) + n * a.x_sN;
+    const TT* tb = static_cast<const TT*>(a.t) + n * a.t_sN;
+    S* gb = static_cast<S*>(a.grad_x) + n * a.g_sN;
+    const A* wb = a.w != nullptr ? static_cast<const A*>(a.w) + n * a.w_sN : nullptr;
+    const A sh = sharp, pos_w = pw;
+    const bool um = use_min, sq = squared, with_ce = gce != A(0);
+    A yb[kTile], vb[kTile], ones[kTile];  // ones: the weights of an unweighted loss
+    for (int j = 0; j < kTile; ++j) ones[j] = A(1);
+    bool bad = false;
+    for (int64_t c = 0; c < C; ++c) {
+      A gI, gP;
+      pair_gradient(a, n, c, gI, gP);
+      const A ck = ce_class_weight<A>(a, c);
+      for (int64_t m = m_begin; m < m_end; m += kTile) {
+        const int cnt = int(min64(kTile, m_end - m));
+        bad |= target_block(tb + c * a.t_sC + m, cnt, yb, vb);
+        const S* __restrict__ x = xb + c * a.x_sC + m;
+        const A* __restrict__ w = wb != nullptr ? wb + m : ones;
+        const A* __restrict__ y = yb;
+        const A* __restrict__ v = vb;
+        S* __restrict__ out = gb + c * a.g_sC + m;
+        int32_t negative = 0;
+        if (cnt == kTile) {
+          for (int j = 0; j < kTile; ++j) {
+            const A wt = w[j];
+            negative |= int32_t(wt < A(0));
+            out[j] = Store<S>::from(grad_element(to_acc<A>(x[j]), y[j], v[j], wt, sh, pos_w, um,
+                                                 sq, gI, gP, gce, ck, with_ce));
+          }
+        } else {
+          for (int j = 0; j < cnt; ++j) {
+            const A wt = w[j];
+            negative |= int32_t(wt < A(0));
+            out[j] = Store<S>::from(grad_element(to_acc<A>(x[j]), y[j], v[j], wt, sh, pos_w, um,
+                                                 sq, gI, gP, gce, ck, with_ce));
+          }
+        }
+        bad |= negative != 0;
+      }
+    }
+    return !bad;
+  }
+
   void stats(int64_t chunk, int64_t ib, int64_t ie, A* partials, A* scratch,
              ItemError* errors) const {
     const int64_t K = (a.M + chunk - 1) / chunk;
@@ -681,10 +839,19 @@ struct Kernel {
     for (int64_t item = ib; item < ie; ++item) {
       const int64_t n = item / K, k = item % K;
       const int64_t m_begin = k * chunk, m_end = min64(a.M, m_begin + chunk);
+      int64_t m_tiles = m_begin;  // where the tile loop starts (m_end: nothing left for it)
       for (int64_t i = 0; i < C * kTile; ++i) accI[i] = accP[i] = accY[i] = A(0);
       A ce_num = A(0), ce_den = A(0);  // the cross-entropy term, added tile by tile
       ItemError err;
-      for (int64_t m = m_begin; m < m_end; m += kTile) {
+      if (fused_sigmoid(false) && !ce) {
+        const bool done = fused_sums(n, m_begin, m_end, accI, accP, accY);
+        // a value not allowed: the tiles below find and report it
+        if (!done) {
+          for (int64_t i = 0; i < C * kTile; ++i) accI[i] = accP[i] = accY[i] = A(0);
+        }
+        m_tiles = done ? m_end : m_begin;
+      }
+      for (int64_t m = m_tiles; m < m_end; m += kTile) {
         const int cnt = int(min64(kTile, m_end - m));
         if (softmax_of_logits()) {
           // class map, softmax of logits: X holds e, p = e / S. P takes every class, I and Y
@@ -903,6 +1070,10 @@ struct Kernel {
         for (int64_t c = 0; c < C; ++c) pair_gradient(a, n, c, gIs[c], gPs[c]);
         for (int64_t m = m_begin; m < m_end; m += kTile)
           backward_softmax_map(tl, n, m, int(min64(kTile, m_end - m)), gIs, gPs, gce, err);
+        errors[item] = err;
+        continue;
+      }
+      if (fused_sigmoid(true) && sigmoid_backward(n, m_begin, m_end, gce)) {
         errors[item] = err;
         continue;
       }
