@@ -721,50 +721,58 @@ struct Kernel {
     return with_ce ? g * d + sh * cev : g * d;
   }
 
-  // The statistics of pixels [m_begin, m_end) of sample n, added to the lanes of accI/accP/accY
-  // ([C][kTile]) as the tile path adds them. Returns false where a value is not allowed (the
-  // caller then runs the item through the tiles, which report it).
-  template <bool USE_MIN, bool SQUARED>
-  bool sigmoid_sums(int64_t n, int64_t m_begin, int64_t m_end, A* accI, A* accP,
-                    A* accY) const {
+  // Walks pixels [m_begin, m_end) of sample n row by row, a block of kTile pixels at a time:
+  // reads the block's target into y and v, then calls f(c, m, cnt, x, w, y, v) with the block's
+  // input and weights (ones without weights), which returns nonzero where a weight is negative.
+  // Returns false where a value is not allowed (the caller then runs the item through the
+  // tiles, which report it).
+  template <class F>
+  bool sigmoid_blocks(int64_t n, int64_t m_begin, int64_t m_end, F&& f) const {
     const S* xb = static_cast<const S*>(a.x) + n * a.x_sN;
     const TT* tb = static_cast<const TT*>(a.t) + n * a.t_sN;
     const A* wb = a.w != nullptr ? static_cast<const A*>(a.w) + n * a.w_sN : nullptr;
-    const A sh = sharp;
-    A yb[kTile], vb[kTile], ones[kTile];  // ones: the weights of an unweighted loss
+    A y[kTile], v[kTile], ones[kTile];
     for (int j = 0; j < kTile; ++j) ones[j] = A(1);
     bool bad = false;
     for (int64_t c = 0; c < C; ++c) {
-      A* __restrict__ ai = accI + c * kTile;
-      A* __restrict__ ap = accP + c * kTile;
-      A* __restrict__ ay = accY + c * kTile;
       for (int64_t m = m_begin; m < m_end; m += kTile) {
         const int cnt = int(min64(kTile, m_end - m));
-        bad |= target_block(tb + c * a.t_sC + m, cnt, yb, vb);
-        const S* __restrict__ x = xb + c * a.x_sC + m;
-        const A* __restrict__ w = wb != nullptr ? wb + m : ones;
-        const A* __restrict__ y = yb;
-        const A* __restrict__ v = vb;
-        int32_t negative = 0;
-        if (cnt == kTile) {
-          for (int j = 0; j < kTile; ++j) {
-            const A wt = w[j];
-            negative |= int32_t(wt < A(0));
-            sum_element<USE_MIN, SQUARED>(to_acc<A>(x[j]), y[j], v[j], wt, sh, ai[j], ap[j],
-                                          ay[j]);
-          }
-        } else {
-          for (int j = 0; j < cnt; ++j) {
-            const A wt = w[j];
-            negative |= int32_t(wt < A(0));
-            sum_element<USE_MIN, SQUARED>(to_acc<A>(x[j]), y[j], v[j], wt, sh, ai[j], ap[j],
-                                          ay[j]);
-          }
-        }
-        bad |= negative != 0;
+        bad |= target_block(tb + c * a.t_sC + m, cnt, y, v);
+        bad |= f(c, m, cnt, xb + c * a.x_sC + m, wb != nullptr ? wb + m : ones, y, v) != 0;
       }
     }
     return !bad;
+  }
+
+  // The statistics of pixels [m_begin, m_end) of sample n, added to the lanes of accI/accP/accY
+  // ([C][kTile]) as the tile path adds them; false where a value is not allowed.
+  template <bool USE_MIN, bool SQUARED>
+  bool sigmoid_sums(int64_t n, int64_t m_begin, int64_t m_end, A* accI, A* accP,
+                    A* accY) const {
+    const A sh = sharp;
+    return sigmoid_blocks(n, m_begin, m_end, [&](int64_t c, int64_t, int cnt,
+                                                 const S* __restrict__ x, const A* __restrict__ w,
+                                                 const A* __restrict__ y,
+                                                 const A* __restrict__ v) {
+      A* __restrict__ ai = accI + c * kTile;
+      A* __restrict__ ap = accP + c * kTile;
+      A* __restrict__ ay = accY + c * kTile;
+      int32_t negative = 0;
+      if (cnt == kTile) {
+        for (int j = 0; j < kTile; ++j) {
+          negative |= int32_t(w[j] < A(0));
+          sum_element<USE_MIN, SQUARED>(to_acc<A>(x[j]), y[j], v[j], w[j], sh, ai[j], ap[j],
+                                        ay[j]);
+        }
+      } else {
+        for (int j = 0; j < cnt; ++j) {
+          negative |= int32_t(w[j] < A(0));
+          sum_element<USE_MIN, SQUARED>(to_acc<A>(x[j]), y[j], v[j], w[j], sh, ai[j], ap[j],
+                                        ay[j]);
+        }
+      }
+      return negative;
+    });
   }
 
   // sigmoid_sums with the options as template arguments.
@@ -777,50 +785,36 @@ struct Kernel {
                    : sigmoid_sums<false, false>(n, m_begin, m_end, accI, accP, accY);
   }
 
-  // The gradient of pixels [m_begin, m_end) of sample n, written to grad_x. Returns false where
-  // a value is not allowed (the caller then runs the item through the tiles).
+  // The gradient of pixels [m_begin, m_end) of sample n, written to grad_x; false where a value
+  // is not allowed.
   bool sigmoid_backward(int64_t n, int64_t m_begin, int64_t m_end, A gce) const {
-    const S* xb = static_cast<const S*>(a.x) + n * a.x_sN;
-    const TT* tb = static_cast<const TT*>(a.t) + n * a.t_sN;
     S* gb = static_cast<S*>(a.grad_x) + n * a.g_sN;
-    const A* wb = a.w != nullptr ? static_cast<const A*>(a.w) + n * a.w_sN : nullptr;
     const A sh = sharp, pos_w = pw;
     const bool um = use_min, sq = squared, with_ce = gce != A(0);
-    A yb[kTile], vb[kTile], ones[kTile];  // ones: the weights of an unweighted loss
-    for (int j = 0; j < kTile; ++j) ones[j] = A(1);
-    bool bad = false;
-    for (int64_t c = 0; c < C; ++c) {
+    return sigmoid_blocks(n, m_begin, m_end, [&](int64_t c, int64_t m, int cnt,
+                                                 const S* __restrict__ x, const A* __restrict__ w,
+                                                 const A* __restrict__ y,
+                                                 const A* __restrict__ v) {
       A gI, gP;
       pair_gradient(a, n, c, gI, gP);
       const A ck = ce_class_weight<A>(a, c);
-      for (int64_t m = m_begin; m < m_end; m += kTile) {
-        const int cnt = int(min64(kTile, m_end - m));
-        bad |= target_block(tb + c * a.t_sC + m, cnt, yb, vb);
-        const S* __restrict__ x = xb + c * a.x_sC + m;
-        const A* __restrict__ w = wb != nullptr ? wb + m : ones;
-        const A* __restrict__ y = yb;
-        const A* __restrict__ v = vb;
-        S* __restrict__ out = gb + c * a.g_sC + m;
-        int32_t negative = 0;
-        if (cnt == kTile) {
-          for (int j = 0; j < kTile; ++j) {
-            const A wt = w[j];
-            negative |= int32_t(wt < A(0));
-            out[j] = Store<S>::from(grad_element(to_acc<A>(x[j]), y[j], v[j], wt, sh, pos_w, um,
-                                                 sq, gI, gP, gce, ck, with_ce));
-          }
-        } else {
-          for (int j = 0; j < cnt; ++j) {
-            const A wt = w[j];
-            negative |= int32_t(wt < A(0));
-            out[j] = Store<S>::from(grad_element(to_acc<A>(x[j]), y[j], v[j], wt, sh, pos_w, um,
-                                                 sq, gI, gP, gce, ck, with_ce));
-          }
+      S* __restrict__ out = gb + c * a.g_sC + m;
+      int32_t negative = 0;
+      if (cnt == kTile) {
+        for (int j = 0; j < kTile; ++j) {
+          negative |= int32_t(w[j] < A(0));
+          out[j] = Store<S>::from(grad_element(to_acc<A>(x[j]), y[j], v[j], w[j], sh, pos_w, um,
+                                               sq, gI, gP, gce, ck, with_ce));
         }
-        bad |= negative != 0;
+      } else {
+        for (int j = 0; j < cnt; ++j) {
+          negative |= int32_t(w[j] < A(0));
+          out[j] = Store<S>::from(grad_element(to_acc<A>(x[j]), y[j], v[j], w[j], sh, pos_w, um,
+                                               sq, gI, gP, gce, ck, with_ce));
+        }
       }
-    }
-    return !bad;
+      return negative;
+    });
   }
 
   void stats(int64_t chunk, int64_t ib, int64_t ie, A* partials, A* scratch,
