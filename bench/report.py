@@ -178,7 +178,8 @@ def plots(report, out_dir, tag):
         ax.set_ylabel(label)
         ax.set_title(f"softiou vs peers: {what} ({where})", fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_lines():  # a sweep without a C = 19 case has nothing to plot
+            ax.legend(fontsize=8)
         fig.tight_layout()
         path = os.path.join(out_dir, f"{tag}-{what}.png")
         fig.savefig(path, dpi=110)

@@ -22,9 +22,6 @@
 namespace softiou {
 namespace {
 
-using torch::autograd::AutogradContext;
-using torch::autograd::variable_list;
-
 using LossForwardSig = std::tuple<at::Tensor, at::Tensor>(
     const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
     SOFTIOU_LOSS_OPTION_PARAMS);
@@ -64,104 +61,140 @@ std::optional<at::Tensor> optional(const at::Tensor& t) {
   return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt;
 }
 
-// The options of a loss call, owned: what the backward needs of the forward's arguments. Kept in
-// the autograd context as one value (a capsule).
-struct SavedLossOptions : torch::CustomClassHolder {
-  std::string mode, intersection, metric, absent, reduction;
-  bool from_logits, log_loss, include_background, per_image;
-  double sharpness, alpha, beta, gamma, smooth, eps;
-  std::optional<std::vector<int64_t>> classes;
-  std::optional<int64_t> ignore_index;
-  double ce_weight, label_smoothing;
-  bool squared, weighted_mean;
-  std::optional<double> smooth_dr;
-  std::string w_type;
-  double ce_pos_weight;
-};
+}  // namespace
+}  // namespace softiou
 
-constexpr int kLossArgs = 28;  // arguments of LossFunction::forward after the context
+// The autograd Functions are at global scope, under names of their own: a loss prints as
+// tensor(..., grad_fn=<CppNode<SoftiouLoss>>) (torch shows a node's name after its last "::").
+//
+// What a backward needs of the forward's arguments is kept in the context as the compiled
+// autograd (torch._dynamo.compiled_autograd) can take it: values in one list, which it hashes as
+// constants of the node (a capsule it cannot hash; a number at the top of saved_data it would
+// make an input of its graph, which the backward then reads as a symbol).
 
-class LossFunction : public torch::autograd::Function<LossFunction> {
- public:
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input,
+// softiou::loss: forward _loss_forward -> (loss, coef); backward _loss_backward, one gradient pass.
+// The options but class_weight (a saved tensor) are saved in schema order.
+struct SoftiouLoss : public torch::autograd::Function<SoftiouLoss> {
+  static constexpr int kArgs = 28;  // arguments of forward after the context
+
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& input,
                             const at::Tensor& target, const std::optional<at::Tensor>& weight,
                             SOFTIOU_LOSS_OPTION_PARAMS) {
     at::AutoDispatchBelowADInplaceOrView guard;
     auto [loss, coef] =
-        loss_forward_op().call(input, target, weight, SOFTIOU_LOSS_OPTION_ARGS);
+        softiou::loss_forward_op().call(input, target, weight, SOFTIOU_LOSS_OPTION_ARGS);
     ctx->save_for_backward({input, target, weight.value_or(at::Tensor()), coef,
                             class_weight.value_or(at::Tensor())});
-    auto o = c10::make_intrusive<SavedLossOptions>();
-    o->mode = std::string(mode);
-    o->intersection = std::string(intersection);
-    o->metric = std::string(metric);
-    o->absent = std::string(absent);
-    o->reduction = std::string(reduction);
-    o->from_logits = from_logits;
-    o->log_loss = log_loss;
-    o->include_background = include_background;
-    o->per_image = per_image;
-    o->sharpness = sharpness;
-    o->alpha = alpha;
-    o->beta = beta;
-    o->gamma = gamma;
-    o->smooth = smooth;
-    o->eps = eps;
-    if (classes.has_value()) o->classes = classes->vec();
-    o->ignore_index = ignore_index;
-    o->ce_weight = ce_weight;
-    o->label_smoothing = label_smoothing;
-    o->squared = squared;
-    o->smooth_dr = smooth_dr;
-    o->weighted_mean = weighted_mean;
-    o->w_type = std::string(w_type);
-    o->ce_pos_weight = ce_pos_weight;
-    ctx->saved_data["options"] = c10::IValue::make_capsule(std::move(o));
-    ctx->mark_non_differentiable({coef});
+    c10::impl::GenericList o(c10::AnyType::get());
+    o.reserve(kArgs - 4);
+    for (c10::IValue v : {c10::IValue(mode), c10::IValue(from_logits), c10::IValue(sharpness),
+                          c10::IValue(intersection), c10::IValue(metric), c10::IValue(alpha),
+                          c10::IValue(beta), c10::IValue(gamma), c10::IValue(log_loss),
+                          c10::IValue(smooth), c10::IValue(eps),
+                          classes.has_value() ? c10::IValue(classes->vec()) : c10::IValue(),
+                          c10::IValue(include_background), c10::IValue(ignore_index),
+                          c10::IValue(per_image), c10::IValue(absent), c10::IValue(reduction),
+                          c10::IValue(ce_weight), c10::IValue(label_smoothing),
+                          c10::IValue(squared), c10::IValue(smooth_dr),
+                          c10::IValue(weighted_mean), c10::IValue(w_type),
+                          c10::IValue(ce_pos_weight)}) {
+      o.push_back(std::move(v));
+    }
+    ctx->saved_data["options"] = std::move(o);
     return loss;
   }
 
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    variable_list out(kLossArgs);
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    torch::autograd::variable_list out(kArgs);
     if (!ctx->needs_input_grad(0)) return out;
     const auto saved = ctx->get_saved_variables();
-    const auto holder = ctx->saved_data["options"].toCapsule();
-    const auto& o = *static_cast<const SavedLossOptions*>(holder.get());
+    const auto o = ctx->saved_data["options"].toList();  // in schema order, as saved
+    std::vector<int64_t> class_list;
     at::OptionalIntArrayRef classes;
-    if (o.classes.has_value()) classes = at::IntArrayRef(*o.classes);
-    out[0] = loss_backward_op().call(
-        grads[0], saved[0], saved[1], optional(saved[2]), saved[3], optional(saved[4]), o.mode,
-        o.from_logits, o.sharpness, o.intersection, o.metric, o.alpha, o.beta, o.gamma,
-        o.log_loss, o.smooth, o.eps, classes, o.include_background, o.ignore_index, o.per_image,
-        o.absent, o.reduction, o.ce_weight, o.label_smoothing, o.squared, o.smooth_dr,
-        o.weighted_mean, o.w_type, o.ce_pos_weight);
+    if (!o.get(11).isNone()) {
+      class_list = o.get(11).toIntVector();
+      classes = at::IntArrayRef(class_list);
+    }
+    using softiou::optional;
+    out[0] = softiou::loss_backward_op().call(
+        grads[0], saved[0], saved[1], optional(saved[2]), saved[3], optional(saved[4]),
+        o.get(0).toStringView(), o.get(1).toBool(), o.get(2).toDouble(), o.get(3).toStringView(),
+        o.get(4).toStringView(), o.get(5).toDouble(), o.get(6).toDouble(), o.get(7).toDouble(),
+        o.get(8).toBool(), o.get(9).toDouble(), o.get(10).toDouble(), classes, o.get(12).toBool(),
+        o.get(13).toOptional<int64_t>(), o.get(14).toBool(), o.get(15).toStringView(),
+        o.get(16).toStringView(), o.get(17).toDouble(), o.get(18).toDouble(), o.get(19).toBool(),
+        o.get(20).toOptional<double>(), o.get(21).toBool(), o.get(22).toStringView(),
+        o.get(23).toDouble());
     return out;
   }
 };
+
+// softiou::_loss_backward under grad mode (create_graph=True): computed below autograd;
+// differentiating it again is an error.
+struct SoftiouLossBackward : public torch::autograd::Function<SoftiouLossBackward> {
+  static at::Tensor forward(torch::autograd::AutogradContext*, const at::Tensor& grad,
+                            const at::Tensor& input, const at::Tensor& target,
+                            const std::optional<at::Tensor>& weight, const at::Tensor& coef,
+                            SOFTIOU_LOSS_OPTION_PARAMS) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return softiou::loss_backward_op().call(grad, input, target, weight, coef,
+                                            SOFTIOU_LOSS_OPTION_ARGS);
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext*,
+                                                 torch::autograd::variable_list) {
+    TORCH_CHECK(false, "softiou: the loss is differentiable once; its second derivative (double "
+                "backward) is not supported");
+  }
+};
+
+// softiou::finalize: forward _finalize -> (loss, coef); backward grad_stats = coef * grad.
+struct SoftiouFinalize : public torch::autograd::Function<SoftiouFinalize> {
+  static constexpr int kArgs = 17;  // arguments of forward after the context
+
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& stats,
+                            const std::optional<at::Tensor>& class_weight,
+                            SOFTIOU_FINALIZE_OPTION_PARAMS) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [loss, coef] =
+        softiou::finalize_op().call(stats, class_weight, SOFTIOU_FINALIZE_OPTION_ARGS);
+    ctx->save_for_backward({coef});
+    // rows, per image, one gradient per pair, one per row (the generalized Dice score)
+    ctx->saved_data["shape"] = c10::List<int64_t>(
+        {stats.size(0), per_image, reduction == "none", metric == "generalized_dice"});
+    return loss;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    torch::autograd::variable_list out(kArgs);
+    if (!ctx->needs_input_grad(0)) return out;
+    // the coefficients are constants of the first derivative: no second derivative through them
+    at::NoGradGuard no_grad;
+    const at::Tensor coef = ctx->get_saved_variables()[0];
+    const at::Tensor& g = grads[0];
+    const auto shape = ctx->saved_data["shape"].toIntVector();
+    // the gradient of the loss: a scalar, or one value per pair ([rows, C]) or per row of the
+    // generalized Dice score ([rows, 1])
+    const int64_t per_row = shape[3] ? 1 : coef.size(1);
+    at::Tensor gs = shape[2] ? coef * g.reshape({coef.size(0), per_row, 1}) : coef * g;
+    if (!shape[1]) gs = gs.expand({shape[0], coef.size(1), 3});
+    out[0] = gs;
+    return out;
+  }
+};
+
+namespace softiou {
+namespace {
 
 at::Tensor loss_autograd(const at::Tensor& input, const at::Tensor& target,
                          const std::optional<at::Tensor>& weight, SOFTIOU_LOSS_OPTION_PARAMS) {
   refuse_grad("target", target);
   refuse_grad("weight", weight);
   refuse_grad("class_weight", class_weight);
-  return LossFunction::apply(input, target, weight, SOFTIOU_LOSS_OPTION_ARGS);
+  return SoftiouLoss::apply(input, target, weight, SOFTIOU_LOSS_OPTION_ARGS);
 }
-
-// _loss_backward: computed below autograd; differentiating it again is an error.
-class LossBackwardFunction : public torch::autograd::Function<LossBackwardFunction> {
- public:
-  static at::Tensor forward(AutogradContext*, const at::Tensor& grad, const at::Tensor& input,
-                            const at::Tensor& target, const std::optional<at::Tensor>& weight,
-                            const at::Tensor& coef, SOFTIOU_LOSS_OPTION_PARAMS) {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    return loss_backward_op().call(grad, input, target, weight, coef, SOFTIOU_LOSS_OPTION_ARGS);
-  }
-
-  static variable_list backward(AutogradContext*, variable_list) {
-    TORCH_CHECK(false, "softiou: the loss is differentiable once; its second derivative (double "
-                "backward) is not supported");
-  }
-};
 
 at::Tensor loss_backward_autograd(const at::Tensor& grad, const at::Tensor& input,
                                   const at::Tensor& target,
@@ -171,53 +204,13 @@ at::Tensor loss_backward_autograd(const at::Tensor& grad, const at::Tensor& inpu
     at::AutoDispatchBelowADInplaceOrView guard;
     return loss_backward_op().call(grad, input, target, weight, coef, SOFTIOU_LOSS_OPTION_ARGS);
   }
-  return LossBackwardFunction::apply(grad, input, target, weight, coef,
-                                     SOFTIOU_LOSS_OPTION_ARGS);
+  return SoftiouLossBackward::apply(grad, input, target, weight, coef, SOFTIOU_LOSS_OPTION_ARGS);
 }
-
-constexpr int kFinalizeArgs = 17;  // arguments of FinalizeFunction::forward after the context
-
-class FinalizeFunction : public torch::autograd::Function<FinalizeFunction> {
- public:
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& stats,
-                            const std::optional<at::Tensor>& class_weight,
-                            SOFTIOU_FINALIZE_OPTION_PARAMS) {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    auto [loss, coef] = finalize_op().call(stats, class_weight, SOFTIOU_FINALIZE_OPTION_ARGS);
-    ctx->save_for_backward({coef});
-    ctx->saved_data["rows"] = stats.size(0);
-    ctx->saved_data["per_image"] = per_image;
-    ctx->saved_data["per_pair"] = reduction == "none";
-    ctx->saved_data["per_row"] = metric == "generalized_dice";
-    ctx->mark_non_differentiable({coef});
-    return loss;
-  }
-
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    variable_list out(kFinalizeArgs);
-    if (!ctx->needs_input_grad(0)) return out;
-    // the coefficients are constants of the first derivative: no second derivative through them
-    at::NoGradGuard no_grad;
-    const at::Tensor coef = ctx->get_saved_variables()[0];
-    const at::Tensor& g = grads[0];
-    // the gradient of the loss: a scalar, or one value per pair ([rows, C]) or per row of the
-    // generalized Dice score ([rows, 1])
-    const int64_t per_row = ctx->saved_data["per_row"].toBool() ? 1 : coef.size(1);
-    at::Tensor gs = ctx->saved_data["per_pair"].toBool()
-                        ? coef * g.reshape({coef.size(0), per_row, 1})
-                        : coef * g;
-    if (!ctx->saved_data["per_image"].toBool()) {
-      gs = gs.expand({ctx->saved_data["rows"].toInt(), coef.size(1), 3});
-    }
-    out[0] = gs;
-    return out;
-  }
-};
 
 at::Tensor finalize_autograd(const at::Tensor& stats, const std::optional<at::Tensor>& class_weight,
                              SOFTIOU_FINALIZE_OPTION_PARAMS) {
   refuse_grad("class_weight", class_weight);
-  return FinalizeFunction::apply(stats, class_weight, SOFTIOU_FINALIZE_OPTION_ARGS);
+  return SoftiouFinalize::apply(stats, class_weight, SOFTIOU_FINALIZE_OPTION_ARGS);
 }
 
 }  // namespace

@@ -3,7 +3,9 @@
 A call is: the options, validated once and cached as one :class:`~softiou_cuda.checks.LossOptions`
 value; the backend for the tensor's device (cached); then one call of the operator, which runs the
 statistics pass and the finalize step forward and one gradient pass backward, with its autograd in
-C++ (the Triton backend: the same two launches forward and one backward, from Python).
+C++ (the Triton backend: the same two launches forward and one backward, from Python; under the
+``torch.func`` transforms, which refuse C++ autograd, the same two ops from a Python autograd
+function, :class:`~softiou_cuda.ops.LossUnderTransforms`).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from . import backends, checks, distributed, reference
+from . import backends, checks, distributed, ops, reference
 from .checks import LossOptions
 
 __all__ = ["soft_iou_loss", "SoftIoULoss", "SoftDiceLoss", "SoftTverskyLoss"]
@@ -101,6 +103,8 @@ def _loss(input, target, weight, class_weight, options: LossOptions, process_gro
                                   process_group)
     if name == "triton":
         return backends.triton_ops().loss(input, target, weight, class_weight, options)
+    if torch._C._are_functorch_transforms_active():  # torch.func.grad, vmap, ...
+        return ops.LossUnderTransforms.apply(input, target, weight, class_weight, options)[0]
     return _loss_op(input, target, weight, class_weight, *options)
 
 

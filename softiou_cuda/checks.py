@@ -15,7 +15,7 @@ code with the path it checks.
 from __future__ import annotations
 
 import functools
-import math
+import sys
 from typing import NamedTuple, Optional, Tuple
 
 import torch
@@ -96,8 +96,11 @@ def _choice(name, value, allowed):
 
 
 def _number(name, value, ok, what):
+    # finite by comparisons, not math.isfinite: under torch.compile a float that changes between
+    # calls (a schedule), or every float with dynamic=True, is symbolic; the comparisons are
+    # guards, and the operator's call specializes the value
     if isinstance(value, bool) or not isinstance(value, (int, float)) \
-            or not math.isfinite(value) or not ok(value):
+            or not -sys.float_info.max <= value <= sys.float_info.max or not ok(value):
         raise ValueError(f"{name} must be {what}; got {value!r}")
     return float(value)
 
@@ -197,7 +200,8 @@ def options(*values) -> LossOptions:
 # ---------------------------------------------------------------------------------------------
 # Inputs (SPEC section 1), for the backends that run in Python
 # ---------------------------------------------------------------------------------------------
-def _refuse_grad(name, tensor):
+def refuse_grad(name, tensor):
+    """A ValueError if an argument that softiou does not differentiate requires grad."""
     if tensor is not None and tensor.requires_grad:
         raise ValueError(f"{name} requires grad, but softiou does not differentiate with respect "
                          f"to the {name}; pass {name}.detach()")
@@ -217,8 +221,8 @@ def normalize_inputs(input: torch.Tensor, target: torch.Tensor, weight: Optional
     for name, value in (("target", target), ("weight", weight)):
         if value is not None and value.device != input.device:
             raise ValueError(f"{name} is on {value.device} but input is on {input.device}")
-    _refuse_grad("target", target)
-    _refuse_grad("weight", weight)
+    refuse_grad("target", target)
+    refuse_grad("weight", weight)
     integer = target.dtype in INDEX_DTYPES
     if not (integer or target.dtype.is_floating_point or target.dtype == torch.bool):
         raise ValueError("target must be an integer class map (int64, int32, uint8) or a dense "
@@ -281,7 +285,7 @@ def check_class_weight(class_weight: Optional[torch.Tensor], num_classes: int,
                          f"{tuple(class_weight.shape)}")
     if class_weight.device != device:
         raise ValueError(f"class_weight is on {class_weight.device} but input is on {device}")
-    _refuse_grad("class_weight", class_weight)
+    refuse_grad("class_weight", class_weight)
 
 
 def check_classes(classes, num_classes: int, include_background: bool) -> None:

@@ -7,14 +7,16 @@ pytorch/extension-cpp:
 * ``register_fake`` for every operator, so FakeTensor tracing (``torch.compile``,
   ``torch.export``) knows their output shapes;
 * ``register_autograd`` for ``softiou::stats``: its backward is ``softiou::stats_backward``
-  (the same helper serves the Triton backend's ``softiou::triton_stats``).
+  (the same helper serves the Triton backend's ``softiou::triton_stats``);
+* :class:`LossUnderTransforms`: the loss's ops under the ``torch.func`` transforms, which
+  refuse C++ autograd functions.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .checks import LossOptions, accumulation_dtype
+from .checks import LossOptions, accumulation_dtype, refuse_grad
 
 try:
     from . import _C  # noqa: F401  (loads the library: torch.ops.softiou.*)
@@ -159,10 +161,8 @@ def register_stats_autograd(op, backward_op):
 
     def setup_context(ctx, inputs, output):
         input, target, weight = inputs[:3]
-        for name, tensor in (("target", target), ("weight", weight)):
-            if tensor is not None and tensor.requires_grad:
-                raise ValueError(f"{name} requires grad, but softiou does not differentiate with "
-                                 f"respect to the {name}; pass {name}.detach()")
+        refuse_grad("target", target)
+        refuse_grad("weight", weight)
         ctx.save_for_backward(input, target, weight)
         ctx.options = tuple(inputs[3:])  # mode ... ignore_index, squared
 
@@ -185,9 +185,7 @@ def register_stats_ce_autograd(op, backward_op):
         input, target, weight, class_weight = inputs[:4]
         for name, tensor in (("target", target), ("weight", weight),
                              ("class_weight", class_weight)):
-            if tensor is not None and tensor.requires_grad:
-                raise ValueError(f"{name} requires grad, but softiou does not differentiate with "
-                                 f"respect to the {name}; pass {name}.detach()")
+            refuse_grad(name, tensor)
         ctx.save_for_backward(input, target, weight, class_weight)
         ctx.options = inputs[4:]
 
@@ -222,3 +220,77 @@ if HAS_EXTENSION:
                             lambda *args: torch.ops.softiou.stats_backward(*args))
     register_stats_ce_autograd("softiou::stats_ce",
                                lambda *args: torch.ops.softiou.stats_ce_backward(*args))
+
+
+# ---------------------------------------------------------------------------------------------
+# The loss under the torch.func transforms
+# ---------------------------------------------------------------------------------------------
+class LossUnderTransforms(torch.autograd.Function):
+    """``softiou::loss`` as ``torch.func`` (grad, vjp, jacrev, vmap) takes it: PyTorch refuses
+    C++ autograd functions under those transforms, so while one is active the loss's two ops
+    run from this Python function instead (the same forward and backward ops, so the same
+    results); under vmap the ops run once per slice of the vmapped dim. Off the usual path:
+    ``soft_iou_loss`` uses it only when ``torch._C._are_functorch_transforms_active()``.
+
+    ``apply(input, target, weight, class_weight, options) -> (loss, coef)``."""
+
+    @staticmethod
+    def forward(input, target, weight, class_weight, options: LossOptions):
+        return torch.ops.softiou._loss_forward(input, target, weight, class_weight, *options)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, target, weight, class_weight, options = inputs
+        for name, tensor in (("target", target), ("weight", weight),
+                             ("class_weight", class_weight)):
+            refuse_grad(name, tensor)
+        ctx.save_for_backward(input, target, weight, class_weight, output[1])
+        ctx.options = options
+        ctx.mark_non_differentiable(output[1])
+
+    @staticmethod
+    def backward(ctx, grad, _grad_coef):
+        if not ctx.needs_input_grad[0]:
+            return None, None, None, None, None
+        input, target, weight, class_weight, coef = ctx.saved_tensors
+        return (_LossGradient.apply(grad, input, target, weight, coef, class_weight, ctx.options),
+                None, None, None, None)
+
+    @staticmethod
+    def vmap(info, in_dims, *args):
+        return _per_slice(info, in_dims, args, LossUnderTransforms.apply)
+
+
+class _LossGradient(torch.autograd.Function):
+    """The gradient pass of :class:`LossUnderTransforms`: differentiable no further, as the
+    C++ autograd's (a second derivative is an error, not a silent zero)."""
+
+    @staticmethod
+    def forward(grad, input, target, weight, coef, class_weight, options: LossOptions):
+        return torch.ops.softiou._loss_backward(grad, input, target, weight, coef, class_weight,
+                                                *options)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError("softiou: the loss is differentiable once; its second derivative "
+                           "(double backward) is not supported")
+
+    @staticmethod
+    def vmap(info, in_dims, *args):
+        return _per_slice(info, in_dims, args, _LossGradient.apply)
+
+
+def _per_slice(info, in_dims, args, fn):
+    """The vmap rule of the functions above: ``fn`` on each slice of the vmapped dim (the ops
+    have no batching rule; PyTorch's fallback would do the same, with a warning), the results
+    stacked along dim 0."""
+    results = [fn(*(a.select(d, i) if isinstance(d, int) else a  # the options: a tree of None
+                    for a, d in zip(args, in_dims)))
+               for i in range(info.batch_size)]
+    if isinstance(results[0], tuple):
+        return tuple(torch.stack(r) for r in zip(*results)), (0,) * len(results[0])
+    return torch.stack(results), 0

@@ -1,5 +1,7 @@
-"""The operators as PyTorch operators: torch.library.opcheck, gradcheck in float64, and
-torch.compile(fullgraph=True) against eager."""
+"""The operators as PyTorch operators: torch.library.opcheck, gradcheck in float64,
+torch.compile(fullgraph=True), compiled autograd and the torch.func transforms against eager."""
+
+import warnings
 
 import pytest
 import torch
@@ -208,6 +210,123 @@ def test_compile_fullgraph_matches_eager(device, backend):
 @pytest.mark.parametrize("device", DEVICES)
 def test_compile_fullgraph_loss_op(device):
     _compiled_vs_eager(device, "auto", use_op=True)
+
+
+@pytest.mark.parametrize("device,backend",
+                         [(d, b) for d, b in CASES if not is_interpreted(d, b)],
+                         ids=[f"{d}-{b}" for d, b in CASES if not is_interpreted(d, b)])
+@pytest.mark.parametrize("dynamic", [None, True], ids=["auto", "dynamic"])
+def test_compile_fullgraph_with_changing_float_options(device, backend, dynamic):
+    """A float option that changes between the calls of a compiled step (a schedule of
+    ce_weight or sharpness) is symbolic to Dynamo from its second value on, and every float is
+    with dynamic=True (shapes too): the options' checks trace without a graph break and each
+    call has eager's loss and gradient."""
+    x = torch.randn(2, 4, 6, 5, device=device, requires_grad=True)
+    t = torch.randint(0, 4, (2, 6, 5), device=device)
+
+    def step(x, t, lam, a):
+        return softiou_cuda.soft_iou_loss(x, t, ce_weight=lam, sharpness=a, metric="dice",
+                                          ignore_index=3, backend=backend)
+
+    torch._dynamo.reset()
+    compiled = torch.compile(step, fullgraph=True, dynamic=dynamic, backend="aot_eager")
+    for lam, a, n in ((0.5, 1.0, 2), (0.25, 1.5, 2), (0.125, 2.0, 3)):
+        xs, ts = x[:, :, :n], t[:, :n]
+        got, want = compiled(xs, ts, lam, a), step(xs, ts, lam, a)
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(torch.autograd.grad(got, x)[0],
+                                   torch.autograd.grad(want, x)[0], rtol=1e-5, atol=1e-7)
+
+
+def _pooled_loss(x, t, reduction):
+    """The pooled path's operators: statistics, their batch sum, the finalize step."""
+    stats = torch.ops.softiou.stats(x, t, None, "multiclass", True, 1.0, "product", 1)
+    return torch.ops.softiou.finalize(stats.sum(0, keepdim=True), None, per_image=False,
+                                      reduction=reduction, metric="dice", classes=[0, 2])
+
+
+COMPILED_AUTOGRAD_LOSSES = {
+    "loss": lambda x, t, cw, backend: softiou_cuda.soft_iou_loss(
+        x, t, class_weight=cw, classes=[0, 2], ignore_index=1, ce_weight=0.3, sharpness=1.5,
+        per_image=False, smooth_dr=0.5, backend=backend),
+    "loss-none": lambda x, t, cw, backend: softiou_cuda.soft_iou_loss(
+        x, t, metric="tversky", alpha=0.2, reduction="none", backend=backend).sum(),
+    "pooled-none": lambda x, t, cw, backend: _pooled_loss(x, t, "none").sum(),
+    "pooled-mean": lambda x, t, cw, backend: _pooled_loss(x, t, "mean"),
+}
+# the loss on every backend that torch.compile can trace; the pooled path's operators per device
+COMPILED_AUTOGRAD_CASES = (
+    [(d, b, name) for d, b in CASES if not is_interpreted(d, b) for name in ("loss", "loss-none")]
+    + [(d, "auto", name) for d in DEVICES for name in ("pooled-none", "pooled-mean")])
+
+
+@pytest.mark.parametrize("device,backend,name", COMPILED_AUTOGRAD_CASES,
+                         ids=["-".join(c) for c in COMPILED_AUTOGRAD_CASES])
+def test_compiled_autograd_takes_the_eager_nodes(device, backend, name):
+    """torch._dynamo.config.compiled_autograd: a compiled step's backward captures the whole
+    autograd graph, the nodes of a loss computed in eager included (the C++ nodes' saved
+    options are hashed as constants); the gradient is eager autograd's, bit for bit."""
+    torch.manual_seed(0)
+    dtype = torch.float32 if backend == "triton" else torch.float64
+    x = torch.randn(2, 3, 6, 5, device=device, dtype=dtype, requires_grad=True)
+    t = torch.randint(0, 3, (2, 6, 5), device=device)
+    cw = torch.tensor([1.0, 2.0, 0.5], device=device, dtype=dtype)
+    loss_fn = COMPILED_AUTOGRAD_LOSSES[name]
+    (want,) = torch.autograd.grad(loss_fn(x * 1.0, t, cw, backend), x)
+    eager_loss = torch._dynamo.disable(loss_fn)
+
+    def step(x):
+        loss = eager_loss(x * 1.0, t, cw, backend)
+        loss.backward()
+        return loss.detach()
+
+    torch._dynamo.reset()
+    with torch._dynamo.config.patch(compiled_autograd=True):
+        torch.compile(step, backend="aot_eager")(x)
+    assert torch.equal(x.grad, want)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_torch_func_transforms(device):
+    """torch.func.grad, vjp and jacrev of the fused loss give eager autograd's gradient, bit for
+    bit; vmap(grad) gives per-sample gradients, each that of its sample alone, with no warning;
+    a second derivative, or a gradient with respect to the weight, is refused as in eager."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 3, 6, 5, device=device, dtype=torch.float64)
+    t = torch.randint(0, 3, (3, 6, 5), device=device)
+    w = torch.rand(3, 6, 5, device=device, dtype=torch.float64)
+    kwargs = dict(classes=[0, 2], ce_weight=0.3, ignore_index=1, metric="dice")
+
+    def loss(x, t=t, w=w):
+        return softiou_cuda.soft_iou_loss(x, t, w, **kwargs)
+
+    def eager_grad(x, t=t, w=w):
+        x = x.clone().requires_grad_()
+        return torch.autograd.grad(loss(x, t, w), x)[0]
+
+    want = eager_grad(x)
+    assert torch.equal(torch.func.grad(loss)(x), want)
+    one = torch.ones((), device=device, dtype=torch.float64)
+    assert torch.equal(torch.func.vjp(loss, x)[1](one)[0], want)
+    assert torch.equal(torch.func.jacrev(loss)(x), want)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        per_sample = torch.func.vmap(torch.func.grad(
+            lambda xi, ti, wi: loss(xi[None], ti[None], wi[None])))(x, t, w)
+    for i in range(3):
+        assert torch.equal(per_sample[i], eager_grad(x[i:i + 1], t[i:i + 1], w[i:i + 1])[0])
+    with pytest.raises(RuntimeError, match="differentiable once"):
+        torch.func.grad(lambda x: torch.func.grad(loss)(x).sum())(x)
+    with pytest.raises(ValueError, match="weight requires grad"):
+        torch.func.grad(lambda w: loss(x, t, w))(w)
+
+
+def test_grad_fn_names_the_operator():
+    """A loss prints with its node's name: grad_fn=<CppNode<SoftiouLoss>>."""
+    x, t, _ = make_inputs("multiclass", "map-int64", torch.float32, "cpu")
+    assert "grad_fn=<CppNode<SoftiouLoss>>" in repr(softiou_cuda.soft_iou_loss(x, t))
+    stats = torch.rand(2, 4, 3, requires_grad=True)
+    assert "grad_fn=<CppNode<SoftiouFinalize>>" in repr(torch.ops.softiou.finalize(stats))
 
 
 # ---- the loss operator's own parts: _loss_forward, _loss_backward, finalize, _finalize --------
