@@ -18,6 +18,7 @@ class Case:
     mode: str = "multiclass"
     threads: int = 0     # CPU threads for this case (0: torch's default)
     loss: str = "iou"    # "iou", or "ce+iou": cross-entropy plus the IoU loss (SPEC section 9)
+    target: str = "int64"  # the target's dtype: int64, or bool (a binary mask such as y > 0)
 
     @property
     def torch_dtype(self):
@@ -39,7 +40,7 @@ class Case:
 
     def target_bytes(self) -> int:
         per = self.C if self.mode != "multiclass" else 1
-        return self.N * per * self.pixels * 8  # int64 targets
+        return self.N * per * self.pixels * getattr(torch, self.target).itemsize
 
     def min_bytes(self, direction: str) -> int:
         """Fewest bytes a direction must move: each input read once, each output written once
@@ -54,7 +55,7 @@ class Case:
         if self.mode == "multiclass":
             t = torch.randint(0, self.C, (self.N, *self.spatial), generator=g)
         else:
-            t = (torch.rand(shape, generator=g) < 0.3).long()
+            t = (torch.rand(shape, generator=g) < 0.3).to(getattr(torch, self.target))
         return x.requires_grad_(), t.to(device)
 
 
@@ -78,7 +79,8 @@ def per_call(device: str):
 
 def sweep(device: str, size: str = "full"):
     """The sweep: the per-call group, resolution (256x256 up to 1024x2048), classes (1, 19,
-    150), float32 and bfloat16, a 3-D volume and a 1-D signal batch. The CPU sweep is smaller
+    150; C = 1 with an int64 and a bool mask), float32 and bfloat16, a 3-D volume and a 1-D
+    signal batch. The CPU sweep is smaller
     (2 cores)."""
     gpu = device == "cuda"
     if size == "quick":
@@ -94,6 +96,8 @@ def sweep(device: str, size: str = "full"):
     res = (512, 512) if gpu else (256, 512)
     cases += [
         Case(f"classes-1-{res[0]}x{res[1]}", "classes", N, 1, res, mode="binary"),
+        Case(f"mask-bool-{res[0]}x{res[1]}", "classes", N, 1, res, mode="binary",
+             target="bool"),
         Case(f"classes-150-{res[0]}x{res[1]}", "classes", N, 150, res),
         Case(f"bf16-{res[0]}x{res[1]}", "dtype", N, 19, res, "bfloat16"),
         Case("volume-128^3", "volume", 2, 14, (128, 128, 128) if gpu else (64, 128, 128)),

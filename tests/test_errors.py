@@ -186,6 +186,38 @@ def test_bad_values(any_backend, match, options, corrupt):
         raises(match, call, backend, x, t, w, **options)
 
 
+@pytest.mark.parametrize("dtype,bad,ignore", [
+    (torch.int64, 2 ** 32 + 1, None),   # 1 in its low half
+    (torch.int64, 2 ** 32 - 1, -1),     # -1 in its low half
+    (torch.int64, -(2 ** 32), 0),       # 0 in its low half, not 0
+    (torch.int32, 2, 2 ** 40),          # ignore_index beyond int32 equals no value
+    (torch.uint8, 7, 255),
+], ids=["i64-high-1", "i64-high-neg1", "i64-high-0", "i32-big-ignore", "u8"])
+def test_binary_target_values_in_full_tiles(any_backend, dtype, bad, ignore):
+    """Integer binary targets in full 64-pixel rows (the CPU kernels compare them 32 bits at a
+    time, an int64 by its halves): a value is 0, 1 or ignore_index only if all its bits say so,
+    and an ignore_index with high bits set ignores exactly its own value."""
+    device, backend = any_backend
+    x = torch.randn(2, 1, 4, 64, device=device)
+    t = (torch.rand(2, 1, 4, 64, device=device) > 0.5).to(dtype)
+    t_bad = t.clone()
+    t_bad[1, 0, 2, 17] = bad
+    if backend == "triton":
+        assert torch.isnan(call(backend, x, t_bad, mode="binary", ignore_index=ignore))
+    else:
+        raises("not in \\{0, 1\\}|holds", call, backend, x, t_bad, mode="binary",
+               ignore_index=ignore)
+    # an element that holds ignore_index is left out: the loss with its weight 0. An int64
+    # target's bad value is its ignore_index; a value no uint8/int32 holds ignores nothing.
+    ignored = bad if dtype == torch.int64 else ignore
+    t_ign, w = t.clone(), torch.ones(2, 4, 64, device=device)
+    if dtype == torch.int64 or ignored < 256:
+        t_ign[1, 0, 2, 17] = ignored
+        w[1, 2, 17] = 0
+    torch.testing.assert_close(call(backend, x, t_ign, mode="binary", ignore_index=ignored),
+                               reference.soft_iou_loss(x, t, w, mode="binary"))
+
+
 def test_ignore_index_is_not_out_of_range(any_backend):
     """A value equal to ignore_index is ignored; any other out-of-range value is an error."""
     device, backend = any_backend
