@@ -80,8 +80,7 @@ def per_call(device: str):
 def sweep(device: str, size: str = "full"):
     """The sweep: the per-call group, resolution (256x256 up to 1024x2048), classes (1, 19,
     150; C = 1 with an int64 and a bool mask), float32 and bfloat16, a 3-D volume and a 1-D
-    signal batch. The CPU sweep is smaller
-    (2 cores)."""
+    signal batch. The CPU sweep is smaller (2 cores)."""
     gpu = device == "cuda"
     if size == "quick":
         return [Case("quick-call", "per-call", 2, 4, (16, 16), threads=1),

@@ -597,16 +597,7 @@ struct Kernel {
                          A* __restrict__ v) const {
     const int64_t ign = a.ignore_index, sM = a.t_sM;
     int32_t bad = 0;
-    if constexpr (sizeof(TT) <= 4) {
-      // an ignore_index outside the int32 range equals no value of the target
-      const bool has_ign = a.has_ignore && ign >= INT32_MIN && ign <= INT32_MAX;
-      const int32_t ign32 = has_ign ? int32_t(ign) : 0;
-      for (int t = 0; t < kTile; ++t) {
-        const bool tail = !DENSE && t >= cnt;
-        const int32_t iv = tail ? 0 : int32_t(row[DENSE ? t : t * sM]);
-        bad |= binary_element(iv == 0, iv == 1, (has_ign & (iv == ign32)) | tail, y[t], v[t]);
-      }
-    } else if constexpr (DENSE && kInt64Halves) {
+    if constexpr (sizeof(TT) == 8 && DENSE && kInt64Halves) {
       const bool has_ign = a.has_ignore;
       const int32_t ign_lo = int32_t(uint32_t(uint64_t(ign)));
       const int32_t ign_hi = int32_t(uint32_t(uint64_t(ign) >> 32));
@@ -617,11 +608,15 @@ struct Kernel {
                               has_ign & (lo == ign_lo) & (hi == ign_hi), y[t], v[t]);
       }
     } else {
-      const bool has_ign = a.has_ignore;
+      // in the target's own width where it is 32 bits or less; an ignore_index outside that
+      // width's range equals no value of the target
+      using I = typename std::conditional<sizeof(TT) <= 4, int32_t, int64_t>::type;
+      const bool has_ign = a.has_ignore && int64_t(I(ign)) == ign;
+      const I ign_i = has_ign ? I(ign) : I(0);
       for (int t = 0; t < kTile; ++t) {
         const bool tail = !DENSE && t >= cnt;
-        const int64_t iv = tail ? int64_t(0) : int64_t(row[DENSE ? t : t * sM]);
-        bad |= binary_element(iv == 0, iv == 1, (has_ign & (iv == ign)) | tail, y[t], v[t]);
+        const I iv = tail ? I(0) : I(row[DENSE ? t : t * sM]);
+        bad |= binary_element(iv == 0, iv == 1, (has_ign & (iv == ign_i)) | tail, y[t], v[t]);
       }
     }
     return bad != 0;
