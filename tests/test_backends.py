@@ -19,6 +19,7 @@ STATS_OPTIONS = [
     dict(from_logits=False, sharpness=0.5),
     dict(from_logits=False, sharpness=2.0, intersection="min"),
     dict(squared=True),
+    dict(squared=True, intersection="min"),
     dict(squared=True, from_logits=False, intersection="min"),
 ]
 

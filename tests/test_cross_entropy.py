@@ -96,7 +96,8 @@ def _options(mode, C):
                  dict(ce_weight=1.0, label_smoothing=0.2, class_weight=cw, reduction="sum")]
     else:  # SPEC section 10: pos_weight, with the squared sums
         opts += [dict(ce_weight=0.8, ce_pos_weight=3.0),
-                 dict(ce_weight=0.5, ce_pos_weight=0.25, class_weight=cw, squared=True)]
+                 dict(ce_weight=0.5, ce_pos_weight=0.25, class_weight=cw, squared=True),
+                 dict(ce_weight=0.6, intersection="min", squared=True)]
     return opts
 
 

@@ -746,16 +746,20 @@ struct Kernel {
     ay += ok ? ty : A(0);
   }
 
-  // One element's dL/dx (the tile path's prepare and backward loops in one).
-  SOFTIOU_HD static A grad_element(A xv, A y, A v, A wt, A sh, A pos_w, bool um, bool sq, A gI,
-                                   A gP, A gce, A ck, bool with_ce) {
+  // One element's dL/dx (the tile path's prepare and backward loops in one). The options are
+  // template arguments, as in sum_element (read at run time, every variant was computed and
+  // blended per element).
+  template <bool USE_MIN, bool SQUARED, bool WITH_CE>
+  SOFTIOU_HD static A grad_element(A xv, A y, A v, A wt, A sh, A pos_w, A gI, A gP, A gce,
+                                   A ck) {
     A p, slope;
     sigmoid_and_slope(sigmoid_arg(xv, sh, true), p, slope);
     const A d = slope * sigmoid_arg_dx(xv, sh, true);
     const bool ok = v != A(0);
-    const A g = ok ? wt * grad_p(p, y, gI, gP, um, sq) : A(0);
-    const A cev = with_ce && ok ? gce * wt * ck * bce_with_logits_dz(p, y, pos_w) : A(0);
-    return with_ce ? g * d + sh * cev : g * d;
+    const A g = ok ? wt * grad_p(p, y, gI, gP, USE_MIN, SQUARED) : A(0);
+    if constexpr (!WITH_CE) return g * d;
+    const A cev = ok ? gce * wt * ck * bce_with_logits_dz(p, y, pos_w) : A(0);
+    return g * d + sh * cev;
   }
 
   // Walks pixels [m_begin, m_end) of sample n row by row, a block of kTile pixels at a time:
@@ -824,10 +828,10 @@ struct Kernel {
 
   // The gradient of pixels [m_begin, m_end) of sample n, written to grad_x; false where a value
   // is not allowed.
+  template <bool USE_MIN, bool SQUARED, bool WITH_CE>
   bool sigmoid_backward(int64_t n, int64_t m_begin, int64_t m_end, A gce) const {
     S* gb = static_cast<S*>(a.grad_x) + n * a.g_sN;
     const A sh = sharp, pos_w = pw;
-    const bool um = use_min, sq = squared, with_ce = gce != A(0);
     return sigmoid_blocks(n, m_begin, m_end, [&](int64_t c, int64_t m, int cnt,
                                                  const S* __restrict__ x, const A* __restrict__ w,
                                                  const A* __restrict__ y,
@@ -840,18 +844,33 @@ struct Kernel {
       if (cnt == kTile) {
         for (int j = 0; j < kTile; ++j) {
           negative |= int32_t(w[j] < A(0));
-          out[j] = Store<S>::from(grad_element(to_acc<A>(x[j]), y[j], v[j], w[j], sh, pos_w, um,
-                                               sq, gI, gP, gce, ck, with_ce));
+          out[j] = Store<S>::from(grad_element<USE_MIN, SQUARED, WITH_CE>(
+              to_acc<A>(x[j]), y[j], v[j], w[j], sh, pos_w, gI, gP, gce, ck));
         }
       } else {
         for (int j = 0; j < cnt; ++j) {
           negative |= int32_t(w[j] < A(0));
-          out[j] = Store<S>::from(grad_element(to_acc<A>(x[j]), y[j], v[j], w[j], sh, pos_w, um,
-                                               sq, gI, gP, gce, ck, with_ce));
+          out[j] = Store<S>::from(grad_element<USE_MIN, SQUARED, WITH_CE>(
+              to_acc<A>(x[j]), y[j], v[j], w[j], sh, pos_w, gI, gP, gce, ck));
         }
       }
       return negative;
     });
+  }
+
+  // sigmoid_backward with the options as template arguments.
+  bool fused_backward(int64_t n, int64_t m_begin, int64_t m_end, A gce) const {
+    if (gce != A(0)) return fused_backward_options<true>(n, m_begin, m_end, gce);
+    return fused_backward_options<false>(n, m_begin, m_end, gce);
+  }
+  template <bool WITH_CE>
+  bool fused_backward_options(int64_t n, int64_t m_begin, int64_t m_end, A gce) const {
+    if (use_min) {
+      return squared ? sigmoid_backward<true, true, WITH_CE>(n, m_begin, m_end, gce)
+                     : sigmoid_backward<true, false, WITH_CE>(n, m_begin, m_end, gce);
+    }
+    return squared ? sigmoid_backward<false, true, WITH_CE>(n, m_begin, m_end, gce)
+                   : sigmoid_backward<false, false, WITH_CE>(n, m_begin, m_end, gce);
   }
 
   void stats(int64_t chunk, int64_t ib, int64_t ie, A* partials, A* scratch,
@@ -1104,7 +1123,7 @@ struct Kernel {
         errors[item] = err;
         continue;
       }
-      if (fused_sigmoid(true) && sigmoid_backward(n, m_begin, m_end, gce)) {
+      if (fused_sigmoid(true) && fused_backward(n, m_begin, m_end, gce)) {
         errors[item] = err;
         continue;
       }
