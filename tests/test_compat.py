@@ -1,7 +1,7 @@
-"""softiou_cuda.compat against the peers' own code: MONAI 1.6's DiceLoss, GeneralizedDiceLoss and
-DiceCELoss, segmentation_models_pytorch 0.6's DiceLoss, JaccardLoss and TverskyLoss, run on the
-same float64 inputs over random configurations; the loss and the gradient of the input agree to
-float64 rounding. The peers come from requirements/peers-test.txt (installed without their
+"""softiou_cuda.compat against the peers' own code: MONAI 1.6's DiceLoss, TverskyLoss,
+GeneralizedDiceLoss and DiceCELoss, segmentation_models_pytorch 0.6's DiceLoss, JaccardLoss and
+TverskyLoss, run on the same float64 inputs over random configurations; the loss and the gradient
+of the input agree to float64 rounding. The peers come from requirements/peers-test.txt (installed without their
 dependencies: their losses need only torch and numpy)."""
 
 import importlib.util
@@ -147,6 +147,69 @@ def test_monai_dice_loss(cfg):
     _agree(monai_losses.DiceLoss(**kwargs), cm.DiceLoss(**kwargs), x, t, **tol)
 
 
+# ---------------------------------------------------------------------------------------------
+# MONAI TverskyLoss
+# ---------------------------------------------------------------------------------------------
+def _tversky_configs(count=32, seed=6):
+    rng = random.Random(seed)
+    return [dict(C=rng.choice([1, 2, 4]), activation=rng.choice(["sigmoid", "softmax", "none"]),
+                 to_onehot_y=rng.random() < 0.5, include_background=rng.random() < 0.6,
+                 alpha_beta=rng.choice([(0.5, 0.5), (0.3, 0.7), (1.0, 1.0), (0.0, 2.0)]),
+                 reduction=rng.choice(["mean", "sum", "none"]), batch=rng.random() < 0.4,
+                 soft_label=rng.random() < 0.3, ignore=rng.choice([None, None, "class", "sentinel"]),
+                 smooth=rng.choice([(1e-5, 1e-5), (0.0, 1e-3), (0.5, 1.0)]),
+                 seed=rng.randrange(1 << 30))
+            for _ in range(count)]
+
+
+@pytest.mark.parametrize("cfg", _tversky_configs(), ids=lambda c: "-".join(
+    f"{k}={v}" for k, v in c.items() if k != "seed"))
+def test_monai_tversky_loss(cfg):
+    rng = random.Random(cfg["seed"])
+    C, act = cfg["C"], cfg["activation"]
+    x, N, S, g = _monai_case(rng, C, act)
+    labels = _labels(rng, N, C, S)
+    ignore_index = None
+    if cfg["to_onehot_y"] and C > 1:
+        t = labels[:, None]
+        if cfg["ignore"] is not None:
+            ignore_index = 1 if cfg["ignore"] == "class" else 255
+            t[torch.rand(t.shape, generator=g) < 0.2] = ignore_index
+    elif C == 1:
+        t = (torch.rand((N, 1) + S, generator=g) < 0.4).to(torch.float64)
+        if cfg["soft_label"]:
+            t = torch.rand((N, 1) + S, dtype=torch.float64, generator=g)
+        if cfg["ignore"] is not None:
+            ignore_index = 255
+            t[torch.rand(t.shape, generator=g) < 0.2] = 255
+    else:
+        t = torch.nn.functional.one_hot(labels, C).movedim(-1, 1).to(torch.float64)
+        if cfg["soft_label"]:
+            t = torch.softmax(3 * torch.randn(t.shape, dtype=torch.float64, generator=g), 1)
+        if cfg["ignore"] == "class":
+            ignore_index = 1
+        elif cfg["ignore"] == "sentinel":
+            ignore_index = -1
+            t[:, :, 0] = 0  # a row of pixels without any class
+    alpha, beta = cfg["alpha_beta"]
+    kwargs = dict(include_background=cfg["include_background"], to_onehot_y=cfg["to_onehot_y"],
+                  sigmoid=act == "sigmoid", softmax=act == "softmax", alpha=alpha, beta=beta,
+                  reduction=cfg["reduction"], smooth_nr=cfg["smooth"][0],
+                  smooth_dr=cfg["smooth"][1], batch=cfg["batch"], soft_label=cfg["soft_label"],
+                  ignore_index=ignore_index)
+    _agree(monai_losses.TverskyLoss(**kwargs), cm.TverskyLoss(**kwargs), x, t)
+
+
+@pytest.mark.parametrize("soft_label", [False, True])
+def test_monai_tversky_loss_soft_target_masked_by_a_class(soft_label):
+    """ignore_index a class of a soft dense target: MONAI's fractional mask (see the Dice test)."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 3, 5, 6, dtype=torch.float64, generator=g)
+    t = torch.softmax(2 * torch.randn(2, 3, 5, 6, dtype=torch.float64, generator=g), 1)
+    kwargs = dict(softmax=True, ignore_index=2, soft_label=soft_label, alpha=0.3, beta=0.7)
+    _agree(monai_losses.TverskyLoss(**kwargs), cm.TverskyLoss(**kwargs), x, t)
+
+
 @pytest.mark.parametrize("squared_pred,soft_label", [(False, False), (True, False), (False, True)])
 def test_monai_dice_loss_soft_target_masked_by_a_class(squared_pred, soft_label):
     """ignore_index a class of a soft dense target: MONAI's mask 1 - y[:, ignore_index] is
@@ -276,9 +339,11 @@ def test_monai_argument_errors():
         cm.DiceLoss(sigmoid=True, softmax=True)
     with pytest.raises(TypeError, match="other_act"):
         cm.DiceLoss(other_act=3)
-    for cls in (cm.DiceLoss, cm.GeneralizedDiceLoss, cm.DiceCELoss):
+    for cls in (cm.DiceLoss, cm.TverskyLoss, cm.GeneralizedDiceLoss, cm.DiceCELoss):
         with pytest.raises(ValueError, match="other_act"):
             cls(other_act=torch.tanh)
+    with pytest.raises(ValueError, match="alpha"):  # a weight: MONAI computes with it
+        cm.TverskyLoss(softmax=True, alpha=-0.5)(torch.randn(1, 3, 4, 4), torch.rand(1, 3, 4, 4))
     with pytest.raises(ValueError, match="reduction"):
         cm.DiceLoss(reduction="max")
     with pytest.raises(ValueError, match="no less than 0"):

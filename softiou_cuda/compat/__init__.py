@@ -9,7 +9,8 @@ Change the import, keep the arguments::
     smp.losses.JaccardLoss("multiclass")                   # before
     softiou_cuda.compat.smp.JaccardLoss("multiclass")      # after
 
-``compat.monai``: ``DiceLoss``, ``GeneralizedDiceLoss``, ``DiceCELoss`` (MONAI 1.6).
+``compat.monai``: ``DiceLoss``, ``TverskyLoss``, ``GeneralizedDiceLoss``, ``DiceCELoss`` (MONAI
+1.6).
 ``compat.smp``: ``DiceLoss``, ``JaccardLoss``, ``TverskyLoss`` (segmentation_models_pytorch 0.6).
 
 Each takes the peer's constructor arguments, with the same defaults, and returns what the peer

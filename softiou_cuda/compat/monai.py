@@ -1,5 +1,5 @@
-"""MONAI's ``DiceLoss``, ``GeneralizedDiceLoss`` and ``DiceCELoss`` (monai.losses, 1.6) on the
-fused operator: the same constructor arguments and defaults, the same results.
+"""MONAI's ``DiceLoss``, ``TverskyLoss``, ``GeneralizedDiceLoss`` and ``DiceCELoss``
+(monai.losses, 1.6) on the fused operator: the same constructor arguments and defaults, the same results.
 
 How MONAI's arguments map onto ``soft_iou_loss`` (SPEC section 10):
 
@@ -15,6 +15,7 @@ How MONAI's arguments map onto ``soft_iou_loss`` (SPEC section 10):
 * ``jaccard=True``: MONAI's ``(2I + s_nr) / (2U + s_dr)`` is ``metric="jaccard"`` with
   ``smooth = s_nr / 2``, ``smooth_dr = s_dr / 2``; Dice is ``metric="dice"``.
   ``squared_pred``: ``squared=True``. ``soft_label`` (without ``squared_pred``): ``intersection="min"``.
+  ``TverskyLoss``: ``metric="tversky"`` with ``smooth = s_nr``, ``smooth_dr = s_dr``.
 * ``batch=True``: ``per_image=False``. ``weight``: ``class_weight`` (as MONAI, only with more than one
   class left), the mean over every (sample, class) pair: ``weighted_mean=False``.
 * No ``eps`` clamp (MONAI has none): ``eps`` is float32's smallest normal number.
@@ -138,6 +139,42 @@ class _MonaiLoss(torch.nn.Module):
                     per_image=not self.batch, include_background=self.include_background or C == 1,
                     reduction=self.reduction, backend=self.backend, **kw)
 
+    def _class_weight(self, C: int, acc: torch.dtype, device) -> Optional[torch.Tensor]:
+        return None
+
+    def _masked_loss(self, input: torch.Tensor, target: torch.Tensor, ignore_index,
+                     squared: bool, metric: dict) -> torch.Tensor:
+        """The fused loss of MONAI's DiceLoss and TverskyLoss, whose ``ignore_index`` multiplies
+        input and target by a mask (monai.losses.utils.create_ignore_mask): a class map's or a
+        one-channel target's ignore_index is the fused one; on a dense target it is the mask m
+        by a class channel (1 - y[:, ignore_index]) or, for a sentinel, the pixels without any
+        class. Returns the loss as ``soft_iou_loss`` does (reduction "none": [N, C] or [C])."""
+        C = input.shape[1]
+        dense_target = target
+        input, target, mode, from_logits, class_map = self._plan(input, target)
+        acc = accumulation_dtype(input.dtype)
+        intersection = "min" if self.soft_label and not squared else "product"
+        weight = fused_ignore = mask = None
+        ii = ignore_index
+        if ii is not None:
+            if class_map or C == 1:
+                fused_ignore = ii
+            elif 0 <= ii < C:
+                mask = 1 - dense_target[:, ii].to(acc)
+            else:  # a sentinel: the pixels without any class
+                weight = (dense_target.sum(dim=1) > 0).to(acc)
+        options = self._options(C, mode, from_logits, intersection=intersection, squared=squared,
+                                ignore_index=fused_ignore, weighted_mean=False, **metric)
+        cw = self._class_weight(C, acc, input.device)
+        if mask is None:
+            return soft_iou_loss(input, target, weight, class_weight=cw, **options)
+        if squared:  # MONAI masks p and y: with squares, sums weighted by mask^2
+            return soft_iou_loss(input, target, mask * mask, class_weight=cw, **options)
+        if self.soft_label:  # sum min(m p, m y) = sum m min(p, y)
+            return soft_iou_loss(input, target, mask, class_weight=cw, **options)
+        # I = sum m^2 p y, P = sum m p, Y = sum m y
+        return _loss_with_masked_target(input, target, mask, cw, options)
+
 
 class DiceLoss(_MonaiLoss):
     """``monai.losses.DiceLoss`` on the fused operator (see the module's docstring)."""
@@ -182,35 +219,40 @@ class DiceLoss(_MonaiLoss):
         return dict(metric="dice", smooth=self.smooth_nr, smooth_dr=self.smooth_dr)
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        C = input.shape[1]
-        dense_target = target
-        input, target, mode, from_logits, class_map = self._plan(input, target)
-        acc = accumulation_dtype(input.dtype)
-        squared = self.squared_pred
-        intersection = "min" if self.soft_label and not squared else "product"
-        weight = ignore_index = None
-        mask = None  # a dense target's mask by a class channel (MONAI: 1 - y[:, ignore_index])
-        ii = self.ignore_index
-        if ii is not None:
-            if class_map or C == 1:
-                ignore_index = ii
-            elif 0 <= ii < C:
-                mask = 1 - dense_target[:, ii].to(acc)
-            else:  # a sentinel: the pixels without any class
-                weight = (dense_target.sum(dim=1) > 0).to(acc)
-        options = self._options(C, mode, from_logits, intersection=intersection, squared=squared,
-                                ignore_index=ignore_index, weighted_mean=False, **self._metric())
-        cw = self._class_weight(C, acc, input.device)
-        if mask is None:
-            loss = soft_iou_loss(input, target, weight, class_weight=cw, **options)
-        elif squared:  # MONAI masks p and y: with squares, sums weighted by mask^2
-            loss = soft_iou_loss(input, target, mask * mask, class_weight=cw, **options)
-        elif self.soft_label:  # sum min(m p, m y) = sum m min(p, y)
-            loss = soft_iou_loss(input, target, mask, class_weight=cw, **options)
-        else:  # I = sum m^2 p y, P = sum m p, Y = sum m y
-            loss = _loss_with_masked_target(input, target, mask, cw, options)
+        loss = self._masked_loss(input, target, self.ignore_index, self.squared_pred,
+                                 self._metric())
         if self.reduction == "none":
             loss = self._per_pair_view(loss, input)
+        return loss
+
+
+class TverskyLoss(_MonaiLoss):
+    """``monai.losses.TverskyLoss`` on the fused operator: ``metric="tversky"`` (SPEC section 2)
+    with MONAI's ``alpha`` (false positives) and ``beta`` (false negatives), ``smooth = smooth_nr``
+    and ``smooth_dr``. MONAI's false positives and negatives are ``P - I`` and ``Y - I`` (its
+    ``sum p (1 - y)`` and ``sum (1 - p) y``); ``soft_label=True`` is ``intersection="min"`` (its
+    ``(|p| + |y| - |p - y|) / 2``). ``alpha`` and ``beta`` are weights: a negative one, which
+    MONAI computes with, is refused here. ``reduction="none"`` returns MONAI's ``[B, C']`` (``[C']``
+    with ``batch=True``)."""
+
+    def __init__(self, include_background: bool = True, to_onehot_y: bool = False,
+                 sigmoid: bool = False, softmax: bool = False,
+                 other_act: Optional[Callable] = None, alpha: float = 0.5, beta: float = 0.5,
+                 reduction: str = "mean", smooth_nr: float = 1e-5, smooth_dr: float = 1e-5,
+                 batch: bool = False, soft_label: bool = False,
+                 ignore_index: Optional[int] = None, *, backend: str = "auto"):
+        super().__init__(include_background, to_onehot_y, sigmoid, softmax, other_act, reduction,
+                         smooth_nr, smooth_dr, batch, soft_label, backend)
+        self.alpha = alpha
+        self.beta = beta
+        self.ignore_index = ignore_index
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        metric = dict(metric="tversky", alpha=self.alpha, beta=self.beta, smooth=self.smooth_nr,
+                      smooth_dr=self.smooth_dr)
+        loss = self._masked_loss(input, target, self.ignore_index, False, metric)
+        if self.reduction == "none" and not self.include_background and input.shape[1] > 1:
+            loss = loss[..., 1:]
         return loss
 
 
