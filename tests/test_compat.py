@@ -80,6 +80,36 @@ def _monai_case(rng, C, activation):
     return x, N, S, g
 
 
+def _monai_target(rng, g, cfg, N, C, S, label_dtype):
+    """The target of a DiceLoss / TverskyLoss configuration and its ignore_index: a label map
+    [N, 1, *S] (to_onehot_y; MONAI's are often float), a one-channel mask, or a one-hot / soft
+    target with a class channel or a sentinel for ignore_index (MONAI's mask)."""
+    labels = _labels(rng, N, C, S)
+    ignore_index = None
+    if cfg["to_onehot_y"] and C > 1:
+        t = labels[:, None].to(label_dtype)
+        if cfg["ignore"] is not None:
+            ignore_index = 1 if cfg["ignore"] == "class" else 255
+            t[torch.rand(t.shape, generator=g) < 0.2] = ignore_index
+    elif C == 1:
+        t = (torch.rand((N, 1) + S, generator=g) < 0.4).to(torch.float64)
+        if cfg["soft_label"]:
+            t = torch.rand((N, 1) + S, dtype=torch.float64, generator=g)
+        if cfg["ignore"] is not None:
+            ignore_index = 255
+            t[torch.rand(t.shape, generator=g) < 0.2] = 255
+    else:
+        t = torch.nn.functional.one_hot(labels, C).movedim(-1, 1).to(torch.float64)
+        if cfg["soft_label"]:
+            t = torch.softmax(3 * torch.randn(t.shape, dtype=torch.float64, generator=g), 1)
+        if cfg["ignore"] == "class":
+            ignore_index = 1
+        elif cfg["ignore"] == "sentinel":
+            ignore_index = -1
+            t[:, :, 0] = 0  # a row of pixels without any class
+    return t, ignore_index
+
+
 # ---------------------------------------------------------------------------------------------
 # MONAI DiceLoss
 # ---------------------------------------------------------------------------------------------
@@ -110,29 +140,7 @@ def test_monai_dice_loss(cfg):
         weight = [rng.uniform(0.2, 2.0) for _ in range(kept)]
     elif cfg["weight"] == "scalar":
         weight = 0.7
-    labels = _labels(rng, N, C, S)
-    ignore_index = None
-    if cfg["to_onehot_y"] and C > 1:
-        t = labels[:, None].to(torch.float64)  # MONAI's label maps are often float
-        if cfg["ignore"] is not None:
-            ignore_index = 1 if cfg["ignore"] == "class" else 255
-            t[torch.rand(t.shape, generator=g) < 0.2] = ignore_index
-    elif C == 1:
-        t = (torch.rand((N, 1) + S, generator=g) < 0.4).to(torch.float64)
-        if cfg["soft_label"]:
-            t = torch.rand((N, 1) + S, dtype=torch.float64, generator=g)
-        if cfg["ignore"] is not None:
-            ignore_index = 255
-            t[torch.rand(t.shape, generator=g) < 0.2] = 255
-    else:
-        t = torch.nn.functional.one_hot(labels, C).movedim(-1, 1).to(torch.float64)
-        if cfg["soft_label"]:
-            t = torch.softmax(3 * torch.randn(t.shape, dtype=torch.float64, generator=g), 1)
-        if cfg["ignore"] == "class":
-            ignore_index = 1
-        elif cfg["ignore"] == "sentinel":
-            ignore_index = -1
-            t[:, :, 0] = 0  # a row of pixels without any class
+    t, ignore_index = _monai_target(rng, g, cfg, N, C, S, label_dtype=torch.float64)
     kwargs = dict(include_background=cfg["include_background"],
                   to_onehot_y=cfg["to_onehot_y"], sigmoid=act == "sigmoid",
                   softmax=act == "softmax", squared_pred=cfg["squared_pred"], jaccard=cfg["jaccard"],
@@ -168,29 +176,7 @@ def test_monai_tversky_loss(cfg):
     rng = random.Random(cfg["seed"])
     C, act = cfg["C"], cfg["activation"]
     x, N, S, g = _monai_case(rng, C, act)
-    labels = _labels(rng, N, C, S)
-    ignore_index = None
-    if cfg["to_onehot_y"] and C > 1:
-        t = labels[:, None]
-        if cfg["ignore"] is not None:
-            ignore_index = 1 if cfg["ignore"] == "class" else 255
-            t[torch.rand(t.shape, generator=g) < 0.2] = ignore_index
-    elif C == 1:
-        t = (torch.rand((N, 1) + S, generator=g) < 0.4).to(torch.float64)
-        if cfg["soft_label"]:
-            t = torch.rand((N, 1) + S, dtype=torch.float64, generator=g)
-        if cfg["ignore"] is not None:
-            ignore_index = 255
-            t[torch.rand(t.shape, generator=g) < 0.2] = 255
-    else:
-        t = torch.nn.functional.one_hot(labels, C).movedim(-1, 1).to(torch.float64)
-        if cfg["soft_label"]:
-            t = torch.softmax(3 * torch.randn(t.shape, dtype=torch.float64, generator=g), 1)
-        if cfg["ignore"] == "class":
-            ignore_index = 1
-        elif cfg["ignore"] == "sentinel":
-            ignore_index = -1
-            t[:, :, 0] = 0  # a row of pixels without any class
+    t, ignore_index = _monai_target(rng, g, cfg, N, C, S, label_dtype=torch.int64)
     alpha, beta = cfg["alpha_beta"]
     kwargs = dict(include_background=cfg["include_background"], to_onehot_y=cfg["to_onehot_y"],
                   sigmoid=act == "sigmoid", softmax=act == "softmax", alpha=alpha, beta=beta,
