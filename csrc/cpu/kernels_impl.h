@@ -1100,6 +1100,35 @@ struct Kernel {
     }
   }
 
+  // The tile path's g = dL/dp of every row of the tile (G, [C][kTile]), 0 where an element is
+  // not kept. The options are template arguments, as in dense_sums (read at run time, both
+  // variants were computed and blended per element); the rows restrict locals, so that the loops
+  // vectorise.
+  template <bool USE_MIN, bool SQUARED>
+  void grad_rows(const Tile<A>& tl, int64_t n, A* G) const {
+    const A* __restrict__ w = tl.w;
+    for (int64_t c = 0; c < C; ++c) {
+      A gI, gP;
+      pair_gradient(a, n, c, gI, gP);
+      const A* __restrict__ p = tl.X + c * kTile;
+      A* __restrict__ g = G + c * kTile;
+      if constexpr (CLASS_MAP) {
+        const A* __restrict__ pv = tl.pv;
+        const int32_t* __restrict__ cls = tl.cls;
+        const int32_t cc = int32_t(c);
+        for (int t = 0; t < kTile; ++t) {
+          const A y = cls[t] == cc ? A(1) : A(0);
+          g[t] = pv[t] != A(0) ? w[t] * grad_p(p[t], y, gI, gP, USE_MIN, SQUARED) : A(0);
+        }
+      } else {
+        const A* __restrict__ y = tl.Yb + c * kTile;
+        const A* __restrict__ v = tl.Vb + c * kTile;
+        for (int t = 0; t < kTile; ++t)
+          g[t] = v[t] != A(0) ? w[t] * grad_p(p[t], y[t], gI, gP, USE_MIN, SQUARED) : A(0);
+      }
+    }
+  }
+
   void backward(int64_t chunk, int64_t ib, int64_t ie, A* scratch, ItemError* errors) const {
     const int64_t K = (a.M + chunk - 1) / chunk;
     Tile<A> tl;
@@ -1134,45 +1163,31 @@ struct Kernel {
         A* Q = tl.ceQ;  // the cross-entropy's sum_k q_k (dense softmax)
         const A keep = A(1) - ls, spread = ls / A(C);
         const bool with_ce = gce != A(0);
-        // g = dL/dp (the options and rows in locals, so that the loops vectorise)
-        const bool um = use_min, sq = squared;
-        for (int64_t c = 0; c < C; ++c) {
-          A gI, gP;
-          pair_gradient(a, n, c, gI, gP);
-          const A* __restrict__ p = tl.X + c * kTile;
-          const A* __restrict__ w = tl.w;
-          A* __restrict__ g = G + c * kTile;
-          if constexpr (CLASS_MAP) {
-            const A* __restrict__ pv = tl.pv;
-            const int32_t* __restrict__ cls = tl.cls;
-            const int32_t cc = int32_t(c);
-            for (int t = 0; t < kTile; ++t) {
-              const A y = cls[t] == cc ? A(1) : A(0);
-              g[t] = pv[t] != A(0) ? w[t] * grad_p(p[t], y, gI, gP, um, sq) : A(0);
-            }
-          } else {
-            const A* __restrict__ y = tl.Yb + c * kTile;
-            const A* __restrict__ v = tl.Vb + c * kTile;
-            for (int t = 0; t < kTile; ++t)
-              g[t] = v[t] != A(0) ? w[t] * grad_p(p[t], y[t], gI, gP, um, sq) : A(0);
-          }
+        // g = dL/dp
+        if (use_min) {
+          squared ? grad_rows<true, true>(tl, n, G) : grad_rows<true, false>(tl, n, G);
+        } else {
+          squared ? grad_rows<false, true>(tl, n, G) : grad_rows<false, false>(tl, n, G);
         }
         // (the rows and options in restrict locals below: read through tl and the members,
         // they would be reloaded after every store, and the loops would stay scalar)
         const int32_t* __restrict__ cls = tl.cls;  // the class map (read only with CLASS_MAP)
         A* __restrict__ dt = dot;
         A* __restrict__ q_sum = Q;
-        if (a.prob == Prob::kSoftmax) {  // sum_c p_c g_c, and Q
+        if (a.prob == Prob::kSoftmax) {  // sum_c p_c g_c, and Q (with the cross-entropy)
+          // two loops: with Q in the same one, GCC jammed two classes into one scalar loop
           for (int t = 0; t < kTile; ++t) dt[t] = q_sum[t] = A(0);
           for (int64_t c = 0; c < C; ++c) {
             const A* __restrict__ p = tl.X + c * kTile;
             const A* __restrict__ g = G + c * kTile;
+            for (int t = 0; t < kTile; ++t) dt[t] += p[t] * g[t];
+          }
+          for (int64_t c = 0; with_ce && c < C; ++c) {
             const A* __restrict__ y = tl.Yb + c * kTile;
             const int32_t cc = int32_t(c);
             const A ck = ce_class_weight<A>(a, c);
             for (int t = 0; t < kTile; ++t) {
               const A yt = CLASS_MAP ? (cls[t] == cc ? A(1) : A(0)) : y[t];
-              dt[t] += p[t] * g[t];
               q_sum[t] += ck * (keep * yt + spread);
             }
           }
@@ -1195,6 +1210,15 @@ struct Kernel {
           const A ck = ce_class_weight<A>(a, c);
           switch (a.prob) {
             case Prob::kSoftmax:  // with the cross-entropy (logits only): + a gce w (Q p - q_c)
+              if (!with_ce) {  // (one loop per input kind: a select would compute both)
+                if (fl) {
+                  for (int t = 0; t < kTile; ++t) dx[t] = sh * p[t] * (g[t] - dt[t]);
+                } else {
+                  for (int t = 0; t < kTile; ++t)
+                    dx[t] = softmax_arg_dx(r[t], sh, false) * p[t] * (g[t] - dt[t]);
+                }
+                break;
+              }
               for (int t = 0; t < kTile; ++t) {
                 const A yt = CLASS_MAP ? (cls[t] == cc ? A(1) : A(0)) : dx[t];
                 const A q = ck * (keep * yt + spread);
