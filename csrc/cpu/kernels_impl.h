@@ -787,7 +787,7 @@ struct Kernel {
 
   // The statistics of pixels [m_begin, m_end) of sample n, added to the lanes of accI/accP/accY
   // ([C][kTile]) as the tile path adds them; false where a value is not allowed.
-  template <bool USE_MIN, bool SQUARED>
+  template <bool USE_MIN, bool SQUARED, bool WEIGHTED>
   bool sigmoid_sums(int64_t n, int64_t m_begin, int64_t m_end, A* accI, A* accP,
                     A* accY) const {
     const A sh = sharp;
@@ -799,17 +799,18 @@ struct Kernel {
       A* __restrict__ ap = accP + c * kTile;
       A* __restrict__ ay = accY + c * kTile;
       int32_t negative = 0;
+      // without weights (w is a row of ones) the weight is the constant 1: no load, no check
       if (cnt == kTile) {
         for (int j = 0; j < kTile; ++j) {
-          negative |= int32_t(w[j] < A(0));
-          sum_element<USE_MIN, SQUARED>(to_acc<A>(x[j]), y[j], v[j], w[j], sh, ai[j], ap[j],
-                                        ay[j]);
+          if constexpr (WEIGHTED) negative |= int32_t(w[j] < A(0));
+          sum_element<USE_MIN, SQUARED>(to_acc<A>(x[j]), y[j], v[j], WEIGHTED ? w[j] : A(1), sh,
+                                        ai[j], ap[j], ay[j]);
         }
       } else {
         for (int j = 0; j < cnt; ++j) {
-          negative |= int32_t(w[j] < A(0));
-          sum_element<USE_MIN, SQUARED>(to_acc<A>(x[j]), y[j], v[j], w[j], sh, ai[j], ap[j],
-                                        ay[j]);
+          if constexpr (WEIGHTED) negative |= int32_t(w[j] < A(0));
+          sum_element<USE_MIN, SQUARED>(to_acc<A>(x[j]), y[j], v[j], WEIGHTED ? w[j] : A(1), sh,
+                                        ai[j], ap[j], ay[j]);
         }
       }
       return negative;
@@ -818,12 +819,18 @@ struct Kernel {
 
   // sigmoid_sums with the options as template arguments.
   bool fused_sums(int64_t n, int64_t m_begin, int64_t m_end, A* accI, A* accP, A* accY) const {
+    if (a.w != nullptr) return fused_sums_options<true>(n, m_begin, m_end, accI, accP, accY);
+    return fused_sums_options<false>(n, m_begin, m_end, accI, accP, accY);
+  }
+  template <bool WEIGHTED>
+  bool fused_sums_options(int64_t n, int64_t m_begin, int64_t m_end, A* accI, A* accP,
+                          A* accY) const {
     if (use_min) {
-      return squared ? sigmoid_sums<true, true>(n, m_begin, m_end, accI, accP, accY)
-                     : sigmoid_sums<true, false>(n, m_begin, m_end, accI, accP, accY);
+      return squared ? sigmoid_sums<true, true, WEIGHTED>(n, m_begin, m_end, accI, accP, accY)
+                     : sigmoid_sums<true, false, WEIGHTED>(n, m_begin, m_end, accI, accP, accY);
     }
-    return squared ? sigmoid_sums<false, true>(n, m_begin, m_end, accI, accP, accY)
-                   : sigmoid_sums<false, false>(n, m_begin, m_end, accI, accP, accY);
+    return squared ? sigmoid_sums<false, true, WEIGHTED>(n, m_begin, m_end, accI, accP, accY)
+                   : sigmoid_sums<false, false, WEIGHTED>(n, m_begin, m_end, accI, accP, accY);
   }
 
   // The gradient of pixels [m_begin, m_end) of sample n, written to grad_x; false where a value
