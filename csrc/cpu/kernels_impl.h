@@ -817,20 +817,24 @@ struct Kernel {
     });
   }
 
+  // f.template operator()<USE_MIN, SQUARED>() with intersection and squared as template
+  // arguments: the loops that read them per element take them so (read at run time, every
+  // variant was computed and blended per element).
+  template <class F>
+  auto with_options(F&& f) const {
+    if (use_min) {
+      return squared ? f.template operator()<true, true>() : f.template operator()<true, false>();
+    }
+    return squared ? f.template operator()<false, true>() : f.template operator()<false, false>();
+  }
+
   // sigmoid_sums with the options as template arguments.
   bool fused_sums(int64_t n, int64_t m_begin, int64_t m_end, A* accI, A* accP, A* accY) const {
-    if (a.w != nullptr) return fused_sums_options<true>(n, m_begin, m_end, accI, accP, accY);
-    return fused_sums_options<false>(n, m_begin, m_end, accI, accP, accY);
-  }
-  template <bool WEIGHTED>
-  bool fused_sums_options(int64_t n, int64_t m_begin, int64_t m_end, A* accI, A* accP,
-                          A* accY) const {
-    if (use_min) {
-      return squared ? sigmoid_sums<true, true, WEIGHTED>(n, m_begin, m_end, accI, accP, accY)
-                     : sigmoid_sums<true, false, WEIGHTED>(n, m_begin, m_end, accI, accP, accY);
-    }
-    return squared ? sigmoid_sums<false, true, WEIGHTED>(n, m_begin, m_end, accI, accP, accY)
-                   : sigmoid_sums<false, false, WEIGHTED>(n, m_begin, m_end, accI, accP, accY);
+    return with_options([&]<bool USE_MIN, bool SQUARED>() {
+      return a.w != nullptr
+                 ? sigmoid_sums<USE_MIN, SQUARED, true>(n, m_begin, m_end, accI, accP, accY)
+                 : sigmoid_sums<USE_MIN, SQUARED, false>(n, m_begin, m_end, accI, accP, accY);
+    });
   }
 
   // The gradient of pixels [m_begin, m_end) of sample n, written to grad_x; false where a value
@@ -867,17 +871,10 @@ struct Kernel {
 
   // sigmoid_backward with the options as template arguments.
   bool fused_backward(int64_t n, int64_t m_begin, int64_t m_end, A gce) const {
-    if (gce != A(0)) return fused_backward_options<true>(n, m_begin, m_end, gce);
-    return fused_backward_options<false>(n, m_begin, m_end, gce);
-  }
-  template <bool WITH_CE>
-  bool fused_backward_options(int64_t n, int64_t m_begin, int64_t m_end, A gce) const {
-    if (use_min) {
-      return squared ? sigmoid_backward<true, true, WITH_CE>(n, m_begin, m_end, gce)
-                     : sigmoid_backward<true, false, WITH_CE>(n, m_begin, m_end, gce);
-    }
-    return squared ? sigmoid_backward<false, true, WITH_CE>(n, m_begin, m_end, gce)
-                   : sigmoid_backward<false, false, WITH_CE>(n, m_begin, m_end, gce);
+    return with_options([&]<bool USE_MIN, bool SQUARED>() {
+      return gce != A(0) ? sigmoid_backward<USE_MIN, SQUARED, true>(n, m_begin, m_end, gce)
+                         : sigmoid_backward<USE_MIN, SQUARED, false>(n, m_begin, m_end, gce);
+    });
   }
 
   void stats(int64_t chunk, int64_t ib, int64_t ie, A* partials, A* scratch,
@@ -960,18 +957,10 @@ struct Kernel {
           } else {
             class_map_sums<false>(tl, tl.w, accI, accP, accY);
           }
-        } else if (use_min) {
-          if (squared) {
-            dense_sums<true, true>(tl, accI, accP, accY);
-          } else {
-            dense_sums<true, false>(tl, accI, accP, accY);
-          }
         } else {
-          if (squared) {
-            dense_sums<false, true>(tl, accI, accP, accY);
-          } else {
-            dense_sums<false, false>(tl, accI, accP, accY);
-          }
+          with_options([&]<bool USE_MIN, bool SQUARED>() {
+            dense_sums<USE_MIN, SQUARED>(tl, accI, accP, accY);
+          });
         }
       }
       // fixed-order reduction of the lanes
@@ -1171,11 +1160,9 @@ struct Kernel {
         const A keep = A(1) - ls, spread = ls / A(C);
         const bool with_ce = gce != A(0);
         // g = dL/dp
-        if (use_min) {
-          squared ? grad_rows<true, true>(tl, n, G) : grad_rows<true, false>(tl, n, G);
-        } else {
-          squared ? grad_rows<false, true>(tl, n, G) : grad_rows<false, false>(tl, n, G);
-        }
+        with_options([&]<bool USE_MIN, bool SQUARED>() {
+          grad_rows<USE_MIN, SQUARED>(tl, n, G);
+        });
         // (the rows and options in restrict locals below: read through tl and the members,
         // they would be reloaded after every store, and the loops would stay scalar)
         const int32_t* __restrict__ cls = tl.cls;  // the class map (read only with CLASS_MAP)
