@@ -186,26 +186,21 @@ def test_monai_tversky_loss(cfg):
     _agree(monai_losses.TverskyLoss(**kwargs), cm.TverskyLoss(**kwargs), x, t)
 
 
-@pytest.mark.parametrize("soft_label", [False, True])
-def test_monai_tversky_loss_soft_target_masked_by_a_class(soft_label):
-    """ignore_index a class of a soft dense target: MONAI's fractional mask (see the Dice test)."""
-    g = torch.Generator().manual_seed(4)
-    x = torch.randn(2, 3, 5, 6, dtype=torch.float64, generator=g)
-    t = torch.softmax(2 * torch.randn(2, 3, 5, 6, dtype=torch.float64, generator=g), 1)
-    kwargs = dict(softmax=True, ignore_index=2, soft_label=soft_label, alpha=0.3, beta=0.7)
-    _agree(monai_losses.TverskyLoss(**kwargs), cm.TverskyLoss(**kwargs), x, t)
-
-
-@pytest.mark.parametrize("squared_pred,soft_label", [(False, False), (True, False), (False, True)])
-def test_monai_dice_loss_soft_target_masked_by_a_class(squared_pred, soft_label):
+@pytest.mark.parametrize("loss,options", [
+    ("DiceLoss", dict(weight=[0.5, 1.0, 2.0])),
+    ("DiceLoss", dict(weight=[0.5, 1.0, 2.0], squared_pred=True)),
+    ("DiceLoss", dict(weight=[0.5, 1.0, 2.0], soft_label=True)),
+    ("TverskyLoss", dict(alpha=0.3, beta=0.7)),
+    ("TverskyLoss", dict(alpha=0.3, beta=0.7, soft_label=True)),
+], ids=lambda v: v if isinstance(v, str) else "-".join(f"{k}={x}" for k, x in v.items()))
+def test_monai_soft_target_masked_by_a_class(loss, options):
     """ignore_index a class of a soft dense target: MONAI's mask 1 - y[:, ignore_index] is
     fractional (the three ways of carrying it: the weight, its square, the target sums)."""
     g = torch.Generator().manual_seed(3)
     x = torch.randn(2, 3, 5, 6, dtype=torch.float64, generator=g)
     t = torch.softmax(2 * torch.randn(2, 3, 5, 6, dtype=torch.float64, generator=g), 1)
-    kwargs = dict(softmax=True, ignore_index=2, squared_pred=squared_pred, soft_label=soft_label,
-                  weight=[0.5, 1.0, 2.0])
-    _agree(monai_losses.DiceLoss(**kwargs), cm.DiceLoss(**kwargs), x, t)
+    kwargs = dict(softmax=True, ignore_index=2, **options)
+    _agree(getattr(monai_losses, loss)(**kwargs), getattr(cm, loss)(**kwargs), x, t)
 
 
 @pytest.mark.parametrize("backend", ["reference", "triton"])
