@@ -3,7 +3,9 @@
 A call is: the options, validated once and cached as one :class:`~softiou_cuda.checks.LossOptions`
 value; the backend for the tensor's device (cached); then one call of the operator, which runs the
 statistics pass and the finalize step forward and one gradient pass backward, with its autograd in
-C++ (the Triton backend: the same two launches forward and one backward, from Python; under the
+C++, called through the extension's own binding of it (``_C.loss``: torch.ops' generic one costs
+about 7 us more per call; under torch.compile, and for tensor subclasses and torch function
+modes, torch.ops is called) (the Triton backend: the same two launches forward and one backward, from Python; under the
 ``torch.func`` transforms, which refuse C++ autograd, the same two ops from a Python autograd
 function, :class:`~softiou_cuda.ops.LossUnderTransforms`).
 """
@@ -20,6 +22,7 @@ from .checks import LossOptions
 __all__ = ["soft_iou_loss", "SoftIoULoss", "SoftDiceLoss", "SoftTverskyLoss"]
 
 _loss_op = torch.ops.softiou.loss.default if hasattr(torch.ops.softiou, "loss") else None
+_loss_call = ops._C.loss if ops.HAS_EXTENSION else None
 
 
 def soft_iou_loss(input: torch.Tensor, target: torch.Tensor,
@@ -105,6 +108,10 @@ def _loss(input, target, weight, class_weight, options: LossOptions, process_gro
         return backends.triton_ops().loss(input, target, weight, class_weight, options)
     if torch._C._are_functorch_transforms_active():  # torch.func.grad, vmap, ...
         return ops.LossUnderTransforms.apply(input, target, weight, class_weight, options)[0]
+    if not torch.compiler.is_compiling():  # Dynamo traces the torch.ops call
+        out = _loss_call(input, target, weight, class_weight, options)
+        if out is not NotImplemented:
+            return out
     return _loss_op(input, target, weight, class_weight, *options)
 
 

@@ -9,11 +9,13 @@ import warnings
 
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 from torch.profiler import ProfilerActivity, profile
 
 import softiou_cuda
 from conftest import CASES, is_interpreted
 from helpers import make_inputs
+from softiou_cuda import checks
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -49,6 +51,118 @@ def test_one_dispatcher_call_and_no_eager_ops(options):
     assert len(both) <= 16, both
     softiou_ops = [n for n in both if n.startswith("softiou::")]
     assert softiou_ops[:2] == ["softiou::loss", "softiou::_loss_forward"], both
+
+
+needs_extension = pytest.mark.skipif(not softiou_cuda.ops.HAS_EXTENSION,
+                                     reason="the C++ extension is not built")
+
+# options of every type the schema has, none at its default: strings, bools, floats, int[]?,
+# int?, float?
+EVERY_TYPE = dict(mode="multiclass", sharpness=1.5, intersection="min", metric="tversky",
+                  alpha=0.3, beta=0.7, gamma=2.0, log_loss=True, smooth=0.25, eps=1e-5,
+                  classes=(1, 3), include_background=False, ignore_index=2, per_image=False,
+                  absent="zero", reduction="sum", ce_weight=0.5, label_smoothing=0.1,
+                  squared=True, smooth_dr=0.5, weighted_mean=False)
+
+
+def _two_calls(call_a, call_b, x, *args):
+    """The loss and gradient of two calls on copies of the leaf x."""
+    out = []
+    for call in (call_a, call_b):
+        xi = x.detach().clone().requires_grad_()
+        loss = call(xi, *args)
+        assert loss is not NotImplemented
+        loss.sum().backward()
+        out.append((loss.detach(), xi.grad))
+    return out
+
+
+@needs_extension
+@pytest.mark.parametrize("options", [{}, EVERY_TYPE, dict(mode="binary", ce_pos_weight=2.0,
+                                                          ce_weight=1.0, smooth_dr=0.0)],
+                         ids=["defaults", "every-type", "binary"])
+def test_the_extension_binding_is_the_operator(options):
+    """soft_iou_loss calls softiou::loss through the extension's own binding, _C.loss: the loss
+    and gradient are bitwise those of torch.ops.softiou.loss with the same arguments."""
+    mode = options.get("mode", "multiclass")
+    kind = "map-int64" if mode == "multiclass" else "int64"
+    x, t, w = make_inputs(mode, kind, torch.float32, ignore_index=options.get("ignore_index"),
+                          weight=True)
+    cw = torch.tensor([0.5, 1.0, 2.0, 1.5]) if mode == "multiclass" else None
+    opts = checks.make_options(**options)
+    (a, ga), (b, gb) = _two_calls(
+        lambda xi, *args: softiou_cuda._C.loss(xi, *args, opts),
+        lambda xi, *args: torch.ops.softiou.loss(xi, *args, *opts), x, t, w, cw)
+    assert torch.equal(a, b) and torch.equal(ga, gb)
+    assert torch.equal(softiou_cuda.soft_iou_loss(x, t, w, class_weight=cw, **options), a)
+    # a Parameter is passed on as a Tensor, as torch.ops' binding does
+    p = torch.nn.Parameter(x.detach().clone())
+    assert torch.equal(softiou_cuda._C.loss(p, t, w, cw, opts).detach(), a)
+
+
+@needs_extension
+def test_the_extension_binding_raises_what_the_operator_raises():
+    x, t, _ = make_inputs("multiclass", "map-int64", torch.float32)
+    opts = checks.make_options()
+    for bad in (t[:, :3], t.float(), torch.full_like(t, 9)):
+        errors = []
+        for call in (lambda: softiou_cuda._C.loss(x, bad, None, None, opts),
+                     lambda: torch.ops.softiou.loss(x, bad, None, None, *opts)):
+            with pytest.raises(Exception) as info:
+                call()
+            errors.append((type(info.value), str(info.value)))
+        assert errors[0] == errors[1] and errors[0][0] is ValueError, errors
+        assert "target" in errors[0][1]
+
+
+class _Tagged(torch.Tensor):
+    """A tensor subclass with a __torch_function__, which sees every call it takes part in."""
+    seen = []
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        cls.seen.append(func)
+        return super().__torch_function__(func, types, args, kwargs or {})
+
+
+class _Recording(TorchFunctionMode):
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.seen.append(func)
+        return func(*args, **(kwargs or {}))
+
+
+@needs_extension
+def test_what_the_extension_binding_leaves_to_torch_ops():
+    """A tensor subclass with __torch_function__, a TorchFunctionMode, or an option of another
+    type than the schema's: _C.loss returns NotImplemented, and soft_iou_loss calls torch.ops,
+    whose binding hands the call to them; the loss is the same."""
+    x, t, w = make_inputs("multiclass", "map-int64", torch.float32, weight=True)
+    opts = checks.make_options()
+    want = softiou_cuda.soft_iou_loss(x, t, w).detach()
+
+    tagged = x.detach().clone().as_subclass(_Tagged).requires_grad_()
+    assert softiou_cuda._C.loss(tagged, t, w, None, opts) is NotImplemented
+    _Tagged.seen.clear()
+    loss = softiou_cuda.soft_iou_loss(tagged, t, w)
+    assert torch.ops.softiou.loss.default in _Tagged.seen
+    assert torch.equal(loss.detach().as_subclass(torch.Tensor), want)
+    assert softiou_cuda._C.loss(x, t.as_subclass(_Tagged), None, None, opts) is NotImplemented
+    assert softiou_cuda._C.loss(x, t, w.as_subclass(_Tagged), None, opts) is NotImplemented
+
+    with _Recording() as mode:
+        assert softiou_cuda._C.loss(x, t, w, None, opts) is NotImplemented
+        loss = softiou_cuda.soft_iou_loss(x, t, w)
+    assert torch.ops.softiou.loss.default in mode.seen and torch.equal(loss.detach(), want)
+
+    for other in (opts._replace(sharpness=1), opts._replace(classes=[0, 1]),
+                  opts._replace(from_logits=1), tuple(opts)[:-1]):
+        assert softiou_cuda._C.loss(x, t, w, None, other) is NotImplemented
+    assert torch.equal(torch.ops.softiou.loss(x, t, w, None, *opts._replace(sharpness=1)).detach(),
+                       want)
 
 
 class _CountingLauncher:
