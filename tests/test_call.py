@@ -10,6 +10,7 @@ import warnings
 import pytest
 import torch
 from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.profiler import ProfilerActivity, profile
 
 import softiou_cuda
@@ -125,14 +126,21 @@ class _Tagged(torch.Tensor):
         return super().__torch_function__(func, types, args, kwargs or {})
 
 
-class _Recording(TorchFunctionMode):
+class _Records:
+    """A mode that records the functions it sees and calls them."""
+
     def __init__(self):
         super().__init__()
         self.seen = []
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
+    def _call(self, func, args, kwargs):
         self.seen.append(func)
         return func(*args, **(kwargs or {}))
+
+
+class _Recording(_Records, TorchFunctionMode):
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        return self._call(func, args, kwargs)
 
 
 @needs_extension
@@ -163,6 +171,27 @@ def test_what_the_extension_binding_leaves_to_torch_ops():
         assert softiou_cuda._C.loss(x, t, w, None, other) is NotImplemented
     assert torch.equal(torch.ops.softiou.loss(x, t, w, None, *opts._replace(sharpness=1)).detach(),
                        want)
+
+
+class _RecordingDispatch(_Records, TorchDispatchMode):
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        return self._call(func, args, kwargs)
+
+
+@needs_extension
+def test_the_extension_binding_under_a_dispatch_mode():
+    """A TorchDispatchMode is the dispatcher's (below autograd): _C.loss makes the call, with the
+    GIL released, and the mode's Python runs inside it, as under torch.ops."""
+    x, t, w = make_inputs("multiclass", "map-int64", torch.float32, weight=True)
+    opts = checks.make_options()
+    want = torch.ops.softiou.loss(x, t, w, None, *opts).detach()
+    with _RecordingDispatch() as mode:
+        loss = softiou_cuda._C.loss(x, t, w, None, opts)
+        assert loss is not NotImplemented
+        loss.backward()
+    assert torch.equal(loss.detach(), want)
+    assert torch.ops.softiou._loss_forward.default in mode.seen
+    assert torch.ops.softiou._loss_backward.default in mode.seen
 
 
 class _CountingLauncher:
