@@ -79,17 +79,21 @@ def _two_calls(call_a, call_b, x, *args):
 
 
 @needs_extension
+@pytest.mark.parametrize("device", [
+    "cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+        not softiou_cuda.ops.has_cuda_kernels() or not torch.cuda.is_available(),
+        reason="needs a GPU and the CUDA kernels"))])
 @pytest.mark.parametrize("options", [{}, EVERY_TYPE, dict(mode="binary", ce_pos_weight=2.0,
                                                           ce_weight=1.0, smooth_dr=0.0)],
                          ids=["defaults", "every-type", "binary"])
-def test_the_extension_binding_is_the_operator(options):
+def test_the_extension_binding_is_the_operator(options, device):
     """soft_iou_loss calls softiou::loss through the extension's own binding, _C.loss: the loss
     and gradient are bitwise those of torch.ops.softiou.loss with the same arguments."""
     mode = options.get("mode", "multiclass")
     kind = "map-int64" if mode == "multiclass" else "int64"
-    x, t, w = make_inputs(mode, kind, torch.float32, ignore_index=options.get("ignore_index"),
-                          weight=True)
-    cw = torch.tensor([0.5, 1.0, 2.0, 1.5]) if mode == "multiclass" else None
+    x, t, w = make_inputs(mode, kind, torch.float32, device,
+                          ignore_index=options.get("ignore_index"), weight=True)
+    cw = torch.tensor([0.5, 1.0, 2.0, 1.5], device=device) if mode == "multiclass" else None
     opts = checks.make_options(**options)
     (a, ga), (b, gb) = _two_calls(
         lambda xi, *args: softiou_cuda._C.loss(xi, *args, opts),
