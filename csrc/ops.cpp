@@ -15,12 +15,13 @@
 //
 // The module's `loss` calls softiou::loss from Python without torch.ops' generic binding, which
 // converts each of the schema's 29 arguments by its type and looks for __torch_function__ on every
-// one of them: about 7 us of the 9 us a small call took on the CPU, against 1 us here. It takes
-// the operator's (input, target, weight, class_weight, options) with the options as the tuple
-// softiou_cuda.checks.LossOptions, and makes the same dispatcher call with the GIL released, and
-// the same errors and warnings; it returns NotImplemented, and the caller goes through torch.ops,
-// for whatever that binding would do more: a tensor that is not a plain Tensor or Parameter (a
-// subclass, a FakeTensor, an fx Proxy), a TorchFunctionMode, or an option of another type.
+// one of them: on the CPU a call of an empty input takes 8.0 us through torch.ops and 3.3 us here
+// (a small forward of soft_iou_loss: 14.4 -> 9.1 us). It takes the operator's (input, target,
+// weight, class_weight, options), the options as the tuple softiou_cuda.checks.LossOptions, and
+// makes the same dispatcher call, with the GIL released, and the same errors and warnings. It
+// returns NotImplemented, and the caller goes through torch.ops, for whatever that binding would
+// do more: a tensor that is not a plain Tensor or Parameter (a subclass, a FakeTensor, an fx
+// Proxy), a TorchFunctionMode, or an option of another type.
 //
 // Kernels: cpu/softiou_cpu.cpp (CPU) and cuda/softiou_cuda.cpp (CUDA); the fake (meta) kernels
 // and the autograd of stats are registered from Python (softiou_cuda/ops.py).

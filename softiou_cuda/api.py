@@ -3,11 +3,11 @@
 A call is: the options, validated once and cached as one :class:`~softiou_cuda.checks.LossOptions`
 value; the backend for the tensor's device (cached); then one call of the operator, which runs the
 statistics pass and the finalize step forward and one gradient pass backward, with its autograd in
-C++, called through the extension's own binding of it (``_C.loss``: torch.ops' generic one costs
-about 7 us more per call; under torch.compile, and for tensor subclasses and torch function
-modes, torch.ops is called) (the Triton backend: the same two launches forward and one backward, from Python; under the
-``torch.func`` transforms, which refuse C++ autograd, the same two ops from a Python autograd
-function, :class:`~softiou_cuda.ops.LossUnderTransforms`).
+C++. The operator is called through the extension's own binding, ``_C.loss`` (torch.ops' generic
+binding costs about 5 us more per call); torch.ops is called under torch.compile, for tensor
+subclasses and under torch function modes. The Triton backend makes the same two launches forward
+and one backward, from Python. Under the ``torch.func`` transforms, which refuse C++ autograd, the
+same two ops run from a Python autograd function, :class:`~softiou_cuda.ops.LossUnderTransforms`.
 """
 
 from __future__ import annotations
