@@ -10,7 +10,7 @@ import torch
 @dataclasses.dataclass(frozen=True)
 class Case:
     name: str
-    group: str           # per-call | bar | ce | resolution | classes | dtype | volume | signal
+    group: str  # per-call | bar | ce | resolution | classes | dtype | layout | volume | signal
     N: int
     C: int
     spatial: tuple
@@ -19,6 +19,7 @@ class Case:
     threads: int = 0     # CPU threads for this case (0: torch's default)
     loss: str = "iou"    # "iou", or "ce+iou": cross-entropy plus the IoU loss (SPEC section 9)
     target: str = "int64"  # the target's dtype: int64, or bool (a binary mask such as y > 0)
+    layout: str = "contiguous"  # the input's memory format: contiguous, or channels_last (4-D)
 
     @property
     def torch_dtype(self):
@@ -52,6 +53,8 @@ class Case:
         g = torch.Generator(device="cpu").manual_seed(seed)
         shape = (self.N, self.C, *self.spatial)
         x = (torch.randn(shape, generator=g) * 2).to(device=device, dtype=self.torch_dtype)
+        if self.layout == "channels_last":  # as a channels_last network's logits arrive
+            x = x.contiguous(memory_format=torch.channels_last)
         if self.mode == "multiclass":
             t = torch.randint(0, self.C, (self.N, *self.spatial), generator=g)
         else:
@@ -79,8 +82,8 @@ def per_call(device: str):
 
 def sweep(device: str, size: str = "full"):
     """The sweep: the per-call group, resolution (256x256 up to 1024x2048), classes (1, 19,
-    150; C = 1 with an int64 and a bool mask), float32 and bfloat16, a 3-D volume and a 1-D
-    signal batch. The CPU sweep is smaller (2 cores)."""
+    150; C = 1 with an int64 and a bool mask), float32 and bfloat16, channels_last logits, a 3-D
+    volume and a 1-D signal batch. The CPU sweep is smaller (2 cores)."""
     gpu = device == "cuda"
     if size == "quick":
         return [Case("quick-call", "per-call", 2, 4, (16, 16), threads=1),
@@ -99,6 +102,7 @@ def sweep(device: str, size: str = "full"):
              target="bool"),
         Case(f"classes-150-{res[0]}x{res[1]}", "classes", N, 150, res),
         Case(f"bf16-{res[0]}x{res[1]}", "dtype", N, 19, res, "bfloat16"),
+        Case(f"channels-last-{res[0]}x{res[1]}", "layout", N, 19, res, layout="channels_last"),
         Case("volume-128^3", "volume", 2, 14, (128, 128, 128) if gpu else (64, 128, 128)),
         Case("signal-1d", "signal", 256 if gpu else 64, 1, (16384,), mode="binary"),
     ]

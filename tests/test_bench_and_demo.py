@@ -44,6 +44,20 @@ def test_benchmark_quick_sweep(tmp_path):
     assert (tmp_path / "t-time.png").exists() and (tmp_path / "t.txt").exists()
 
 
+def test_benchmark_channels_last_case():
+    """The sweep's layout case hands the providers channels_last logits (a channels_last
+    network's), on both devices' sweeps."""
+    import dataclasses
+
+    from bench.cases import sweep
+    for device in ("cpu", "cuda"):
+        (case,) = [c for c in sweep(device) if c.group == "layout"]
+        assert case.layout == "channels_last"
+    x, t = dataclasses.replace(case, N=2, spatial=(8, 8)).make("cpu")
+    assert x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    assert x.shape == (2, case.C, 8, 8) and t.shape == (2, 8, 8) and x.requires_grad
+
+
 def test_demo_trains_and_reports(tmp_path):
     from demo.train import main
     results = main(["--size", "48", "--steps", "4", "--eval-every", "2", "--batch", "2",
