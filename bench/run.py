@@ -190,7 +190,8 @@ def _prepare_provider(args, case, provider, sets, notes):
     reference on the case's inputs, or the reason it is skipped."""
     rec = {"case": case.name, "group": case.group, "N": case.N, "C": case.C,
            "spatial": list(case.spatial), "dtype": case.dtype, "mode": case.mode,
-           "layout": case.layout, "threads": case.threads or torch.get_num_threads(), "provider": provider.name}
+           "layout": case.layout, "threads": case.threads or torch.get_num_threads(),
+           "provider": provider.name}
     if provider.name == "reference-compiled" and case.group not in ("bar", "per-call") \
             and not args.compile_all:
         rec["skipped"] = "torch.compile of the reference is timed on the bar and per-call " \

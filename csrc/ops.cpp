@@ -135,24 +135,18 @@ bool read(PyObject* o, double& out) {
   return PyFloat_CheckExact(o);
 }
 
-bool read_int(PyObject* o, int64_t& out) {
+bool read(PyObject* o, int64_t& out) {
   if (!PyLong_CheckExact(o)) return false;
   int overflow = 0;
   out = PyLong_AsLongLongAndOverflow(o, &overflow);
   return overflow == 0 && !(out == -1 && PyErr_Occurred());
 }
 
-bool read(PyObject* o, std::optional<int64_t>& out) {
+// int? and float?: None, or the value read as above
+template <class T>
+bool read(PyObject* o, std::optional<T>& out) {
   if (o == Py_None) return true;
-  int64_t v = 0;
-  if (!read_int(o, v)) return false;
-  out = v;
-  return true;
-}
-
-bool read(PyObject* o, std::optional<double>& out) {
-  if (o == Py_None) return true;
-  double v = 0.0;
+  T v{};
   if (!read(o, v)) return false;
   out = v;
   return true;
@@ -164,7 +158,7 @@ bool read(PyObject* o, std::optional<c10::SmallVector<int64_t, 8>>& out) {
   out.emplace();
   for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(o); ++i) {
     int64_t v = 0;
-    if (!read_int(PyTuple_GET_ITEM(o, i), v)) return false;
+    if (!read(PyTuple_GET_ITEM(o, i), v)) return false;
     out->push_back(v);
   }
   return true;
