@@ -10,8 +10,8 @@ import warnings
 import pytest
 import torch
 from torch.overrides import TorchFunctionMode
-from torch.utils._python_dispatch import TorchDispatchMode
 from torch.profiler import ProfilerActivity, profile
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import softiou_cuda
 from conftest import CASES, is_interpreted
