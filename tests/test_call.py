@@ -15,7 +15,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import softiou_cuda
 from conftest import CASES, is_interpreted
-from helpers import make_inputs
+from helpers import loss_and_grad, make_inputs
 from softiou_cuda import checks
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -66,18 +66,6 @@ EVERY_TYPE = dict(mode="multiclass", sharpness=1.5, intersection="min", metric="
                   squared=True, smooth_dr=0.5, weighted_mean=False)
 
 
-def _two_calls(call_a, call_b, x, *args):
-    """The loss and gradient of two calls on copies of the leaf x."""
-    out = []
-    for call in (call_a, call_b):
-        xi = x.detach().clone().requires_grad_()
-        loss = call(xi, *args)
-        assert loss is not NotImplemented
-        loss.sum().backward()
-        out.append((loss.detach(), xi.grad))
-    return out
-
-
 @needs_extension
 @pytest.mark.parametrize("device", [
     "cpu", pytest.param("cuda", marks=pytest.mark.skipif(
@@ -95,9 +83,8 @@ def test_the_extension_binding_is_the_operator(options, device):
                           ignore_index=options.get("ignore_index"), weight=True)
     cw = torch.tensor([0.5, 1.0, 2.0, 1.5], device=device) if mode == "multiclass" else None
     opts = checks.make_options(**options)
-    (a, ga), (b, gb) = _two_calls(
-        lambda xi, *args: softiou_cuda._C.loss(xi, *args, opts),
-        lambda xi, *args: torch.ops.softiou.loss(xi, *args, *opts), x, t, w, cw)
+    a, ga = loss_and_grad(lambda xi, *args: softiou_cuda._C.loss(xi, *args, opts), x, t, w, cw)
+    b, gb = loss_and_grad(lambda xi, *args: torch.ops.softiou.loss(xi, *args, *opts), x, t, w, cw)
     assert torch.equal(a, b) and torch.equal(ga, gb)
     assert torch.equal(softiou_cuda.soft_iou_loss(x, t, w, class_weight=cw, **options), a)
     # a Parameter is passed on as a Tensor, as torch.ops' binding does
