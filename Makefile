@@ -11,7 +11,7 @@ CUDA_ARCHS    ?= 80 90
 
 DEPS_STAMP  := $(VENV)/.deps-torch-$(TORCH_VERSION)
 BUILD_STAMP := $(VENV)/.built
-CSRC        := $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh')
+CSRC        := $(shell find csrc -path csrc/generated -prune -o \( -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' \) -print)
 
 .PHONY: setup build test test-fast demo demo-1d bench bench-quick cuda-compile-check device-check clean
 
@@ -29,9 +29,9 @@ $(DEPS_STAMP): $(PY) requirements/test.txt requirements/demo.txt requirements/pe
 
 build: $(BUILD_STAMP)
 
-$(BUILD_STAMP): $(DEPS_STAMP) $(CSRC) setup.py
+$(BUILD_STAMP): $(DEPS_STAMP) $(CSRC) setup.py softiou_cuda/options.py tools/codegen.py
 	MAX_JOBS=$(JOBS) $(PY) -m pip install -q --no-build-isolation --no-deps -e .
-	$(PY) -c "import softiou_cuda as s; print('softiou built: cpu isa', s.ops.cpu_isa(), '| cuda kernels', s.ops.has_cuda_kernels())"
+	$(PY) -c "import softiou_cuda as s; print('softiou built: cpu isa', s.operators.cpu_isa(), '| cuda kernels', s.operators.has_cuda_kernels())"
 	touch $@
 
 # The torch-free CUDA kernels compile with this machine's nvcc for sm_80 and sm_90, and the torch

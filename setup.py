@@ -11,6 +11,7 @@ import os
 import re
 import shlex
 import subprocess
+import sys
 import tempfile
 
 from setuptools import setup
@@ -56,8 +57,14 @@ def shared_libstdcxx() -> list:
     return sorted(paths)[:1]
 
 
+def generate():
+    """csrc/generated/: the C++ side of the option declaration (tools/codegen.py)."""
+    subprocess.run([sys.executable, os.path.join(HERE, "tools", "codegen.py")], check=True)
+
+
 def extension():
-    sources = ["csrc/ops.cpp", "csrc/autograd.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
+    generate()
+    sources = sorted(glob.glob("csrc/ops/*.cpp")) + sorted(glob.glob("csrc/cpu/*.cpp"))
     # -fopenmp: at::parallel_for is an inline template whose OpenMP pragma is compiled here; the
     # extension then shares torch's libgomp.so.1 (same soname, loaded once).
     # -fno-trapping-math: lets the kernels' branch-free selects vectorise (results unchanged).

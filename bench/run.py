@@ -46,7 +46,8 @@ def _git_commit():
 def machine_info(device):
     info = {"torch": torch.__version__, "python": platform.python_version(),
             "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_threads": torch.get_num_threads(), "softiou_cpu_isa": softiou_cuda.ops.cpu_isa(),
+            "cpu_threads": torch.get_num_threads(),
+            "softiou_cpu_isa": softiou_cuda.operators.cpu_isa(),
             "commit": _git_commit(), "date": datetime.datetime.now().isoformat(timespec="seconds")}
     try:
         import triton

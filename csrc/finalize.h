@@ -11,48 +11,45 @@
 
 namespace softiou {
 
-enum class Metric : int32_t { kJaccard = 0, kDice = 1, kTversky = 2, kGeneralizedDice = 3 };
-enum class Reduction : int32_t { kMean = 0, kSum = 1, kNone = 2 };
-// the generalized Dice score's class weights as a function of Y (SPEC section 10)
-enum class WType : int32_t { kSquare = 0, kSimple = 1, kUniform = 2 };
-
-// `classes` is carried as a bitmask of the first kKeepWords * 64 class indices.
-constexpr int kKeepWords = 64;
-constexpr int64_t kMaxListedClass = int64_t(kKeepWords) * 64;
-
+// The finalize step's options (softiou_cuda/options.py: metric, reduction, classes, ...) and the
+// statistics they apply to.
 struct FinalizeArgs {
+  FinalizeOptions options;
   int64_t N = 0;  // rows of the statistics (samples; 1 after a pooled all-reduce)
   int64_t C = 0;
-  Metric metric = Metric::kJaccard;
-  double alpha = 0.5, beta = 0.5, gamma = 1.0, smooth = 0.0, eps = 1e-7;
-  double smooth_dr = 0.0;  // the denominators' smoothing (smooth unless smooth_dr is given)
-  bool log_loss = false;
-  bool per_image = true;        // false: I, P, Y summed over the rows first, one score per class
-  bool absent_exclude = false;  // absent="exclude": pairs with Y == 0 get weight 0
-  bool absent_zero = false;     // absent="zero": pairs with Y == 0 get loss 0, keep their weight
-  bool weighted_mean = true;    // false: the mean divides by the number of kept pairs
-  WType w_type = WType::kSquare;
-  Reduction reduction = Reduction::kMean;
   const void* class_weight = nullptr;  // [C], accumulation dtype, contiguous; null: weight 1
-  bool drop_background = false;        // include_background=False
-  bool subset = false;                 // classes=[...]: only the classes set in `keep`
-  uint64_t keep[kKeepWords] = {};
   // SPEC section 9, the cross-entropy term (ce not null): the loss gains
   // ce_weight * sum_i num_i / sum_i den_i ("mean"; 0 for a zero denominator) or
   // ce_weight * sum_i num_i ("sum"), over the ce_count entries (num_i, den_i) at
-  // ce[i * ce_sN + {0, 1}] (per sample, or per warp on the GPU); d loss / d num (the same for
-  // every sample) is written after the pairs' coefficients.
-  double ce_weight = 0.0;
+  // ce[i * ce_sN + {0, 1}], one per sample; its derivatives in num_i and den_i (the same for
+  // every i) go to ce_coef[0] and ce_coef[1].
   const void* ce = nullptr;
   int64_t ce_sN = 0, ce_count = 0;
-  bool ce_slot = false;  // the coefficients have the term's slot (the loss's): written, 0 without
 
   // rows of the loss and the coefficients
-  SOFTIOU_HD int64_t rows() const { return per_image ? N : 1; }
+  SOFTIOU_HD int64_t rows() const { return options.per_image ? N : 1; }
   // the generalized Dice score: one loss per row, over its kept classes
-  SOFTIOU_HD bool generalized() const { return metric == Metric::kGeneralizedDice; }
+  SOFTIOU_HD bool generalized() const { return options.metric == Metric::kGeneralizedDice; }
   // columns of the loss with reduction="none": one per class, or one per row
   SOFTIOU_HD int64_t loss_cols() const { return generalized() ? 1 : C; }
+  // the loss's shape: [] for mean and sum; [rows, cols] per image or [cols] pooled for none.
+  // Writes the sizes to `shape` (room for 2), returns the number of dims.
+  SOFTIOU_HD int loss_shape(int64_t* shape) const {
+    if (options.reduction != Reduction::kNone) return 0;
+    if (!options.per_image) {
+      shape[0] = loss_cols();
+      return 1;
+    }
+    shape[0] = N;
+    shape[1] = loss_cols();
+    return 2;
+  }
+  // the loss has the cross-entropy term (SPEC section 9)
+  SOFTIOU_HD bool reads_cross_entropy() const { return options.ce_weight > 0; }
+  // the denominators' smoothing: smooth_dr, or smooth where it is not given
+  SOFTIOU_HD double denominator_smoothing() const {
+    return options.smooth_dr.has ? options.smooth_dr.value : options.smooth;
+  }
 };
 
 namespace SOFTIOU_MATH_NS {
@@ -67,13 +64,13 @@ struct ScoreTerms {
 
 template <class A>
 SOFTIOU_HD ScoreTerms<A> score_terms(A num, A den, const FinalizeArgs& f) {
-  const A eps = A(f.eps);
+  const A eps = A(f.options.eps);
   // an empty target with an empty prediction scores 1; denominators are clamped at eps
   const bool both_zero = num == A(0) && den == A(0);
   const A den_c = den < eps ? eps : den;  // a NaN passes
   const A score = both_zero ? A(1) : num / den_c;
   A loss, d_score;  // the loss before the focal exponent, and its derivative in the score
-  if (f.log_loss) {
+  if (f.options.log_loss) {
     const A sc = score < eps ? eps : score;
     loss = -log_(sc);
     d_score = score < eps ? A(0) : A(-1) / sc;
@@ -81,8 +78,9 @@ SOFTIOU_HD ScoreTerms<A> score_terms(A num, A den, const FinalizeArgs& f) {
     loss = A(1) - score;
     d_score = A(-1);
   }
-  if (f.gamma != 1.0) {  // loss^gamma with a zero (not infinite) derivative where the loss is 0
-    const A g = A(f.gamma), tiny = tiny_<A>();
+  if (f.options.gamma !=
+      1.0) {  // loss^gamma with a zero (not infinite) derivative where the loss is 0
+    const A g = A(f.options.gamma), tiny = tiny_<A>();
     const A lc = loss < tiny ? tiny : loss;
     const A d = loss > A(0) && !(loss < tiny) ? g * pow_(lc, g - A(1)) : A(0);
     loss = loss > A(0) ? pow_(lc, g) : A(0);
@@ -105,16 +103,16 @@ struct PairTerms {
 
 template <class A>
 SOFTIOU_HD PairTerms<A> pair_terms(A I, A P, A Y, const FinalizeArgs& f) {
-  const A s = A(f.smooth), sd = A(f.smooth_dr);
+  const A s = A(f.options.smooth), sd = A(f.denominator_smoothing());
   A num, den, num_I, den_I, den_P, den_Y;  // numerator, denominator and their derivatives
-  switch (f.metric) {
+  switch (f.options.metric) {
     case Metric::kDice:
       num = A(2) * I + s;
       den = P + Y + sd;
       num_I = A(2), den_I = A(0), den_P = A(1), den_Y = A(1);
       break;
     case Metric::kTversky: {
-      const A a = A(f.alpha), b = A(f.beta);
+      const A a = A(f.options.alpha), b = A(f.options.beta);
       num = I + s;
       den = I + a * (P - I) + b * (Y - I) + sd;
       num_I = A(1), den_I = A(1) - a - b, den_P = a, den_Y = b;
@@ -132,7 +130,7 @@ SOFTIOU_HD PairTerms<A> pair_terms(A I, A P, A Y, const FinalizeArgs& f) {
   t.dI = st.g_num * num_I + st.g_den * den_I;
   t.dP = st.g_den * den_P;
   t.dY = st.g_den * den_Y;
-  if (f.absent_zero && !(Y > A(0))) t.loss = t.dI = t.dP = t.dY = A(0);  // absent="zero"
+  if (f.options.absent == Absent::kZero && !(Y > A(0))) t.loss = t.dI = t.dP = t.dY = A(0);
   return t;
 }
 
@@ -140,13 +138,14 @@ SOFTIOU_HD PairTerms<A> pair_terms(A I, A P, A Y, const FinalizeArgs& f) {
 // an absent class.
 template <class A>
 SOFTIOU_HD bool pair_kept(const FinalizeArgs& f, int64_t c, A Y) {
-  bool kept = !(f.drop_background && c == 0);
-  if (f.subset) kept = kept && c < kMaxListedClass && ((f.keep[c >> 6] >> (c & 63)) & 1u);
-  if (f.absent_exclude) kept = kept && Y > A(0);
+  bool kept = f.options.include_background || c != 0;
+  if (f.options.classes.has) kept = kept && f.options.classes.contains(c);
+  if (f.options.absent == Absent::kExclude) kept = kept && Y > A(0);
   return kept;
 }
 
-// The weight of pair (., c) in the reduction: 0 for a pair not kept, else class_weight[c] (1 without).
+// The weight of pair (., c) in the reduction: 0 for a pair not kept, else class_weight[c] (1
+// without).
 template <class A>
 SOFTIOU_HD A pair_weight(const FinalizeArgs& f, int64_t c, A Y) {
   if (!pair_kept(f, c, Y)) return A(0);
@@ -156,14 +155,14 @@ SOFTIOU_HD A pair_weight(const FinalizeArgs& f, int64_t c, A Y) {
 // The divisor of the mean: the kept pairs' weight, or their number (weighted_mean=False).
 template <class A>
 SOFTIOU_HD A pair_divisor(const FinalizeArgs& f, int64_t c, A Y) {
-  return f.weighted_mean ? pair_weight(f, c, Y) : (pair_kept(f, c, Y) ? A(1) : A(0));
+  return f.options.weighted_mean ? pair_weight(f, c, Y) : (pair_kept(f, c, Y) ? A(1) : A(0));
 }
 
 // I, P, Y of output row r, class c: one row of the statistics, or all of them summed in row order.
 template <class A>
 SOFTIOU_HD void pair_stats(const A* stats, int64_t s_n, int64_t s_c, const FinalizeArgs& f,
                            int64_t r, int64_t c, A& I, A& P, A& Y) {
-  const int64_t n0 = f.per_image ? r : 0, n1 = f.per_image ? r + 1 : f.N;
+  const int64_t n0 = f.options.per_image ? r : 0, n1 = f.options.per_image ? r + 1 : f.N;
   I = P = Y = A(0);
   for (int64_t n = n0; n < n1; ++n) {
     const A* s = stats + n * s_n + c * s_c;
@@ -176,15 +175,17 @@ SOFTIOU_HD void pair_stats(const A* stats, int64_t s_n, int64_t s_c, const Final
 // The cross-entropy term from its sums: adds it to the loss (out[0]) and writes d loss / d num.
 template <class A>
 SOFTIOU_HD void add_cross_entropy(A num, A den, const FinalizeArgs& f, A* out, A* coef_ce) {
-  const A lam = A(f.ce_weight);
-  if (f.reduction == Reduction::kSum) {
+  const A lam = A(f.options.ce_weight);
+  if (f.options.reduction == Reduction::kSum) {
     out[0] += lam * num;
-    *coef_ce = lam;
+    coef_ce[0] = lam;
+    coef_ce[1] = A(0);
     return;
   }
   const A d = den > A(0) ? den : A(1);
   out[0] += lam * (num / d);
-  *coef_ce = lam / d;
+  coef_ce[0] = lam / d;
+  coef_ce[1] = den > A(0) ? -(lam * (num / d)) / d : A(0);
 }
 
 // The generalized Dice score's weight of a class from its Y, in float32 as MONAI computes it.
@@ -207,7 +208,7 @@ SOFTIOU_HD A generalized_row(const A* stats, int64_t s_n, int64_t s_c, const Fin
   for (int64_t c = 0; c < f.C; ++c) {
     A I, P, Y;
     pair_stats(stats, s_n, s_c, f, r, c, I, P, Y);
-    const float w = generalized_weight(float(Y), f.w_type);
+    const float w = generalized_weight(float(Y), f.options.w_type);
     if (pair_kept(f, c, Y) && w != inf && w > largest) largest = w;
   }
   A num = A(0), den = A(0);
@@ -215,12 +216,13 @@ SOFTIOU_HD A generalized_row(const A* stats, int64_t s_n, int64_t s_c, const Fin
     A I, P, Y;
     pair_stats(stats, s_n, s_c, f, r, c, I, P, Y);
     if (!pair_kept(f, c, Y)) continue;
-    const float w = generalized_weight(float(Y), f.w_type);
+    const float w = generalized_weight(float(Y), f.options.w_type);
     const A wa = A(w == inf ? largest : w);
     num += wa * I;
     den += wa * (P + Y);
   }
-  const ScoreTerms<A> st = score_terms(A(2) * num + A(f.smooth), den + A(f.smooth_dr), f);
+  const ScoreTerms<A> st =
+      score_terms(A(2) * num + A(f.options.smooth), den + A(f.denominator_smoothing()), f);
   for (int64_t c = 0; c < f.C; ++c) {
     A I, P, Y;
     pair_stats(stats, s_n, s_c, f, r, c, I, P, Y);
@@ -229,7 +231,7 @@ SOFTIOU_HD A generalized_row(const A* stats, int64_t s_n, int64_t s_c, const Fin
       k[0] = k[1] = k[2] = A(0);
       continue;
     }
-    const float w = generalized_weight(float(Y), f.w_type);
+    const float w = generalized_weight(float(Y), f.options.w_type);
     const A wa = A(w == inf ? largest : w);
     k[0] = st.g_num * (A(2) * wa);
     k[1] = st.g_den * wa;
@@ -240,17 +242,18 @@ SOFTIOU_HD A generalized_row(const A* stats, int64_t s_n, int64_t s_c, const Fin
 
 // The whole finalize step on one thread, pairs in row-major order. out: the loss ([] for mean and
 // sum, [rows][C] for none; the generalized Dice score: [rows][1]); coef: [rows][C][3],
-// d out / d (I, P, Y) of every pair (mean: already divided by the mean's divisor), then with the
-// cross-entropy term d out / d num.
+// d out / d (I, P, Y) of every pair (mean: already divided by the mean's divisor); coef_ce: [2],
+// d out / d (the cross-entropy's numerator, denominator) of every sample (0 without the term).
 template <class A>
 inline void finalize_serial(const A* stats, int64_t s_n, int64_t s_c, const FinalizeArgs& f,
-                            A* out, A* coef) {
+                            A* out, A* coef, A* coef_ce) {
   const int64_t R = f.rows(), C = f.C;
+  const Reduction reduction = f.options.reduction;
   A total = A(0), wsum = A(0);
   for (int64_t r = 0; r < R; ++r) {
     if (f.generalized()) {  // one loss per row, each of weight 1
       const A l = generalized_row(stats, s_n, s_c, f, r, coef + r * C * 3);
-      if (f.reduction == Reduction::kNone) out[r] = l;
+      if (reduction == Reduction::kNone) out[r] = l;
       total += l;
       wsum += A(1);
       continue;
@@ -261,7 +264,7 @@ inline void finalize_serial(const A* stats, int64_t s_n, int64_t s_c, const Fina
       const PairTerms<A> t = pair_terms(I, P, Y, f);
       const A w = pair_weight(f, c, Y);
       const A wl = w * t.loss;
-      if (f.reduction == Reduction::kNone) out[r * C + c] = wl;
+      if (reduction == Reduction::kNone) out[r * C + c] = wl;
       total += wl;
       wsum += pair_divisor(f, c, Y);
       A* k = coef + (r * C + c) * 3;
@@ -270,9 +273,9 @@ inline void finalize_serial(const A* stats, int64_t s_n, int64_t s_c, const Fina
       k[2] = w * t.dY;
     }
   }
-  if (f.ce_slot) coef[R * C * 3] = A(0);
-  if (f.reduction == Reduction::kNone) return;
-  if (f.reduction == Reduction::kSum) {
+  coef_ce[0] = coef_ce[1] = A(0);
+  if (reduction == Reduction::kNone) return;
+  if (reduction == Reduction::kSum) {
     out[0] = total;
   } else {  // mean over the kept pairs; no kept pair: 0 (and a zero gradient)
     const A denom = wsum > A(0) ? wsum : A(1);
@@ -286,7 +289,7 @@ inline void finalize_serial(const A* stats, int64_t s_n, int64_t s_c, const Fina
       num += static_cast<const A*>(f.ce)[i * f.ce_sN];
       den += static_cast<const A*>(f.ce)[i * f.ce_sN + 1];
     }
-    add_cross_entropy(num, den, f, out, coef + R * C * 3);
+    add_cross_entropy(num, den, f, out, coef_ce);
   }
 }
 

@@ -7,6 +7,8 @@
 
 #include <cstdint>
 
+#include "generated/options.h"
+
 namespace softiou {
 
 enum class DType : int32_t {
@@ -31,8 +33,8 @@ enum class Prob : int32_t {
 // the CUDA kernels raise a device-side assert.
 enum class InputError : int32_t {
   kNone = 0,
-  kClassIndex = 1,    // class map value outside [0, C) and not ignore_index
-  kBinaryTarget = 2,  // integer binary/multilabel target not in {0, 1} and not ignore_index
+  kClassIndex = 1,    // class map value outside [0, C) and not the ignored value
+  kBinaryTarget = 2,  // integer binary/multilabel target not in {0, 1} and not the ignored value
   kDenseTarget = 3,   // dense target outside [0, 1]
   kNegativeWeight = 4,
   kProbability = 5,   // from_logits=False and an input value outside [0, 1]
@@ -57,15 +59,10 @@ struct KernelArgs {
 
   int64_t N = 0, C = 0, M = 0;
 
+  // the statistics phase's options (softiou_cuda/options.py), and what follows from them and the
+  // tensors: how p is made (probabilities_of), and whether the forward sums the cross-entropy
+  StatsOptions options;
   Prob prob = Prob::kSoftmax;
-  bool from_logits = true;
-  double sharpness = 1.0;
-  bool min_intersection = false;  // t = min(p, y) instead of p*y
-  bool squared = false;           // P and Y sum p^2 and y^2 (SPEC section 10)
-  // ignore_index: a class map's pixel, or an integer or dense binary/multilabel target's element,
-  // equal to it is left out (a class map in multilabel mode: the pixel, in every class)
-  bool has_ignore = false;
-  int64_t ignore_index = 0;
 
   // backward only. The gradient of the loss with respect to I and P of pair (n, c) is
   //   go * coef[n*co_sN + c*co_sC] (I) and go * coef[n*co_sN + c*co_sC + co_sK] (P),
@@ -86,8 +83,6 @@ struct KernelArgs {
   // d loss / d numerator of sample n (null: no term). class_weight: the term's class weights
   // c_k, [C], accumulation dtype, contiguous (null: 1).
   bool ce = false;
-  double label_smoothing = 0.0;
-  double ce_pos_weight = 1.0;  // the binary cross-entropy's pos_weight (SPEC section 10)
   const void* class_weight = nullptr;
   const void* ce_coef = nullptr;
   int64_t ce_sN = 0;
@@ -95,5 +90,16 @@ struct KernelArgs {
 };
 
 inline bool accumulates_in_double(const KernelArgs& a) { return a.x_dtype == DType::kFloat64; }
+
+// Whether a statistics pass sums the cross-entropy term (SPEC section 9).
+inline bool sums_cross_entropy(const StatsOptions& o) { return o.ce_weight > 0; }
+
+// How the probabilities are made (SPEC section 2): a softmax over the classes or a sigmoid per
+// element, of logits or of probabilities raised to the sharpness; probabilities with sharpness 1
+// are used as they are.
+inline Prob probabilities_of(const StatsOptions& o) {
+  if (!o.from_logits && o.sharpness == 1.0) return Prob::kIdentity;
+  return o.mode == Mode::kMulticlass ? Prob::kSoftmax : Prob::kSigmoid;
+}
 
 }  // namespace softiou

@@ -212,7 +212,7 @@ def main(argv=None):
     if rank == 0:
         print(f"softiou demo: {args.size}x{args.size} images, {args.steps} steps of a global batch "
               f"of {args.batch}, {world} rank(s), {device}, softiou backend "
-              f"{softiou_cuda.backends.resolve('auto', device)}", flush=True)
+              f"{softiou_cuda.route.resolve('auto', device)}", flush=True)
     train = make_batch(range(args.train_images), args.size, device)
     val = make_batch(range(10_000, 10_000 + args.val_images), args.size, device)
     freq = torch.bincount(train[1].flatten().cpu(), minlength=NUM_CLASSES).double() \

@@ -5,18 +5,21 @@
     criterion = softiou_cuda.SoftIoULoss("multiclass", ignore_index=255)
     torch.ops.softiou.loss(logits, class_map)                         # the operator
 
-See SPEC.md for the semantics and the README for every option.
+See SPEC.md for the semantics and the README for every option (declared in
+softiou_cuda/options.py).
 """
 
-from . import ops  # loads the compiled operators and registers autograd / fake kernels
-from . import reference
+from . import operators  # loads the compiled operators and registers their fake kernels
+from . import functional, reference
 from .api import SoftDiceLoss, SoftIoULoss, SoftTverskyLoss, soft_iou_loss
-from .backends import available as available_backends
 from .interval import IntervalIoULoss, interval_iou_loss
+from .options import LossOptions, make_options
+from .route import available as available_backends
 
 __version__ = "0.1.0"
 
 __all__ = [
     "soft_iou_loss", "SoftIoULoss", "SoftDiceLoss", "SoftTverskyLoss", "interval_iou_loss",
-    "IntervalIoULoss", "available_backends", "reference", "ops", "__version__",
+    "IntervalIoULoss", "LossOptions", "make_options", "functional", "available_backends",
+    "reference", "operators", "__version__",
 ]

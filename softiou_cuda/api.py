@@ -1,28 +1,44 @@
 """The user API: ``soft_iou_loss`` and the ``SoftIoULoss`` module (and their Dice/Tversky cousins).
 
-A call is: the options, validated once and cached as one :class:`~softiou_cuda.checks.LossOptions`
-value; the backend for the tensor's device (cached); then one call of the operator, which runs the
-statistics pass and the finalize step forward and one gradient pass backward, with its autograd in
-C++. The operator is called through the extension's own binding, ``_C.loss`` (torch.ops' generic
-binding costs about 5 us more per call); torch.ops is called under torch.compile, for tensor
-subclasses and under torch function modes. The Triton backend makes the same two launches forward
-and one backward, from Python. Under the ``torch.func`` transforms, which refuse C++ autograd, the
-same two ops run from a Python autograd function, :class:`~softiou_cuda.ops.LossUnderTransforms`.
+A call is: the options, validated once and cached as one :class:`~softiou_cuda.options.LossOptions`
+value, then :mod:`softiou_cuda.route`, which picks the implementation and the call (the operator
+``softiou::loss``: the statistics pass and the finalize step forward, one gradient pass backward,
+its autograd in C++).
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Optional, Sequence
 
 import torch
 
-from . import backends, checks, distributed, ops, reference
-from .checks import LossOptions
+from . import route
+from .options import LOSS_FIELDS, LossOptions, check, make_options
 
 __all__ = ["soft_iou_loss", "SoftIoULoss", "SoftDiceLoss", "SoftTverskyLoss"]
 
-_loss_op = torch.ops.softiou.loss.default if hasattr(torch.ops.softiou, "loss") else None
-_loss_call = ops._C.loss if ops.HAS_EXTENSION else None
+
+# typed: True and 1, or 1 and 1.0, are different options (a bool is checked to be a bool)
+@functools.lru_cache(maxsize=512, typed=True)
+def _cached_options(*values) -> LossOptions:
+    return make_options(**dict(zip(LOSS_FIELDS, values)))
+
+
+def options(*values) -> LossOptions:
+    """:func:`~softiou_cuda.options.make_options` of the options' values in the declaration's
+    order (``LossOptions._fields``; tests/test_layout.py checks the callers), from a cache: a call
+    with options seen before costs a dictionary lookup (by position: half the cost of one by
+    name). Under torch.compile the options are made directly: they are constants of the traced
+    graph."""
+    if torch.compiler.is_compiling():
+        return make_options(**dict(zip(LOSS_FIELDS, values)))
+    try:
+        return _cached_options(*values)
+    except TypeError as error:  # an unhashable option (a list of classes): made without the cache
+        if "unhashable" not in str(error):
+            raise
+        return make_options(**dict(zip(LOSS_FIELDS, values)))
 
 
 def soft_iou_loss(input: torch.Tensor, target: torch.Tensor,
@@ -83,61 +99,11 @@ def soft_iou_loss(input: torch.Tensor, target: torch.Tensor,
     """
     if classes is not None and not isinstance(classes, tuple):
         classes = tuple(classes)
-    options = checks.options(mode, from_logits, sharpness, intersection, metric, alpha, beta,
-                             gamma, log_loss, smooth, eps, classes, include_background,
-                             ignore_index, per_image, absent, reduction, ce_weight,
-                             label_smoothing, squared, smooth_dr, weighted_mean, w_type,
-                             ce_pos_weight)
-    return _loss(input, target, weight, class_weight, options, process_group, backend)
-
-
-def _loss(input, target, weight, class_weight, options: LossOptions, process_group, backend):
-    if not isinstance(input, torch.Tensor):
-        raise TypeError(f"input must be a torch.Tensor, got {type(input).__name__}")
-    name = backends.resolve(backend, input.device)
-    if process_group is not None and options.per_image:
-        raise ValueError("process_group needs per_image=False: the statistics summed over ranks "
-                         "are those of the whole batch")
-    if name == "reference":
-        return reference.soft_iou_loss(input, target, weight, class_weight=class_weight,
-                                       process_group=process_group, **options.kwargs())
-    if process_group is not None:
-        return _pooled_over_ranks(name, input, target, weight, class_weight, options,
-                                  process_group)
-    if name == "triton":
-        return backends.triton_ops().loss(input, target, weight, class_weight, options)
-    if torch._C._are_functorch_transforms_active():  # torch.func.grad, vmap, ...
-        return ops.LossUnderTransforms.apply(input, target, weight, class_weight, options)[0]
-    if not torch.compiler.is_compiling():  # Dynamo traces the torch.ops call
-        out = _loss_call(input, target, weight, class_weight, options)
-        if out is not NotImplemented:
-            return out
-    return _loss_op(input, target, weight, class_weight, *options)
-
-
-def _pooled_over_ranks(name, input, target, weight, class_weight, options, group):
-    """``per_image=False`` over a process group: the statistics of this rank's batch, summed over
-    the batch and over the ranks (a differentiable all-reduce), then the finalize step. The
-    cross-entropy term (SPEC section 9) stays this rank's mean, as F.cross_entropy's does."""
-    x, t, w = checks.normalize_inputs(input, target, weight, options.mode, options.ignore_index)
-    if name == "triton":
-        ops = backends.triton_ops()
-        stats_fn, stats_ce_fn, finalize_fn = ops.triton_stats, ops.triton_stats_ce, ops.finalize
-    else:
-        stats_fn, stats_ce_fn = torch.ops.softiou.stats, torch.ops.softiou.stats_ce
-        finalize_fn = torch.ops.softiou.finalize
-    ce = None
-    if options.ce_weight > 0:
-        stats, ce = stats_ce_fn(x, t, w, class_weight, *options.stats_ce_args())
-    else:
-        stats = stats_fn(x, t, w, *options.stats_args())
-    pooled = distributed.all_reduce_sum(stats.sum(dim=0, keepdim=True), group)
-    loss = finalize_fn(pooled, class_weight, **options.finalize_kwargs())
-    if ce is not None:
-        num, den = ce.sum(dim=0).unbind()
-        term = num if options.reduction == "sum" else num / torch.where(den > 0, den, 1.0)
-        loss = loss + options.ce_weight * term
-    return loss
+    o = options(mode, from_logits, sharpness, intersection, metric, alpha, beta, gamma, log_loss,
+                smooth, eps, classes, include_background, ignore_index, per_image, absent,
+                reduction, ce_weight, label_smoothing, squared, smooth_dr, weighted_mean, w_type,
+                ce_pos_weight)
+    return route.loss(input, target, weight, class_weight, o, backend, process_group)
 
 
 class SoftIoULoss(torch.nn.Module):
@@ -159,7 +125,7 @@ class SoftIoULoss(torch.nn.Module):
                  w_type: str = "square", ce_pos_weight: float = 1.0, process_group=None,
                  backend: str = "auto"):
         super().__init__()
-        self.options = checks.make_options(
+        self.options = make_options(
             mode=mode, from_logits=from_logits, sharpness=sharpness, intersection=intersection,
             metric=metric, alpha=alpha, beta=beta, gamma=gamma, log_loss=log_loss, smooth=smooth,
             eps=eps, classes=classes, include_background=include_background,
@@ -167,31 +133,26 @@ class SoftIoULoss(torch.nn.Module):
             ce_weight=ce_weight, label_smoothing=label_smoothing, squared=squared,
             smooth_dr=smooth_dr, weighted_mean=weighted_mean, w_type=w_type,
             ce_pos_weight=ce_pos_weight)
+        check(dict(self.options._asdict(), backend=backend),
+              has_class_weight=class_weight is not None)
+        route.check_process_group(self.options, process_group)
         if class_weight is not None:
-            if metric == "generalized_dice":
-                raise ValueError("class_weight must be None with metric='generalized_dice': its "
-                                 "class weights come from the target (w_type)")
             class_weight = torch.as_tensor(class_weight, dtype=torch.float32)
             if class_weight.dim() != 1 or not torch.isfinite(class_weight).all() \
                     or (class_weight < 0).any():
-                raise ValueError("class_weight must be a 1-D tensor of finite weights >= 0; got "
-                                 f"{class_weight.tolist()}")
+                raise ValueError("softiou: class_weight must be a 1-D tensor of finite weights "
+                                 f">= 0; got {class_weight.tolist()}")
         self.register_buffer("class_weight", class_weight)
-        if backend not in backends.BACKENDS:
-            raise ValueError(f"backend must be one of {backends.BACKENDS}; got {backend!r}")
-        if process_group is not None and per_image:
-            raise ValueError("process_group needs per_image=False: the statistics summed over "
-                             "ranks are those of the whole batch")
         self.process_group = process_group
         self.backend = backend
 
     def forward(self, input: torch.Tensor, target: torch.Tensor,
                 weight: Optional[torch.Tensor] = None) -> torch.Tensor:
-        return _loss(input, target, weight, self.class_weight, self.options, self.process_group,
-                     self.backend)
+        return route.loss(input, target, weight, self.class_weight, self.options, self.backend,
+                          self.process_group)
 
     def extra_repr(self) -> str:
-        shown = {k: v for k, v in self.options.kwargs().items() if v is not None}
+        shown = {k: v for k, v in self.options._asdict().items() if v is not None}
         return ", ".join(f"{k}={v!r}" for k, v in shown.items()) + f", backend={self.backend!r}"
 
 

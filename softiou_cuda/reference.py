@@ -4,10 +4,10 @@ This module is the oracle every backend is tested against. It is written to be r
 SPEC, one function per section, and computes everything the obvious way (it builds the one-hot
 target the fused kernels never build).
 
-It shares no code with the fused backends (softiou_cuda.checks, the C++ and Triton kernels),
-which it checks: sections 1 and 7 (inputs, options, errors), 2-3 (probabilities, statistics),
-4-5 (scores, loss, reduction), 9 (the cross-entropy term) and 10 (the peers' formulas) are the
-functions below.
+It shares no code with the fused backends (softiou_cuda.options, the C++ and Triton kernels), which
+it checks: sections 1 and 7 (inputs, options, errors), 2-3 (probabilities,
+statistics), 4-5 (scores, loss, reduction), 9 (the cross-entropy term) and 10 (the peers'
+formulas) are the functions below.
 """
 
 from __future__ import annotations
@@ -511,6 +511,45 @@ def cross_entropy_sums(x: torch.Tensor, t: torch.Tensor, w: Optional[torch.Tenso
     bce = (pos * y + 1 - y) * softplus - pos * y * z
     v = valid.to(acc)
     return (v * pw.unsqueeze(1) * c_b * bce).sum(), v.sum()
+
+
+def statistics_per_sample(input: torch.Tensor, target: torch.Tensor,
+                          weight: Optional[torch.Tensor] = None, *, mode: str = "multiclass",
+                          from_logits: bool = True, sharpness: float = 1.0,
+                          intersection: str = "product", ignore_index: Optional[int] = None,
+                          squared: bool = False, ce_weight: float = 0.0,
+                          label_smoothing: float = 0.0, ce_pos_weight: float = 1.0,
+                          class_weight: Optional[torch.Tensor] = None, **finalize_options):
+    """The statistics pass as the fused operators return it (sections 3 and 9): ``I, P, Y`` per
+    (sample, class) ``[N, C, 3]``, and the cross-entropy's numerator and denominator per sample
+    ``[N, 2]`` (zeros with ``ce_weight = 0``). The finalize step's options are accepted and left
+    alone."""
+    x, t, w = normalize_inputs(input, target, weight, mode)
+    _choice("intersection", intersection, INTERSECTIONS)
+    stats = statistics_normalized(x, t, w, mode, from_logits, sharpness, intersection,
+                                  ignore_index, squared=squared)
+    if ce_weight <= 0:
+        return stats, stats.new_zeros((x.shape[0], 2))
+    sums = [torch.stack(cross_entropy_sums(
+        x[n:n + 1], t[n:n + 1], None if w is None else w[n:n + 1], mode, sharpness, class_weight,
+        ignore_index, label_smoothing, ce_pos_weight=ce_pos_weight)) for n in range(x.shape[0])]
+    return stats, torch.stack(sums).to(stats.dtype)
+
+
+def loss_from_statistics(stats: torch.Tensor, ce: Optional[torch.Tensor], *,
+                         ce_weight: float = 0.0, reduction: str = "mean",
+                         class_weight: Optional[torch.Tensor] = None, **options) -> torch.Tensor:
+    """The finalize step as the fused operators compute it (sections 4, 5, 9): the loss from the
+    statistics ``[N, C, 3]`` and the cross-entropy's sums per sample ``[N', 2]`` (read with
+    ``ce_weight > 0``). The statistics pass's options are accepted and left alone."""
+    names = ("metric", "alpha", "beta", "gamma", "log_loss", "smooth", "eps", "classes",
+             "include_background", "per_image", "absent", "smooth_dr", "weighted_mean", "w_type")
+    loss = loss_from_stats(stats, class_weight=class_weight, reduction=reduction,
+                           **{k: v for k, v in options.items() if k in names})
+    if ce_weight > 0 and ce is not None:
+        num, den = ce.sum(dim=0).unbind()
+        loss = loss + ce_weight * cross_entropy_term(num, den, reduction)
+    return loss
 
 
 def cross_entropy_term(num: torch.Tensor, den: torch.Tensor, reduction: str) -> torch.Tensor:

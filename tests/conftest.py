@@ -61,8 +61,9 @@ def case(request):
 
 
 def pytest_report_header(config):
-    lines = [f"softiou: torch {torch.__version__}, extension={softiou_cuda.ops.HAS_EXTENSION}, "
-             f"cpu isa={softiou_cuda.ops.cpu_isa()}, cuda kernels={softiou_cuda.ops.has_cuda_kernels()}"]
+    ops = softiou_cuda.operators
+    lines = [f"softiou: torch {torch.__version__}, extension={ops.HAS_EXTENSION}, "
+             f"cpu isa={ops.cpu_isa()}, cuda kernels={ops.has_cuda_kernels()}"]
     if torch.cuda.is_available():
         lines.append(f"softiou: GPU {torch.cuda.get_device_name()}")
     lines.append(f"softiou: cases {CASE_IDS}")

@@ -144,8 +144,8 @@ def builds():
     """(golden file name, backend, setup) of every build that runs here."""
     import softiou_cuda
     out = []
-    if softiou_cuda.ops.HAS_EXTENSION:
-        for isa in softiou_cuda.ops.cpu_isas():
+    if softiou_cuda.operators.HAS_EXTENSION:
+        for isa in softiou_cuda.operators.cpu_isas():
             out.append((f"cpu-{isa}", "cpu", isa))
     if "triton" in softiou_cuda.available_backends("cpu"):
         out.append((f"triton-interpreted-{numpy_simd()}", "triton", None))
@@ -154,7 +154,7 @@ def builds():
 
 def compute(backend, isa):
     import softiou_cuda
-    before = softiou_cuda.ops.cpu_isa() if isa else None
+    before = softiou_cuda.operators.cpu_isa() if isa else None
     if isa:
         softiou_cuda._C._set_cpu_isa(isa)
     try:

@@ -140,3 +140,17 @@ def assert_matches_reference(x, target, weight, backend, **options):
     gscale = max(ref_grad.abs().max().item(), 1e-3)
     torch.testing.assert_close(grad.double(), ref_grad, rtol=rtol * 10, atol=atol * 10 * gscale)
     return loss, grad
+
+
+def stats_function(backend):
+    """``f(x, t, w, mode, from_logits, sharpness, intersection, ignore_index, squared=False)``:
+    the statistics ``[N, C, 3]`` of a backend (differentiable with respect to ``x``)."""
+    def stats(x, t, w, mode, from_logits, sharpness, intersection, ignore_index, squared=False):
+        o = softiou_cuda.make_options(mode=mode, from_logits=from_logits, sharpness=sharpness,
+                                      intersection=intersection, ignore_index=ignore_index,
+                                      squared=squared)
+        if backend == "reference":
+            return reference.statistics_normalized(x, t, w, mode, from_logits, sharpness,
+                                                   intersection, ignore_index, squared=squared)
+        return softiou_cuda.functional.statistics(x, t, w, None, o, backend)[0]
+    return stats

@@ -14,7 +14,7 @@ import softiou_cuda
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-pytestmark = pytest.mark.skipif(not softiou_cuda.ops.HAS_EXTENSION,
+pytestmark = pytest.mark.skipif(not softiou_cuda.operators.HAS_EXTENSION,
                                 reason="the C++ extension is not built")
 
 

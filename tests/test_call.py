@@ -1,7 +1,7 @@
-"""What one call of the loss is made of: the operator and its allocations, no eager elementwise
-ops around the kernels; two kernel launches forward and one backward (the statistics pass with the
-finalize step, then the gradient pass); no warning; and the reference shares no code with the path
-it checks. (How long a call takes is measured by the benchmark, not asserted here.)"""
+"""What one call of the loss is made of: the operator and its phases, no eager elementwise ops
+around the kernels; the statistics pass and the finalize step forward, the gradient pass backward;
+no warning; and the reference shares no code with the path it checks. (How long a call takes is
+measured by the benchmark, not asserted here.)"""
 
 import ast
 import os
@@ -16,7 +16,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import softiou_cuda
 from conftest import CASES, is_interpreted
 from helpers import loss_and_grad, make_inputs
-from softiou_cuda import checks
+from softiou_cuda import make_options
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -32,7 +32,8 @@ def dispatcher_ops(fn):
             if "::" in e.name and not e.name.startswith(("autograd::", "torch::autograd"))]
 
 
-@pytest.mark.skipif(not softiou_cuda.ops.HAS_EXTENSION, reason="the C++ extension is not built")
+@pytest.mark.skipif(not softiou_cuda.operators.HAS_EXTENSION,
+                    reason="the C++ extension is not built")
 @pytest.mark.parametrize("options", [dict(), dict(per_image=False, reduction="none"),
                                      dict(metric="tversky", gamma=2.0, classes=[1, 2])],
                          ids=["defaults", "pooled-none", "tversky"])
@@ -41,20 +42,20 @@ def test_one_dispatcher_call_and_no_eager_ops(options):
     softiou_cuda.soft_iou_loss(x, t, w, **options).sum().backward()  # warm-up
     x.grad = None
     forward = dispatcher_ops(lambda: softiou_cuda.soft_iou_loss(x, t, w, **options))
-    assert forward[:2] == ["softiou::loss", "softiou::_loss_forward"], forward
-    assert set(forward[2:]) <= ALLOCATIONS, forward
+    assert forward[:3] == ["softiou::loss", "softiou::stats", "softiou::finalize"], forward
+    assert set(forward[3:]) <= ALLOCATIONS, forward
 
     def step():
         x.grad = None
         softiou_cuda.soft_iou_loss(x, t, w, **options).sum().backward()
     both = dispatcher_ops(step)
-    assert both.count("softiou::_loss_backward") >= 1, both
+    assert both.count("softiou::stats_backward") >= 1, both
     assert len(both) <= 16, both
     softiou_ops = [n for n in both if n.startswith("softiou::")]
-    assert softiou_ops[:2] == ["softiou::loss", "softiou::_loss_forward"], both
+    assert softiou_ops[:3] == ["softiou::loss", "softiou::stats", "softiou::finalize"], both
 
 
-needs_extension = pytest.mark.skipif(not softiou_cuda.ops.HAS_EXTENSION,
+needs_extension = pytest.mark.skipif(not softiou_cuda.operators.HAS_EXTENSION,
                                      reason="the C++ extension is not built")
 
 # options of every type the schema has, none at its default: strings, bools, floats, int[]?,
@@ -69,7 +70,7 @@ EVERY_TYPE = dict(mode="multiclass", sharpness=1.5, intersection="min", metric="
 @needs_extension
 @pytest.mark.parametrize("device", [
     "cpu", pytest.param("cuda", marks=pytest.mark.skipif(
-        not softiou_cuda.ops.has_cuda_kernels() or not torch.cuda.is_available(),
+        not softiou_cuda.operators.has_cuda_kernels() or not torch.cuda.is_available(),
         reason="needs a GPU and the CUDA kernels"))])
 @pytest.mark.parametrize("options", [{}, EVERY_TYPE, dict(mode="binary", ce_pos_weight=2.0,
                                                           ce_weight=1.0, smooth_dr=0.0)],
@@ -82,23 +83,24 @@ def test_the_extension_binding_is_the_operator(options, device):
     x, t, w = make_inputs(mode, kind, torch.float32, device,
                           ignore_index=options.get("ignore_index"), weight=True)
     cw = torch.tensor([0.5, 1.0, 2.0, 1.5], device=device) if mode == "multiclass" else None
-    opts = checks.make_options(**options)
-    a, ga = loss_and_grad(lambda xi, *args: softiou_cuda._C.loss(xi, *args, opts), x, t, w, cw)
+    opts = make_options(**options)
+    a, ga = loss_and_grad(lambda xi, *args: softiou_cuda._C.loss(xi, *args, opts, "auto"), x, t,
+                          w, cw)
     b, gb = loss_and_grad(lambda xi, *args: torch.ops.softiou.loss(xi, *args, *opts), x, t, w, cw)
     assert torch.equal(a, b) and torch.equal(ga, gb)
     assert torch.equal(softiou_cuda.soft_iou_loss(x, t, w, class_weight=cw, **options), a)
     # a Parameter is passed on as a Tensor, as torch.ops' binding does
     p = torch.nn.Parameter(x.detach().clone())
-    assert torch.equal(softiou_cuda._C.loss(p, t, w, cw, opts).detach(), a)
+    assert torch.equal(softiou_cuda._C.loss(p, t, w, cw, opts, "auto").detach(), a)
 
 
 @needs_extension
 def test_the_extension_binding_raises_what_the_operator_raises():
     x, t, _ = make_inputs("multiclass", "map-int64", torch.float32)
-    opts = checks.make_options()
+    opts = make_options()
     for bad in (t[:, :3], t.float(), torch.full_like(t, 9)):
         errors = []
-        for call in (lambda: softiou_cuda._C.loss(x, bad, None, None, opts),
+        for call in (lambda: softiou_cuda._C.loss(x, bad, None, None, opts, "auto"),
                      lambda: torch.ops.softiou.loss(x, bad, None, None, *opts)):
             with pytest.raises(Exception) as info:
                 call()
@@ -140,26 +142,29 @@ def test_what_the_extension_binding_leaves_to_torch_ops():
     type than the schema's: _C.loss returns NotImplemented, and soft_iou_loss calls torch.ops,
     whose binding hands the call to them; the loss is the same."""
     x, t, w = make_inputs("multiclass", "map-int64", torch.float32, weight=True)
-    opts = checks.make_options()
+    opts = make_options()
     want = softiou_cuda.soft_iou_loss(x, t, w).detach()
 
     tagged = x.detach().clone().as_subclass(_Tagged).requires_grad_()
-    assert softiou_cuda._C.loss(tagged, t, w, None, opts) is NotImplemented
+    assert softiou_cuda._C.loss(tagged, t, w, None, opts, "auto") is NotImplemented
     _Tagged.seen.clear()
     loss = softiou_cuda.soft_iou_loss(tagged, t, w)
     assert torch.ops.softiou.loss.default in _Tagged.seen
     assert torch.equal(loss.detach().as_subclass(torch.Tensor), want)
-    assert softiou_cuda._C.loss(x, t.as_subclass(_Tagged), None, None, opts) is NotImplemented
-    assert softiou_cuda._C.loss(x, t, w.as_subclass(_Tagged), None, opts) is NotImplemented
+    assert softiou_cuda._C.loss(x, t.as_subclass(_Tagged), None, None, opts,
+                                "auto") is NotImplemented
+    assert softiou_cuda._C.loss(x, t, w.as_subclass(_Tagged), None, opts,
+                                "auto") is NotImplemented
 
     with _Recording() as mode:
-        assert softiou_cuda._C.loss(x, t, w, None, opts) is NotImplemented
+        assert softiou_cuda._C.loss(x, t, w, None, opts, "auto") is NotImplemented
         loss = softiou_cuda.soft_iou_loss(x, t, w)
     assert torch.ops.softiou.loss.default in mode.seen and torch.equal(loss.detach(), want)
 
     for other in (opts._replace(sharpness=1), opts._replace(classes=[0, 1]),
                   opts._replace(from_logits=1), tuple(opts)[:-1]):
-        assert softiou_cuda._C.loss(x, t, w, None, other) is NotImplemented
+        assert softiou_cuda._C.loss(x, t, w, None, other, "auto") is NotImplemented
+    assert softiou_cuda._C.loss(x, t, w, None, opts, 1) is NotImplemented
     assert torch.equal(torch.ops.softiou.loss(x, t, w, None, *opts._replace(sharpness=1)).detach(),
                        want)
 
@@ -174,15 +179,16 @@ def test_the_extension_binding_under_a_dispatch_mode():
     """A TorchDispatchMode is the dispatcher's (below autograd): _C.loss makes the call, with the
     GIL released, and the mode's Python runs inside it, as under torch.ops."""
     x, t, w = make_inputs("multiclass", "map-int64", torch.float32, weight=True)
-    opts = checks.make_options()
+    opts = make_options()
     want = torch.ops.softiou.loss(x, t, w, None, *opts).detach()
     with _RecordingDispatch() as mode:
-        loss = softiou_cuda._C.loss(x, t, w, None, opts)
+        loss = softiou_cuda._C.loss(x, t, w, None, opts, "auto")
         assert loss is not NotImplemented
         loss.backward()
     assert torch.equal(loss.detach(), want)
-    assert torch.ops.softiou._loss_forward.default in mode.seen
-    assert torch.ops.softiou._loss_backward.default in mode.seen
+    assert torch.ops.softiou.stats.default in mode.seen
+    assert torch.ops.softiou.finalize.default in mode.seen
+    assert torch.ops.softiou.stats_backward.default in mode.seen
 
 
 class _CountingLauncher:
@@ -206,14 +212,15 @@ class _CountingLauncher:
                     and "triton" not in softiou_cuda.available_backends("cuda"),
                     reason="the Triton backend does not run here")
 def test_triton_launches(monkeypatch):
-    """Forward: the statistics kernel and the finalize kernel; backward: the gradient kernel."""
+    """Forward: the statistics kernel, its second stage and the finalize kernel; backward: the
+    gradient kernel."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    tops = softiou_cuda.backends.triton_ops()
+    tops = softiou_cuda.route.triton_ops()
     launches = []
     monkeypatch.setattr(tops, "_launcher", _CountingLauncher(tops._launcher, launches))
     x, t, w = make_inputs("multiclass", "map-int64", torch.float32, device, weight=True)
     loss = softiou_cuda.soft_iou_loss(x, t, w, backend="triton")
-    assert launches == ["pixel_kernel", "finalize_kernel"], launches
+    assert launches == ["pixel_kernel", "reduce_kernel", "finalize_kernel"], launches
     launches.clear()
     loss.backward()
     assert launches == ["pixel_kernel"], launches
@@ -262,8 +269,10 @@ def test_reference_shares_no_code_with_the_fused_path():
         elif isinstance(node, ast.Import):
             internal |= {a.name for a in node.names if a.name.startswith("softiou")}
     assert internal == {"_ties"}, internal
-    fused = [os.path.join(REPO, "softiou_cuda", f) for f in ("api.py", "checks.py", "ops.py")]
-    fused += [os.path.join(REPO, "triton_kernels", f) for f in ("ops.py", "kernels.py")]
+    fused = [os.path.join(REPO, "softiou_cuda", f)
+             for f in ("api.py", "functional.py", "operators.py", "options.py", "route.py")]
+    fused += [os.path.join(REPO, "triton_kernels", f) for f in ("inputs.py", "ops.py",
+                                                                "kernels.py")]
     for path in fused:
         with open(path) as f:
             source = f.read()

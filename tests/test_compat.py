@@ -350,6 +350,43 @@ def test_monai_single_channel_warns_once_per_module():
         loss(x, t)
 
 
+SCRIPTED = [
+    ("DiceLoss", dict(), "probabilities"),  # MONAI's own test_script: ones, one channel
+    ("DiceLoss", dict(softmax=True, to_onehot_y=True, weight=[1.0, 2.0, 0.5], jaccard=True),
+     "labels"),
+    ("DiceLoss", dict(sigmoid=True, squared_pred=True, reduction="none", batch=True), "onehot"),
+    ("TverskyLoss", dict(softmax=True, to_onehot_y=True, alpha=0.3, beta=0.7,
+                         include_background=False, ignore_index=1), "labels"),
+    ("GeneralizedDiceLoss", dict(softmax=True, to_onehot_y=True, w_type="simple"), "labels"),
+    ("DiceCELoss", dict(softmax=True, to_onehot_y=True, weight=torch.tensor([1.0, 2.0, 0.5])),
+     "labels"),
+]
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.*is deprecated:DeprecationWarning")
+@pytest.mark.parametrize("loss,options,target", SCRIPTED,
+                         ids=[f"{n}-{i}" for i, (n, _, _) in enumerate(SCRIPTED)])
+def test_monai_losses_script_save_and_load(loss, options, target, tmp_path):
+    """torch.jit.script of the modules, as MONAI's test suite does (test_script_save): the
+    scripted module, saved and loaded again, computes MONAI's loss."""
+    g = torch.Generator().manual_seed(11)
+    if target == "probabilities":
+        x = torch.ones(2, 1, 8, 8)
+        t = torch.ones(2, 1, 8, 8)
+    else:
+        x = torch.randn(2, 3, 8, 8, generator=g)
+        labels = torch.randint(0, 3, (2, 1, 8, 8), generator=g)
+        t = labels if target == "labels" else \
+            torch.nn.functional.one_hot(labels[:, 0], 3).movedim(-1, 1).float()
+    ours = getattr(cm, loss)(**options)
+    scripted = torch.jit.script(ours)
+    torch.jit.save(scripted, str(tmp_path / "loss.pt"))
+    loaded = torch.jit.load(str(tmp_path / "loss.pt"))
+    want = getattr(monai_losses, loss)(**options)(x, t)
+    for got in (scripted(x, t), loaded(x, t), ours(x, t)):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
+
+
 # ---------------------------------------------------------------------------------------------
 # segmentation_models_pytorch
 # ---------------------------------------------------------------------------------------------

@@ -15,20 +15,20 @@ import softiou_cuda
 from helpers import (MODE_KINDS, assert_matches_reference, ignore_value, loss_and_grad,
                      make_inputs, takes_ignore)
 
-pytestmark = pytest.mark.skipif(not softiou_cuda.ops.HAS_EXTENSION,
+pytestmark = pytest.mark.skipif(not softiou_cuda.operators.HAS_EXTENSION,
                                 reason="the C++ extension is not built")
 
-ISAS = list(softiou_cuda.ops.cpu_isas())
+ISAS = list(softiou_cuda.operators.cpu_isas())
 
 
 @pytest.fixture(params=ISAS)
 def isa(request):
     """Runs the test with the CPU kernels of one instruction set."""
     from softiou_cuda import _C
-    before = softiou_cuda.ops.cpu_isa()
+    before = softiou_cuda.operators.cpu_isa()
     _C._set_cpu_isa(request.param)
     try:
-        assert softiou_cuda.ops.cpu_isa() == request.param
+        assert softiou_cuda.operators.cpu_isa() == request.param
         yield request.param
     finally:
         _C._set_cpu_isa(before)
@@ -38,19 +38,19 @@ def test_the_best_build_is_chosen():
     assert ISAS[-1] == "baseline"
     assert set(ISAS) <= {"avx512", "avx2", "baseline"}
     if "SOFTIOU_CPU_ISA" not in os.environ:
-        assert softiou_cuda.ops.cpu_isa() == ISAS[0]
+        assert softiou_cuda.operators.cpu_isa() == ISAS[0]
 
 
 def test_an_unknown_build_is_refused_by_name():
     from softiou_cuda import _C
-    before = softiou_cuda.ops.cpu_isa()
+    before = softiou_cuda.operators.cpu_isa()
     with pytest.raises(ValueError, match="isa is 'sse9'.*choose one of: .*baseline"):
         _C._set_cpu_isa("sse9")
-    assert softiou_cuda.ops.cpu_isa() == before
+    assert softiou_cuda.operators.cpu_isa() == before
 
 
 def test_the_environment_variable_chooses_the_build():
-    code = ("import torch, softiou_cuda as s; print(s.ops.cpu_isa()); "
+    code = ("import torch, softiou_cuda as s; print(s.operators.cpu_isa()); "
             "s.soft_iou_loss(torch.randn(1, 2, 3, 3), torch.zeros(1, 3, 3, dtype=torch.long))")
     env = dict(os.environ, SOFTIOU_CPU_ISA="baseline")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)

@@ -173,7 +173,8 @@ def test_zero_denominator_gives_connected_zero(case):
 
 
 # ---- the operator ----------------------------------------------------------------------------
-@pytest.mark.skipif(not softiou_cuda.ops.HAS_EXTENSION, reason="the C++ extension is not built")
+@pytest.mark.skipif(not softiou_cuda.operators.HAS_EXTENSION,
+                    reason="the C++ extension is not built")
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("mode,kind", [("multiclass", "map-int64"), ("multiclass", "soft-float"),
                                        ("multilabel", "int64")])
@@ -181,13 +182,14 @@ def test_opcheck_with_cross_entropy(device, mode, kind):
     x, t, w = make_inputs(mode, kind, torch.float32, device, weight=True)
     cw = torch.tensor([1.0, 2.0, 0.5, 1.0], device=device)
     smoothing = 0.1 if mode == "multiclass" else 0.0
-    o = softiou_cuda.checks.make_options(mode=mode, ce_weight=0.5, label_smoothing=smoothing)
+    o = softiou_cuda.make_options(mode=mode, ce_weight=0.5, label_smoothing=smoothing)
     torch.library.opcheck(torch.ops.softiou.loss.default, (x, t, w, cw, *o))
-    args = (x, t, w, cw, *o.stats_ce_args())
-    torch.library.opcheck(torch.ops.softiou.stats_ce.default, args)
-    stats, ce = torch.ops.softiou.stats_ce(x.detach(), *args[1:])
-    torch.library.opcheck(torch.ops.softiou.stats_ce_backward.default,
-                          (torch.randn_like(stats), torch.randn_like(ce), x.detach(), *args[1:]))
+    args = (x, t, w, cw, *softiou_cuda.options.stats_args(o))
+    torch.library.opcheck(torch.ops.softiou.stats.default, args)
+    stats, ce = torch.ops.softiou.stats(x.detach(), *args[1:])
+    torch.library.opcheck(torch.ops.softiou.stats_backward.default,
+                          (torch.randn_like(stats), torch.randn_like(ce), None, x.detach(),
+                           *args[1:]))
 
 
 @pytest.mark.parametrize("device,backend", CASES, ids=[f"{d}-{b}" for d, b in CASES])
@@ -252,7 +254,8 @@ def test_bad_cross_entropy_options(options, name):
             fn(x, t, **options)
 
 
-@pytest.mark.skipif(not softiou_cuda.ops.HAS_EXTENSION, reason="the C++ extension is not built")
+@pytest.mark.skipif(not softiou_cuda.operators.HAS_EXTENSION,
+                    reason="the C++ extension is not built")
 @pytest.mark.parametrize("options,name", [b for b in BAD if b[0].get("ce_weight") is not True],
                          ids=[f"{n}{i}" for i, (o, n) in enumerate(BAD) if o.get("ce_weight")
                               is not True])

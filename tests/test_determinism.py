@@ -29,7 +29,7 @@ def test_bitwise_repeatable(case, mode, kind):
         assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
 
 
-@pytest.mark.skipif(not softiou_cuda.ops.HAS_EXTENSION, reason="extension not built")
+@pytest.mark.skipif(not softiou_cuda.operators.HAS_EXTENSION, reason="extension not built")
 @pytest.mark.parametrize("mode,kind", KINDS, ids=[m + "-" + k for m, k in KINDS])
 def test_cpu_threads_do_not_change_bits(mode, kind):
     """The items are cut by the shape alone: 1 and 2 threads add the same partial sums in the

@@ -159,7 +159,7 @@ def _compile_step(rank, fallback, out):
 def test_pooled_path_compiles_fullgraph(tmp_path, fallback):
     """statistics -> all-reduce -> finalize traces without a graph break (fullgraph=True) and
     gives eager's loss and gradient on every rank."""
-    if not softiou_cuda.ops.HAS_EXTENSION:
+    if not softiou_cuda.operators.HAS_EXTENSION:
         pytest.skip("the C++ extension is not built")
     out = str(tmp_path / "rank")
     mp.start_processes(_run_rank, args=(2, _free_port(), _compile_step, fallback, out),

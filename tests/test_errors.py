@@ -251,19 +251,21 @@ def test_empty_inputs_give_connected_zero(any_backend, shape, tshape, reduction)
 
 
 def test_direct_op_calls_check_their_arguments():
-    if not softiou_cuda.ops.HAS_EXTENSION:
+    if not softiou_cuda.operators.HAS_EXTENSION:
         pytest.skip("extension not built")
     x, t = _inputs("cpu")
     stats = torch.ops.softiou.stats
-    raises("mode must be", stats, x, t, None, "softmax", True, 1.0, "product", None)
-    raises("intersection must be", stats, x, t, None, "multiclass", True, 1.0, "max", None)
-    raises("sharpness must be", stats, x, t, None, "multiclass", True, 0.0, "product", None)
-    raises("target class map must have shape", stats, x, t[:, :2], None, "multiclass", True, 1.0,
-           "product", None)
-    raises("binary mode needs C = 1", stats, x, t, None, "binary", True, 1.0, "product", None)
-    raises("input must be .N, C, .spatial.", stats, x[:, :, 0, 0], t[:, 0, 0], None, "multiclass",
-           True, 1.0, "product", None)
+    raises("mode must be", stats, x, t, None, None, "softmax", True, 1.0, "product", None)
+    raises("intersection must be", stats, x, t, None, None, "multiclass", True, 1.0, "max", None)
+    raises("sharpness must be", stats, x, t, None, None, "multiclass", True, 0.0, "product", None)
+    raises("target class map must have shape", stats, x, t[:, :2], None, None, "multiclass", True,
+           1.0, "product", None)
+    # the operators take what the loss takes: [N, 3, 4, 5] binary input is [N, *spatial]
+    raises("target must have shape .* for binary input", stats, x, t, None, None, "binary", True,
+           1.0, "product", None)
+    raises("input must be .N, C, .spatial.", stats, x[:, :, 0, 0], t[:, 0, 0], None, None,
+           "multiclass", True, 1.0, "product", None)
     raises("grad_stats must have shape", torch.ops.softiou.stats_backward, torch.ones(2, 3),
-           x, t, None, "multiclass", True, 1.0, "product", None)
-    raises("class index 9", stats, x, t.index_fill(1, torch.tensor([0]), 9), None, "multiclass",
-           True, 1.0, "product", None)
+           None, None, x, t, None, None, "multiclass", True, 1.0, "product", None)
+    raises("class index 9", stats, x, t.index_fill(1, torch.tensor([0]), 9), None, None,
+           "multiclass", True, 1.0, "product", None)

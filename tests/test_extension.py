@@ -8,7 +8,8 @@ import pytest
 import softiou_cuda
 
 
-@pytest.mark.skipif(not softiou_cuda.ops.HAS_EXTENSION, reason="the C++ extension is not built")
+@pytest.mark.skipif(not softiou_cuda.operators.HAS_EXTENSION,
+                    reason="the C++ extension is not built")
 @pytest.mark.skipif(shutil.which("nm") is None, reason="needs binutils' nm")
 def test_no_private_copy_of_libstdcxx():
     """A compiler that links libstdc++ statically put a private copy of it inside the extension

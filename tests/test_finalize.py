@@ -15,11 +15,13 @@ from softiou_cuda import reference
 def _finalize_fns(device):
     """``softiou::finalize`` (compiled) and the Triton finalize kernel, where they run here."""
     fns = []
-    if softiou_cuda.ops.HAS_EXTENSION and (device == "cpu" or softiou_cuda.ops.has_cuda_kernels()):
-        fns.append(("op", lambda s, cw, **kw: torch.ops.softiou.finalize(s, cw, **kw)))
+    ops = softiou_cuda.operators
+    if ops.HAS_EXTENSION and (device == "cpu" or ops.has_cuda_kernels()):
+        fns.append(("op", lambda s, cw, **kw: torch.ops.softiou.finalize(s, None, cw, **kw)[0]))
     if "triton" in softiou_cuda.available_backends(device):
-        fns.append(("triton", lambda s, cw, **kw: softiou_cuda.backends.triton_ops().finalize(
-            s, cw, **kw)))
+        softiou_cuda.route.triton_ops()  # registers the Triton operators
+        fns.append(("triton", lambda s, cw, **kw: torch.ops.softiou.finalize(
+            s, None, cw, backend="triton", **kw)[0]))
     return fns
 
 

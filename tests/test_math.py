@@ -24,7 +24,7 @@ BUILDS = [("baseline", [], 1.25, 1.0), ("avx2", ["-mavx2", "-mfma"], 1.0, 1.0)]
 @pytest.mark.skipif(shutil.which(CXX[0]) is None, reason="needs a C++ compiler")
 @pytest.mark.parametrize("name,flags,exp_ulps,log_ulps", BUILDS, ids=[b[0] for b in BUILDS])
 def test_exp_and_log_are_within_an_ulp(tmp_path, name, flags, exp_ulps, log_ulps):
-    if name not in softiou_cuda.ops.cpu_isas() and name != "baseline":
+    if name not in softiou_cuda.operators.cpu_isas() and name != "baseline":
         pytest.skip(f"this processor does not run {name} code")
     exe = tmp_path / "math_probe"
     subprocess.run(CXX + ["-std=c++17", "-O3", "-fno-trapping-math", *flags, "-I", CSRC,

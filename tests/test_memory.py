@@ -40,7 +40,7 @@ def _peak_extra(backend):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.skipif(not softiou_cuda.ops.HAS_EXTENSION, reason="extension not built")
+@pytest.mark.skipif(not softiou_cuda.operators.HAS_EXTENSION, reason="extension not built")
 def test_cpu_peak_memory_is_the_gradient():
     fused = _peak_extra("cpu")
     ref = _peak_extra("reference")

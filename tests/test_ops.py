@@ -8,9 +8,9 @@ import torch
 
 import softiou_cuda
 from conftest import CASES, DEVICES, is_interpreted
-from helpers import make_inputs
+from helpers import make_inputs, stats_function
 
-pytestmark = pytest.mark.skipif(not softiou_cuda.ops.HAS_EXTENSION,
+pytestmark = pytest.mark.skipif(not softiou_cuda.operators.HAS_EXTENSION,
                                 reason="the C++ extension is not built")
 
 OPCHECK_INPUTS = [
@@ -33,10 +33,16 @@ def _stats_args(mode, kind, options, weighted, ignore, device, dtype=torch.float
             options.get("intersection", "product"), ignore)
 
 
+def _op_args(args):
+    """softiou::stats' arguments from _stats_args's: (input, target, weight, class_weight,
+    options...)."""
+    return args[:3] + (None,) + args[3:]
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("mode,kind,options,weighted,ignore", OPCHECK_INPUTS, ids=OPCHECK_IDS)
 def test_opcheck_stats(device, mode, kind, options, weighted, ignore):
-    args = _stats_args(mode, kind, options, weighted, ignore, device)
+    args = _op_args(_stats_args(mode, kind, options, weighted, ignore, device))
     torch.library.opcheck(torch.ops.softiou.stats.default, args)
     # a channels_last input keeps its layout through the backward op
     x = args[0].detach().contiguous(memory_format=torch.channels_last).requires_grad_()
@@ -46,10 +52,16 @@ def test_opcheck_stats(device, mode, kind, options, weighted, ignore):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("mode,kind,options,weighted,ignore", OPCHECK_INPUTS, ids=OPCHECK_IDS)
 def test_opcheck_stats_backward(device, mode, kind, options, weighted, ignore):
-    args = _stats_args(mode, kind, options, weighted, ignore, device)
+    args = _op_args(_stats_args(mode, kind, options, weighted, ignore, device))
     x = args[0].detach()
     grad = torch.randn(x.shape[0], x.shape[1], 3, device=device)
-    torch.library.opcheck(torch.ops.softiou.stats_backward.default, (grad, x) + args[1:])
+    torch.library.opcheck(torch.ops.softiou.stats_backward.default,
+                          (grad, None, None, x) + args[1:])
+    # the loss's form: coefficients shared by the samples, times a per-pair gradient
+    coef = torch.randn(1, x.shape[1], 3, device=device)
+    go = torch.randn(x.shape[0], x.shape[1], device=device)
+    torch.library.opcheck(torch.ops.softiou.stats_backward.default,
+                          (coef, None, go, x) + args[1:])
 
 
 LOSS_KWARGS = [
@@ -105,10 +117,11 @@ def test_opcheck_loss(device, kwargs):
 @pytest.mark.parametrize("mode,kind,options,weighted,ignore", OPCHECK_INPUTS, ids=OPCHECK_IDS)
 def test_opcheck_triton_ops(mode, kind, options, weighted, ignore):
     from softiou_cuda.triton_kernels import ops as tops
-    args = _stats_args(mode, kind, options, weighted, ignore, "cuda")
+    args = _op_args(_stats_args(mode, kind, options, weighted, ignore, "cuda"))
     torch.library.opcheck(tops.triton_stats, args)
     grad = torch.randn(args[0].shape[0], args[0].shape[1], 3, device="cuda")
-    torch.library.opcheck(tops.triton_stats_backward, (grad, args[0].detach()) + args[1:])
+    torch.library.opcheck(tops.triton_stats_backward,
+                          (grad, None, None, args[0].detach()) + args[1:])
 
 
 GRADCHECK_INPUTS = [
@@ -129,7 +142,7 @@ def test_gradcheck_stats(device, backend, mode, kind, options, weighted, ignore)
     """The statistics op's backward against finite differences, float64."""
     shape = (2, 3, 3, 4) if is_interpreted(device, backend) else (2, 4, 5, 6)
     args = _stats_args(mode, kind, options, weighted, ignore, device, torch.float64, shape)
-    stats_fn = softiou_cuda.backends.stats_function(backend)
+    stats_fn = stats_function(backend)
     assert torch.autograd.gradcheck(lambda x: stats_fn(x, *args[1:]), (args[0],), eps=1e-6,
                                     atol=1e-7, rtol=1e-5)
 
@@ -240,9 +253,9 @@ def test_compile_fullgraph_with_changing_float_options(device, backend, dynamic)
 
 def _pooled_loss(x, t, reduction):
     """The pooled path's operators: statistics, their batch sum, the finalize step."""
-    stats = torch.ops.softiou.stats(x, t, None, "multiclass", True, 1.0, "product", 1)
+    stats, _ = torch.ops.softiou.stats(x, t, None, None, "multiclass", True, 1.0, "product", 1)
     return torch.ops.softiou.finalize(stats.sum(0, keepdim=True), None, per_image=False,
-                                      reduction=reduction, metric="dice", classes=[0, 2])
+                                      reduction=reduction, metric="dice", classes=[0, 2])[0]
 
 
 COMPILED_AUTOGRAD_LOSSES = {
@@ -326,37 +339,46 @@ def test_grad_fn_names_the_operator():
     x, t, _ = make_inputs("multiclass", "map-int64", torch.float32, "cpu")
     assert "grad_fn=<CppNode<SoftiouLoss>>" in repr(softiou_cuda.soft_iou_loss(x, t))
     stats = torch.rand(2, 4, 3, requires_grad=True)
-    assert "grad_fn=<CppNode<SoftiouFinalize>>" in repr(torch.ops.softiou.finalize(stats))
+    assert "grad_fn=<CppNode<SoftiouFinalize>>" in repr(torch.ops.softiou.finalize(stats)[0])
+    assert "grad_fn=<CppNode<SoftiouStats>>" in repr(torch.ops.softiou.stats(x, t)[0])
 
 
-# ---- the loss operator's own parts: _loss_forward, _loss_backward, finalize, _finalize --------
-def _loss_args(device, dtype=torch.float32, reduction="mean", per_image=True):
+# ---- the loss operator's phases: stats, finalize, stats_backward ------------------------------
+def _loss_args(device, dtype=torch.float32, reduction="mean", per_image=True, ce_weight=0.0):
     x, t, w = make_inputs("multiclass", "map-int64", dtype, device, weight=True, ignore_index=-1)
-    o = softiou_cuda.checks.make_options(metric="dice", gamma=1.5, classes=[0, 2, 3],
-                                         ignore_index=-1, per_image=per_image,
-                                         reduction=reduction)
+    o = softiou_cuda.make_options(metric="dice", gamma=1.5, classes=[0, 2, 3],
+                                  ignore_index=-1, per_image=per_image, reduction=reduction,
+                                  ce_weight=ce_weight)
     cw = torch.tensor([1.0, 2.0, 0.5, 1.0], device=device, dtype=dtype)
     return x, t, w, cw, o
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("reduction,per_image", [("mean", True), ("none", True), ("none", False),
-                                                 ("sum", False)])
-def test_opcheck_loss_parts(device, reduction, per_image):
-    x, t, w, cw, o = _loss_args(device, reduction=reduction, per_image=per_image)
+@pytest.mark.parametrize("reduction,per_image,ce_weight", [
+    ("mean", True, 0.0), ("none", True, 0.0), ("none", False, 0.0), ("sum", False, 0.0),
+    ("mean", True, 0.5)])
+def test_opcheck_loss_phases(device, reduction, per_image, ce_weight):
+    """The loss with its options positional, in schema order, and each of its phases as the loss
+    calls them: the statistics (with the cross-entropy's sums), the finalize step (options by
+    name and positional), the gradient pass from the finalize step's coefficients and the loss's
+    gradient."""
+    x, t, w, cw, o = _loss_args(device, reduction=reduction, per_image=per_image,
+                                ce_weight=ce_weight)
     xd = x.detach()
-    torch.library.opcheck(torch.ops.softiou._loss_forward.default, (xd, t, w, cw, *o))
-    loss, coef = torch.ops.softiou._loss_forward(xd, t, w, cw, *o)
-    grad = torch.randn_like(loss)
-    torch.library.opcheck(torch.ops.softiou._loss_backward.default,
-                          (grad, xd, t, w, coef, cw, *o))
-    # the loss with its options positional, in schema order
     torch.library.opcheck(torch.ops.softiou.loss.default, (x, t, w, cw, *o))
-    stats = torch.ops.softiou.stats(xd, t, w, o.mode, o.from_logits, o.sharpness,
-                                    o.intersection, o.ignore_index).requires_grad_()
-    torch.library.opcheck(torch.ops.softiou.finalize.default, (stats, cw), o.finalize_kwargs())
-    torch.library.opcheck(torch.ops.softiou._finalize.default, (stats.detach(), cw),
-                          o.finalize_kwargs())
+    stats_args = softiou_cuda.options.stats_args(o)
+    torch.library.opcheck(torch.ops.softiou.stats.default, (x, t, w, cw, *stats_args))
+    stats, ce = torch.ops.softiou.stats(xd, t, w, cw, *stats_args)
+    fin = {k: getattr(o, k) for k in softiou_cuda.options.FINALIZE_FIELDS}
+    stats_g, ce_g = stats.clone().requires_grad_(), ce.clone().requires_grad_()
+    torch.library.opcheck(torch.ops.softiou.finalize.default, (stats_g, ce_g, cw), fin)
+    torch.library.opcheck(torch.ops.softiou.finalize.default,
+                          (stats, ce, cw, *softiou_cuda.options.finalize_args(o)))
+    loss, coef, ce_coef = torch.ops.softiou.finalize(stats, ce, cw, **fin)
+    grad = torch.randn_like(loss)
+    torch.library.opcheck(torch.ops.softiou.stats_backward.default,
+                          (coef, ce_coef if ce_weight > 0 else None, grad, xd, t, w, cw,
+                           *stats_args))
 
 
 GRADCHECK_LOSS_OPTIONS = [
@@ -392,7 +414,7 @@ def test_gradcheck_finalize_op(device):
     for kwargs in (dict(), dict(per_image=False, reduction="none", metric="dice"),
                    dict(reduction="none", gamma=2.0, log_loss=True, classes=[0, 3])):
         assert torch.autograd.gradcheck(
-            lambda s: torch.ops.softiou.finalize(s, None, **kwargs),
+            lambda s: torch.ops.softiou.finalize(s, None, **kwargs)[0],
             (stats.clone().requires_grad_(),), eps=1e-6, atol=1e-7, rtol=1e-5)
 
 
@@ -403,8 +425,8 @@ def test_loss_op_in_inference_mode():
     with torch.inference_mode():
         got = torch.ops.softiou.loss(x.detach().clone(), t.clone(), w.clone(), metric="dice")
         got_fin = torch.ops.softiou.finalize(
-            torch.ops.softiou.stats(x.detach().clone(), t.clone(), w.clone(), "multiclass", True,
-                                    1.0, "product", None), metric="dice")
+            torch.ops.softiou.stats(x.detach().clone(), t.clone(), w.clone())[0],
+            metric="dice")[0]
     assert torch.equal(got, want) and torch.equal(got_fin, want)
 
 

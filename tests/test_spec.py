@@ -9,6 +9,7 @@ import torch
 
 import softiou_cuda
 from conftest import CASES
+from helpers import stats_function
 from softiou_cuda import reference
 
 ALL = [("cpu", "reference")] + CASES
@@ -38,7 +39,7 @@ def test_spec_binary_two_thirds(any_backend):
     if backend == "reference":
         s = reference.statistics(x, t, mode="binary")
     else:
-        stats_fn = softiou_cuda.backends.stats_function(backend)
+        stats_fn = stats_function(backend)
         s = stats_fn(x.unsqueeze(1), t.unsqueeze(1), None, "binary", True, 1.0, "product", None)
     I, P, Y = s[0, 0].tolist()
     assert abs(I - 0.5) <= 1e-12 and abs(P + Y - I - 1.5) <= 1e-12

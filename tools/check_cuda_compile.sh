@@ -11,6 +11,8 @@ ARCHS=${2:-"80 90"}
 JOBS=${3:-2}
 OUT=build/cuda-compile-check
 mkdir -p "$OUT"
+# the C++ side of the option declaration, which the kernels' arguments embed
+"${PY:-python3}" tools/codegen.py
 # the defines torch.utils.cpp_extension passes to nvcc, so this compiles what the build compiles
 TORCH_DEFINES="-D__CUDA_NO_HALF_OPERATORS__ -D__CUDA_NO_HALF_CONVERSIONS__ -D__CUDA_NO_BFLOAT16_CONVERSIONS__ -D__CUDA_NO_HALF2_OPERATORS__"
 GENCODE=""

@@ -27,7 +27,7 @@ if ls .whl/*.whl >/dev/null 2>&1 && [ ! -d /tmp/site ]; then
 fi
 [ -d /tmp/site ] && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 
-built() { $PY -c "import softiou_cuda, sys; sys.exit(0 if softiou_cuda.ops.has_cuda_kernels() else 1)" 2>/dev/null; }
+built() { $PY -c "import softiou_cuda, sys; sys.exit(0 if softiou_cuda.operators.has_cuda_kernels() else 1)" 2>/dev/null; }
 
 stage_env() {
   log "commit ${SOFTIOU_COMMIT:-unknown}"
@@ -44,7 +44,7 @@ stage_build() {
   local rc=$?
   log "build: rc=$rc in $((SECONDS - t0)) s"
   [ $rc -ne 0 ] && tail -40 "$WORK/build.log"
-  $PY -c "import softiou_cuda as s; print('cuda kernels:', s.ops.has_cuda_kernels(), '| cpu isa:', s.ops.cpu_isa(), '| backends:', s.available_backends('cuda'))" 2>&1 | tee -a "$WORK/summary.txt"
+  $PY -c "import softiou_cuda as s; print('cuda kernels:', s.operators.has_cuda_kernels(), '| cpu isa:', s.operators.cpu_isa(), '| backends:', s.available_backends('cuda'))" 2>&1 | tee -a "$WORK/summary.txt"
 }
 
 ensure_built() { built || stage_build; }

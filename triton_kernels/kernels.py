@@ -327,16 +327,31 @@ def row_kernel(x_ptr, t_ptr, w_ptr, coef_ptr, go_ptr, out_ptr, gx_ptr, cw_ptr, c
 
 
 @triton.jit
-def reduce_kernel(part_ptr, out_ptr, inner, row, n_chunks, BLOCK: tl.constexpr):
-    """out[o, i] = sum_k part[(o * n_chunks + k) * row + i], i < inner, for k = 0, 1, ... in
-    order (one program per o)."""
+def reduce_kernel(part_ptr, out_ptr, ce_out_ptr, inner, row, n_chunks, n_out, ce_per_sample,
+                  ce_stride, ce_off, CE: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr,
+                  CE_BLOCK: tl.constexpr):
+    """The second stage, one launch. Programs o < n_out: out[o, i] = sum_k
+    part[(o * n_chunks + k) * row + i], i < inner, for k = 0, 1, ... in order. Programs
+    n_out + n: the cross-entropy's (numerator, denominator) of sample n, its ce_per_sample
+    partial entries (zeros without the term, CE false)."""
     o = tl.program_id(0).to(tl.int64)
-    i = tl.arange(0, BLOCK)
-    mask = i < inner
-    acc = tl.load(part_ptr + o * n_chunks * row + i, mask=mask, other=0.0)
-    for k in range(1, n_chunks):
-        acc += tl.load(part_ptr + (o * n_chunks + k) * row + i, mask=mask, other=0.0)
-    tl.store(out_ptr + o * inner + i, acc, mask=mask)
+    if o < n_out:
+        i = tl.arange(0, BLOCK)
+        mask = i < inner
+        acc = tl.load(part_ptr + o * n_chunks * row + i, mask=mask, other=0.0)
+        for k in range(1, n_chunks):
+            acc += tl.load(part_ptr + (o * n_chunks + k) * row + i, mask=mask, other=0.0)
+        tl.store(out_ptr + o * inner + i, acc, mask=mask)
+    else:
+        n = o - n_out
+        if CE:
+            num, den = _ce_sums(part_ptr, n * ce_per_sample, ce_per_sample, ce_stride, ce_off,
+                                ACC, CE_BLOCK)
+        else:
+            num = tl.zeros([], ACC)
+            den = tl.zeros([], ACC)
+        tl.store(ce_out_ptr + n * 2, num)
+        tl.store(ce_out_ptr + n * 2 + 1, den)
 
 
 @triton.jit
@@ -351,17 +366,6 @@ def _ce_sums(part_ptr, first, count, stride, off, ACC: tl.constexpr, BLOCK: tl.c
         num += tl.load(part_ptr + i * stride + off, mask=mask, other=0.0).to(ACC)
         den += tl.load(part_ptr + i * stride + off + 1, mask=mask, other=0.0).to(ACC)
     return tl.sum(num, axis=0), tl.sum(den, axis=0)
-
-
-@triton.jit
-def ce_reduce_kernel(part_ptr, out_ptr, per_sample, stride, off, ACC: tl.constexpr,
-                     BLOCK: tl.constexpr):
-    """out[n] = the cross-entropy's (numerator, denominator) of sample n: its per_sample
-    partial entries (one program per sample)."""
-    n = tl.program_id(0).to(tl.int64)
-    num, den = _ce_sums(part_ptr, n * per_sample, per_sample, stride, off, ACC, BLOCK)
-    tl.store(out_ptr + n * 2, num)
-    tl.store(out_ptr + n * 2 + 1, den)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -511,7 +515,7 @@ def _pair(part_ptr, cw_ptr, keep_ptr, idx, valid, C, n_rows, K, sn, sc, sk, alph
 
 
 @triton.jit
-def finalize_kernel(part_ptr, cw_ptr, keep_ptr, loss_ptr, coef_ptr,
+def finalize_kernel(part_ptr, ce_ptr, cw_ptr, keep_ptr, loss_ptr, coef_ptr, ce_coef_ptr,
                     C, R, n_rows, K, sn, sc, sk, ce_count, ce_stride, ce_off,
                     alpha_hi, alpha_lo, beta_hi, beta_lo, gamma_hi, gamma_lo, smooth_hi,
                     smooth_lo, smooth_dr_hi, smooth_dr_lo, eps_hi, eps_lo,
@@ -521,15 +525,14 @@ def finalize_kernel(part_ptr, cw_ptr, keep_ptr, loss_ptr, coef_ptr,
                     ABSENT_ZERO: tl.constexpr, WEIGHTED_MEAN: tl.constexpr,
                     W_TYPE: tl.constexpr, REDUCTION: tl.constexpr, HAS_CW: tl.constexpr,
                     DROP_BG: tl.constexpr, SUBSET: tl.constexpr, CE: tl.constexpr,
-                    FLAT_COEF: tl.constexpr, ACC: tl.constexpr, TINY: tl.constexpr,
-                    BLOCK: tl.constexpr):
+                    ACC: tl.constexpr, TINY: tl.constexpr, BLOCK: tl.constexpr):
     """One program. The statistics of pair (row n, class c) are the sum over k < K of
     part[n*sn + c*sc + k*sk + (0, 1, 2)] (pooled: over all n_rows rows too). Writes the loss
     ([] for mean and sum, [R, C] for none, [R, 1] for the generalized Dice score (METRIC 3);
     REDUCTION 0 mean, 1 sum, 2 none) and the coefficients [R, C, 3] (d loss / d (I, P, Y) of
     each pair). Two passes: the mean's divisor first. CE: the cross-entropy term (finalize.h:
-    add_cross_entropy) from its ce_count partial entries at part[i * ce_stride + ce_off + (0, 1)];
-    d loss / d numerator goes to coef[R * C * 3] (FLAT_COEF: 0 there without it)."""
+    add_cross_entropy) from its ce_count entries at ce[i * ce_stride + ce_off + (0, 1)]; its
+    derivatives in the numerator and denominator go to ce_coef[0, 1] (0 without it)."""
     alpha = _from_bits(alpha_hi, alpha_lo, ACC)
     beta = _from_bits(beta_hi, beta_lo, ACC)
     gamma = _from_bits(gamma_hi, gamma_lo, ACC)
@@ -574,18 +577,22 @@ def finalize_kernel(part_ptr, cw_ptr, keep_ptr, loss_ptr, coef_ptr,
         scale = 1.0 / denom
     if CE:
         lam = _from_bits(ce_weight_hi, ce_weight_lo, ACC)
-        num, den = _ce_sums(part_ptr, 0, ce_count, ce_stride, ce_off, ACC, BLOCK)
+        num, den = _ce_sums(ce_ptr, 0, ce_count, ce_stride, ce_off, ACC, BLOCK)
         if REDUCTION == 1:
             term = num
             k_ce = lam
+            k_den = tl.zeros([], ACC)
         else:
             d = tl.where(den > 0.0, den, 1.0)
             term = num / d
             k_ce = lam / d
+            k_den = tl.where(den > 0.0, -(lam * term) / d, 0.0)
         loss_value += lam * term
-        tl.store(coef_ptr + R * C * 3, k_ce)
-    elif FLAT_COEF:  # the flat layout's last slot: no cross-entropy term
-        tl.store(coef_ptr + R * C * 3, tl.zeros([], ACC))
+        tl.store(ce_coef_ptr, k_ce)
+        tl.store(ce_coef_ptr + 1, k_den)
+    else:
+        tl.store(ce_coef_ptr, tl.zeros([], ACC))
+        tl.store(ce_coef_ptr + 1, tl.zeros([], ACC))
     if REDUCTION != 2:
         tl.store(loss_ptr, loss_value)
     if METRIC != 3:  # (the generalized rows wrote theirs)

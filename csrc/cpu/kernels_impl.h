@@ -207,12 +207,16 @@ struct Kernel {
   const bool squared;  // P and Y of p^2 and y^2
   const A ls;    // label smoothing of the cross-entropy term
   const A pw;    // pos_weight of the binary cross-entropy term
+  // ignore_index: a target value (class map: pixel; per element: element) that counts nowhere
+  const bool has_ignore;
+  const int64_t ignore;
   A csum = A(0);  // sum_k c_k of its class weights
 
   explicit Kernel(const KernelArgs& args)
-      : a(args), C(args.C), sharp(A(args.sharpness)), from_logits(args.from_logits),
-        use_min(args.min_intersection), squared(args.squared), ls(A(args.label_smoothing)),
-        pw(A(args.ce_pos_weight)) {
+      : a(args), C(args.C), sharp(A(args.options.sharpness)), from_logits(args.options.from_logits),
+        use_min(args.options.intersection == Intersection::kMin), squared(args.options.squared),
+        ls(A(args.options.label_smoothing)), pw(A(args.options.ce_pos_weight)),
+        has_ignore(args.options.ignore_index.has), ignore(args.options.ignore_index.value) {
     for (int64_t c = 0; c < C; ++c) csum += ce_class_weight<A>(a, c);
   }
 
@@ -532,13 +536,13 @@ struct Kernel {
       if (bad) {
         for (int t = 0; t < cnt; ++t) {
           const int64_t v = int64_t(tp[t * a.t_sM]);
-          if (!(a.has_ignore && v == a.ignore_index) && (v < 0 || v >= C))
+          if (!(has_ignore && v == ignore) && (v < 0 || v >= C))
             note(err, InputError::kClassIndex, double(v));
         }
       }
     } else {
       for (int t = 0; t < kTile; ++t) tl.pv[t] = t < cnt ? A(1) : A(0);
-      const int64_t ign = a.has_ignore ? a.ignore_index : int64_t(-1);
+      const int64_t ign = has_ignore ? ignore : int64_t(-1);
       for (int64_t c = 0; c < C; ++c) {
         const TT* row = tp + c * a.t_sC;
         A* __restrict__ y = tl.Yb + c * kTile;
@@ -549,7 +553,7 @@ struct Kernel {
           if (bad) {
             for (int t = 0; t < cnt; ++t) {
               const int64_t iv = int64_t(row[t * a.t_sM]);
-              if (!(a.has_ignore && iv == ign) && iv != 0 && iv != 1)
+              if (!(has_ignore && iv == ign) && iv != 0 && iv != 1)
                 note(err, InputError::kBinaryTarget, double(iv));
             }
           }
@@ -569,8 +573,8 @@ struct Kernel {
   template <bool DENSE>
   bool class_map_row(const TT* __restrict__ tp, int cnt, int32_t* __restrict__ cls,
                      A* __restrict__ pv) const {
-    const int64_t ign = a.ignore_index, sM = a.t_sM;
-    const bool has_ign = a.has_ignore;
+    const int64_t ign = ignore, sM = a.t_sM;
+    const bool has_ign = has_ignore;
     const uint64_t classes = uint64_t(C);
     int32_t bad = 0;
     for (int t = 0; t < kTile; ++t) {
@@ -595,10 +599,10 @@ struct Kernel {
   template <bool DENSE>
   bool binary_target_row(const TT* __restrict__ row, int cnt, A* __restrict__ y,
                          A* __restrict__ v) const {
-    const int64_t ign = a.ignore_index, sM = a.t_sM;
+    const int64_t ign = ignore, sM = a.t_sM;
     int32_t bad = 0;
     if constexpr (sizeof(TT) == 8 && DENSE && kInt64Halves) {
-      const bool has_ign = a.has_ignore;
+      const bool has_ign = has_ignore;
       const int32_t ign_lo = int32_t(uint32_t(uint64_t(ign)));
       const int32_t ign_hi = int32_t(uint32_t(uint64_t(ign) >> 32));
       const int64_half* __restrict__ half = reinterpret_cast<const int64_half*>(row);
@@ -611,7 +615,7 @@ struct Kernel {
       // in the target's own width where it is 32 bits or less; an ignore_index outside that
       // width's range equals no value of the target
       using I = typename std::conditional<sizeof(TT) <= 4, int32_t, int64_t>::type;
-      const bool has_ign = a.has_ignore && int64_t(I(ign)) == ign;
+      const bool has_ign = has_ignore && int64_t(I(ign)) == ign;
       const I ign_i = has_ign ? I(ign) : I(0);
       for (int t = 0; t < kTile; ++t) {
         const bool tail = !DENSE && t >= cnt;
@@ -635,8 +639,8 @@ struct Kernel {
   // [0, 1].
   bool dense_target_row(const TT* row, int cnt, A* __restrict__ y, A* __restrict__ v) const {
     load_rows<A>(row, 1, 0, a.t_sM, cnt, y);
-    if (a.has_ignore) {
-      const A ignv = A(a.ignore_index);
+    if (has_ignore) {
+      const A ignv = A(ignore);
       for (int t = 0; t < kTile; ++t) {
         const bool ignored = y[t] == ignv;
         v[t] = ignored | (t >= cnt) ? A(0) : A(1);

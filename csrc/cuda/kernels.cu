@@ -80,15 +80,16 @@ cudaError_t launch_backward(const KernelArgs& a, void* pixel, int device, cudaSt
 }
 
 cudaError_t launch_finalize(const void* stats, int64_t s_n, int64_t s_c, const FinalizeArgs& f,
-                            DType acc, void* loss, void* coef, cudaStream_t stream) {
+                            DType acc, void* loss, void* coef, void* coef_ce,
+                            cudaStream_t stream) {
   if (acc == DType::kFloat64) {
-    finalize_kernel<double><<<1, kThreads, 0, stream>>>(static_cast<const double*>(stats), s_n,
-                                                        s_c, f, static_cast<double*>(loss),
-                                                        static_cast<double*>(coef));
+    finalize_kernel<double><<<1, kThreads, 0, stream>>>(
+        static_cast<const double*>(stats), s_n, s_c, f, static_cast<double*>(loss),
+        static_cast<double*>(coef), static_cast<double*>(coef_ce));
   } else {
-    finalize_kernel<float><<<1, kThreads, 0, stream>>>(static_cast<const float*>(stats), s_n, s_c,
-                                                       f, static_cast<float*>(loss),
-                                                       static_cast<float*>(coef));
+    finalize_kernel<float><<<1, kThreads, 0, stream>>>(
+        static_cast<const float*>(stats), s_n, s_c, f, static_cast<float*>(loss),
+        static_cast<float*>(coef), static_cast<float*>(coef_ce));
   }
   return cudaGetLastError();
 }

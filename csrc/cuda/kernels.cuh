@@ -241,8 +241,9 @@ __global__ void __launch_bounds__(kPixelThreads<FWD>, FWD ? 2 : 3) pixel_kernel(
   const int64_t n = blockIdx.x / L.blocks_per_row, b = blockIdx.x % L.blocks_per_row;
   const int64_t begin = b * L.chunk;
   const int64_t end = begin + L.chunk < L.groups ? begin + L.chunk : L.groups;
-  const A sharp = A(a.sharpness);
-  const bool from_logits = a.from_logits, use_min = a.min_intersection, squared = a.squared;
+  const A sharp = A(a.options.sharpness);
+  const bool from_logits = a.options.from_logits, squared = a.options.squared;
+  const bool use_min = a.options.intersection == Intersection::kMin;
   const bool softmax = a.prob == Prob::kSoftmax;
   const bool wide = L.pixel != nullptr;
   const int cw = int(L.cw);
@@ -262,7 +263,8 @@ __global__ void __launch_bounds__(kPixelThreads<FWD>, FWD ? 2 : 3) pixel_kernel(
   // the kernel keeps no register for it. Forward sums, backward gradient.
   constexpr bool ce = CE;
   const A gce = FWD || !CE ? A(0) : ce_gradient<A>(a, n);
-  const A ls_keep = A(1) - A(a.label_smoothing), ls_spread = A(a.label_smoothing) / A(a.C);
+  const A ls_keep = A(1) - A(a.options.label_smoothing);
+  const A ls_spread = A(a.options.label_smoothing) / A(a.C);
   A ce_num = A(0), ce_den = A(0);
   // the term's weight of slot k's class for pixel v: c_k ((1 - eps) y + eps / C)
 #define CE_Q(k, v, yy) (ce_class_weight<A>(a, L.c0 + SLOT(k)) * (ls_keep * (yy) + ls_spread))
@@ -288,7 +290,7 @@ __global__ void __launch_bounds__(kPixelThreads<FWD>, FWD ? 2 : 3) pixel_kernel(
 #pragma unroll
       for (int v = 0; v < V; ++v) {
         const int64_t c = int64_t(raw[v]);
-        const bool ignored = v >= cnt || (a.has_ignore && c == a.ignore_index);
+        const bool ignored = v >= cnt || (a.options.ignore_index.has && c == a.options.ignore_index.value);
         if (!ignored && (c < 0 || c >= a.C)) bad |= kBadClass;
         pv[v] = !ignored;
         tcls[v] = int(c - L.c0);
@@ -580,11 +582,11 @@ __global__ void __launch_bounds__(kThreads) pixel_prepass(const Launch L) {
   const int64_t idx = int64_t(blockIdx.x) * kThreads + threadIdx.x;
   if (idx >= a.N * a.M) return;
   const int64_t n = idx / a.M, m = idx % a.M;
-  const A sharp = A(a.sharpness);
+  const A sharp = A(a.options.sharpness);
   const S* xp = static_cast<const S*>(a.x) + n * a.x_sN + m * a.x_sM;
   A mx = neg_inf<A>(), sum = A(0);
   for (int64_t c = 0; c < a.C; ++c) {
-    const A l = softmax_arg(to_acc<A>(xp[c * a.x_sC]), sharp, a.from_logits);
+    const A l = softmax_arg(to_acc<A>(xp[c * a.x_sC]), sharp, a.options.from_logits);
     const A nm = max_(mx, l);
     // rescale the running sum to the new shift (nothing to rescale while it is 0)
     const A rescale = softmax_exp(softmax_shift(mx), softmax_shift(nm));
@@ -603,11 +605,12 @@ __global__ void __launch_bounds__(kThreads) pixel_prepass(const Launch L) {
     bool ok = true;
     if constexpr (CLASS_MAP) {
       tc = int64_t(tp[0]);
-      ok = !(a.has_ignore && tc == a.ignore_index);
+      ok = !(a.options.ignore_index.has && tc == a.options.ignore_index.value);
     }
-    const A keep = A(1) - A(a.label_smoothing), spread = A(a.label_smoothing) / A(a.C);
+    const A keep = A(1) - A(a.options.label_smoothing);
+    const A spread = A(a.options.label_smoothing) / A(a.C);
     for (int64_t c = 0; c < a.C && ok; ++c) {
-      const A l = softmax_arg(to_acc<A>(xp[c * a.x_sC]), sharp, a.from_logits);
+      const A l = softmax_arg(to_acc<A>(xp[c * a.x_sC]), sharp, a.options.from_logits);
       A yc;
       if constexpr (CLASS_MAP) {
         yc = tc == c ? A(1) : A(0);
@@ -618,7 +621,8 @@ __global__ void __launch_bounds__(kThreads) pixel_prepass(const Launch L) {
         A gI, gP;
         pair_gradient(a, n, c, gI, gP);
         const A pc = softmax_exp(l, mx) * inv;
-        dot += pc * w * grad_p(pc, yc, gI, gP, a.min_intersection, a.squared);
+        dot += pc * w * grad_p(pc, yc, gI, gP, a.options.intersection == Intersection::kMin,
+                                 a.options.squared);
       }
       if constexpr (ce) {
         const A q = ce_class_weight<A>(a, c) * (keep * yc + spread);
@@ -647,8 +651,9 @@ __global__ void __launch_bounds__(kThreads) row_kernel(const Launch L) {
   const int64_t n = r / a.C, c = r % a.C;
   const int64_t begin = b * L.chunk;
   const int64_t end = begin + L.chunk < L.groups ? begin + L.chunk : L.groups;
-  const A sharp = A(a.sharpness);
-  const bool from_logits = a.from_logits, use_min = a.min_intersection, squared = a.squared;
+  const A sharp = A(a.options.sharpness);
+  const bool from_logits = a.options.from_logits, squared = a.options.squared;
+  const bool use_min = a.options.intersection == Intersection::kMin;
   const bool sigmoid = a.prob == Prob::kSigmoid;
   // an integer multilabel target without the channel dim: a class map (SPEC section 10)
   const bool class_map = a.class_map;
@@ -658,7 +663,7 @@ __global__ void __launch_bounds__(kThreads) row_kernel(const Launch L) {
   constexpr bool ce = CE;
   const A gce = FWD || !CE ? A(0) : ce_gradient<A>(a, n);
   const A cwc = CE ? ce_class_weight<A>(a, c) : A(0);
-  const A pw = A(a.ce_pos_weight);
+  const A pw = A(a.options.ce_pos_weight);
   A ce_num = A(0), ce_den = A(0);
   const S* xs = static_cast<const S*>(a.x) + n * a.x_sN + c * a.x_sC;
   const TT* ts = static_cast<const TT*>(a.t) + n * a.t_sN + (class_map ? 0 : c * a.t_sC);
@@ -682,7 +687,7 @@ __global__ void __launch_bounds__(kThreads) row_kernel(const Launch L) {
       A y;
       if constexpr (IsInt<TT>::value) {
         const int64_t iv = int64_t(traw[v]);
-        const bool ignored = a.has_ignore && iv == a.ignore_index;
+        const bool ignored = a.options.ignore_index.has && iv == a.options.ignore_index.value;
         if (class_map) {  // y = [t == c]
           if (ok && !ignored && (iv < 0 || iv >= a.C)) bad |= kBadClass;
           ok = ok && !ignored;
@@ -694,7 +699,7 @@ __global__ void __launch_bounds__(kThreads) row_kernel(const Launch L) {
         }
       } else {
         y = to_acc<A>(traw[v]);
-        if (a.has_ignore && y == A(a.ignore_index)) {  // per element (SPEC section 10)
+        if (a.options.ignore_index.has && y == A(a.options.ignore_index.value)) {  // per element (SPEC section 10)
           ok = false;
           y = A(0);
         }
@@ -795,7 +800,7 @@ __global__ void __launch_bounds__(kThreads) reduce_kernel(const A* partials, A* 
 template <class A>
 __global__ void __launch_bounds__(kThreads) finalize_kernel(const A* stats, int64_t s_n,
                                                             int64_t s_c, const FinalizeArgs f,
-                                                            A* loss, A* coef) {
+                                                            A* loss, A* coef, A* coef_ce) {
   __shared__ A sh_total[kThreads], sh_wsum[kThreads], sh_num[kThreads], sh_den[kThreads];
   const int64_t C = f.C, pairs = f.rows() * C;
   A total = A(0), wsum = A(0), num = A(0), den = A(0);
@@ -808,7 +813,7 @@ __global__ void __launch_bounds__(kThreads) finalize_kernel(const A* stats, int6
   if (f.generalized()) {  // one loss per row, each of weight 1 (SPEC section 10)
     for (int64_t r = threadIdx.x; r < f.rows(); r += kThreads) {
       const A l = generalized_row(stats, s_n, s_c, f, r, coef + r * C * 3);
-      if (f.reduction == Reduction::kNone) loss[r] = l;
+      if (f.options.reduction == Reduction::kNone) loss[r] = l;
       total += l;
       wsum += A(1);
     }
@@ -820,7 +825,7 @@ __global__ void __launch_bounds__(kThreads) finalize_kernel(const A* stats, int6
       const PairTerms<A> t = pair_terms(I, P, Y, f);
       const A w = pair_weight(f, c, Y);
       const A wl = w * t.loss;
-      if (f.reduction == Reduction::kNone) loss[i] = wl;
+      if (f.options.reduction == Reduction::kNone) loss[i] = wl;
       total += wl;
       wsum += pair_divisor(f, c, Y);
       A* k = coef + i * 3;
@@ -829,7 +834,7 @@ __global__ void __launch_bounds__(kThreads) finalize_kernel(const A* stats, int6
       k[2] = w * t.dY;
     }
   }
-  if (f.ce_slot && threadIdx.x == 0) coef[pairs * 3] = A(0);
+  if (threadIdx.x == 0) coef_ce[0] = coef_ce[1] = A(0);
   sh_total[threadIdx.x] = total;
   sh_wsum[threadIdx.x] = wsum;
   sh_num[threadIdx.x] = num;
@@ -844,8 +849,8 @@ __global__ void __launch_bounds__(kThreads) finalize_kernel(const A* stats, int6
     }
     __syncthreads();
   }
-  if (f.reduction == Reduction::kNone) return;
-  if (f.reduction == Reduction::kMean) {  // mean over the kept pairs (or rows); none kept: 0
+  if (f.options.reduction == Reduction::kNone) return;
+  if (f.options.reduction == Reduction::kMean) {  // mean over the kept pairs (or rows); none kept: 0
     const A denom = sh_wsum[0] > A(0) ? sh_wsum[0] : A(1);
     if (threadIdx.x == 0) loss[0] = sh_total[0] / denom;
     const A inv = A(1) / denom;
@@ -858,7 +863,7 @@ __global__ void __launch_bounds__(kThreads) finalize_kernel(const A* stats, int6
     loss[0] = sh_total[0];
   }
   if (f.ce != nullptr && threadIdx.x == 0) {
-    add_cross_entropy(sh_num[0], sh_den[0], f, loss, coef + pairs * 3);
+    add_cross_entropy(sh_num[0], sh_den[0], f, loss, coef_ce);
   }
 }
 

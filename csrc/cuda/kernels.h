@@ -38,10 +38,11 @@ cudaError_t launch_ce_reduce(const void* partials, const Plan& plan, int64_t N, 
                              void* out, cudaStream_t stream);
 
 // The finalize step (finalize.h) on statistics of dtype `acc` (float32 or float64): value j of
-// pair (n, c) at stats[n * s_n + c * s_c + j]. Writes the loss and the coefficients
-// [f.rows()][f.C][3]. One launch of one block.
+// pair (n, c) at stats[n * s_n + c * s_c + j]. Writes the loss, the coefficients
+// [f.rows()][f.C][3] and the cross-entropy term's [2]. One launch of one block.
 cudaError_t launch_finalize(const void* stats, int64_t s_n, int64_t s_c, const FinalizeArgs& f,
-                            DType acc, void* loss, void* coef, cudaStream_t stream);
+                            DType acc, void* loss, void* coef, void* coef_ce,
+                            cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace softiou

@@ -27,19 +27,21 @@ How MONAI's arguments map onto ``soft_iou_loss`` (SPEC section 10):
 one fused call: the cross-entropy (``BCEWithLogitsLoss(pos_weight=weight)`` with one channel) is
 added in the same pass (SPEC section 9). Its other configurations add ``torch.nn.functional``'s
 cross-entropy to the fused Dice loss, as MONAI does.
+
+The modules' ``forward`` compile with ``torch.jit.script`` as MONAI's do (and save and load), by
+way of :func:`softiou_cuda.functional.loss`; the one configuration computed in two phases (a
+fractional mask on a soft target with the product intersection) runs in Python only.
 """
 
-from __future__ import annotations
-
 import warnings
-from typing import Callable, Optional
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
-from .. import backends, reference
-from ..api import soft_iou_loss
-from ..checks import LossOptions, accumulation_dtype, normalize_inputs
+from .. import functional
+from ..operators import accumulation_dtype
+from ..options import LossOptions
 
 # float32's smallest normal number: the fused loss's eps without clamping any real denominator
 _NO_CLAMP = float(torch.finfo(torch.float32).tiny)
@@ -65,6 +67,8 @@ def _check_reduction(reduction, allowed=_REDUCTIONS) -> str:
 class _MonaiLoss(torch.nn.Module):
     """The argument handling shared by MONAI's Dice losses."""
 
+    _warned: Dict[str, bool]
+
     def __init__(self, include_background, to_onehot_y, sigmoid, softmax, other_act, reduction,
                  smooth_nr, smooth_dr, batch, soft_label, backend):
         super().__init__()
@@ -74,29 +78,31 @@ class _MonaiLoss(torch.nn.Module):
                              "callable cannot run inside its kernels): apply it to the input "
                              "and pass the probabilities with other_act=None, or use "
                              "sigmoid=True / softmax=True")
-        self.include_background = include_background
-        self.to_onehot_y = to_onehot_y
-        self.sigmoid = sigmoid
-        self.softmax = softmax
+        self.include_background = bool(include_background)
+        self.to_onehot_y = bool(to_onehot_y)
+        self.sigmoid = bool(sigmoid)
+        self.softmax = bool(softmax)
         self.other_act = other_act
         self.reduction = _check_reduction(reduction)
         self.smooth_nr = float(smooth_nr)
         self.smooth_dr = float(smooth_dr)
-        self.batch = batch
-        self.soft_label = soft_label
+        self.batch = bool(batch)
+        self.soft_label = bool(soft_label)
         self.backend = backend
-        self._warned = set()
+        self.eps = _NO_CLAMP
+        self._warned = {}
 
     def _ignored(self, what: str) -> None:
         """MONAI's warning for an option a one-channel prediction ignores: once per module, not
         once per call."""
         if what not in self._warned:
-            self._warned.add(what)
+            self._warned[what] = True
             warnings.warn(f"single channel prediction, `{what}=True` ignored.", stacklevel=4)
 
-    def _plan(self, input: torch.Tensor, target: torch.Tensor):
-        """(input, target, mode, from_logits, class_map) after the activation and the target's
-        form are decided."""
+    def _plan(self, input: torch.Tensor,
+              target: torch.Tensor) -> Tuple[torch.Tensor, str, bool, bool]:
+        """(target, mode, from_logits, class_map) once the activation and the target's form
+        are decided."""
         C = input.shape[1]
         if self.sigmoid:
             mode, from_logits = "multilabel", True
@@ -125,25 +131,38 @@ class _MonaiLoss(torch.nn.Module):
                                      f"input ({input.shape})")
             if not target.is_floating_point():  # MONAI multiplies: read as numbers
                 target = target.to(input.dtype)
-        return input, target, mode, from_logits, class_map
+        return target, mode, from_logits, class_map
 
-    def _per_pair_view(self, loss: torch.Tensor, input: torch.Tensor, per_row: bool = False):
+    def _per_pair_view(self, loss: torch.Tensor, input: torch.Tensor,
+                       per_row: bool = False) -> torch.Tensor:
         """reduction="none": MONAI's shape [B, C', 1, ...] (per image) or [C', 1, ...] (batch)."""
         if not per_row and not self.include_background and input.shape[1] > 1:
             loss = loss[..., 1:]
         return loss.reshape(list(loss.shape) + [1] * (input.dim() - 2))
 
-    def _options(self, C, mode, from_logits, **kw) -> dict:
+    def _options(self, C: int, mode: str, from_logits: bool, metric: str, smooth: float,
+                 smooth_dr: float, alpha: float = 0.5, beta: float = 0.5,
+                 intersection: str = "product", squared: bool = False,
+                 ignore_index: Optional[int] = None, weighted_mean: bool = True,
+                 w_type: str = "square", ce_weight: float = 0.0, label_smoothing: float = 0.0,
+                 ce_pos_weight: float = 1.0) -> LossOptions:
         # include_background=False with one channel: ignored (MONAI warns, see _plan)
-        return dict(mode=mode, from_logits=from_logits, eps=_NO_CLAMP,
-                    per_image=not self.batch, include_background=self.include_background or C == 1,
-                    reduction=self.reduction, backend=self.backend, **kw)
+        return LossOptions(mode=mode, from_logits=from_logits, intersection=intersection,
+                           metric=metric, alpha=alpha, beta=beta, smooth=smooth, eps=self.eps,
+                           include_background=self.include_background or C == 1,
+                           ignore_index=ignore_index, per_image=not self.batch,
+                           reduction=self.reduction, ce_weight=ce_weight,
+                           label_smoothing=label_smoothing, squared=squared,
+                           smooth_dr=smooth_dr, weighted_mean=weighted_mean, w_type=w_type,
+                           ce_pos_weight=ce_pos_weight)
 
-    def _class_weight(self, C: int, acc: torch.dtype, device) -> Optional[torch.Tensor]:
+    def _class_weight(self, C: int, acc: torch.dtype,
+                      device: torch.device) -> Optional[torch.Tensor]:
         return None
 
-    def _masked_loss(self, input: torch.Tensor, target: torch.Tensor, ignore_index,
-                     squared: bool, metric: dict) -> torch.Tensor:
+    def _masked_loss(self, input: torch.Tensor, target: torch.Tensor,
+                     ignore_index: Optional[int], squared: bool, metric: str, smooth: float,
+                     smooth_dr: float, alpha: float, beta: float) -> torch.Tensor:
         """The fused loss of MONAI's DiceLoss and TverskyLoss, whose ``ignore_index`` multiplies
         input and target by a mask (monai.losses.utils.create_ignore_mask): a class map's or a
         one-channel target's ignore_index is the fused one; on a dense target it is the mask m
@@ -151,33 +170,51 @@ class _MonaiLoss(torch.nn.Module):
         class. Returns the loss as ``soft_iou_loss`` does (reduction "none": [N, C] or [C])."""
         C = input.shape[1]
         dense_target = target
-        input, target, mode, from_logits, class_map = self._plan(input, target)
+        target, mode, from_logits, class_map = self._plan(input, target)
         acc = accumulation_dtype(input.dtype)
         intersection = "min" if self.soft_label and not squared else "product"
-        weight = fused_ignore = mask = None
-        ii = ignore_index
-        if ii is not None:
+        weight: Optional[torch.Tensor] = None
+        mask: Optional[torch.Tensor] = None
+        fused_ignore: Optional[int] = None
+        if ignore_index is not None:
             if class_map or C == 1:
-                fused_ignore = ii
-            elif 0 <= ii < C:
-                mask = 1 - dense_target[:, ii].to(acc)
+                fused_ignore = ignore_index
+            elif 0 <= ignore_index < C:
+                mask = 1 - dense_target[:, ignore_index].to(acc)
             else:  # a sentinel: the pixels without any class
                 weight = (dense_target.sum(dim=1) > 0).to(acc)
-        options = self._options(C, mode, from_logits, intersection=intersection, squared=squared,
-                                ignore_index=fused_ignore, weighted_mean=False, **metric)
+        options = self._options(C, mode, from_logits, metric, smooth, smooth_dr, alpha, beta,
+                                intersection, squared, fused_ignore, weighted_mean=False)
         cw = self._class_weight(C, acc, input.device)
         if mask is None:
-            return soft_iou_loss(input, target, weight, class_weight=cw, **options)
+            return functional.loss(input, target, weight, cw, options, self.backend)
         if squared:  # MONAI masks p and y: with squares, sums weighted by mask^2
-            return soft_iou_loss(input, target, mask * mask, class_weight=cw, **options)
+            return functional.loss(input, target, mask * mask, cw, options, self.backend)
         if self.soft_label:  # sum min(m p, m y) = sum m min(p, y)
-            return soft_iou_loss(input, target, mask, class_weight=cw, **options)
+            return functional.loss(input, target, mask, cw, options, self.backend)
         # I = sum m^2 p y, P = sum m p, Y = sum m y
-        return _loss_with_masked_target(input, target, mask, cw, options)
+        return self._loss_with_masked_target(input, target, mask, cw, options)
+
+    @torch.jit.unused
+    def _loss_with_masked_target(self, input: torch.Tensor, target: torch.Tensor,
+                                 mask: torch.Tensor, class_weight: Optional[torch.Tensor],
+                                 options: LossOptions) -> torch.Tensor:
+        """The loss of MONAI's mask m on a dense target with the product intersection: I and P
+        are those of weight m and target m*y; Y = sum m y (the target's alone, no gradient): the
+        statistics, their Y replaced, the finalize step (Python only: not under TorchScript)."""
+        masked = target * mask[:, None]
+        stats, ce = functional.statistics(input, masked, mask, None, options, self.backend)
+        y_sums = masked.flatten(2).sum(-1).to(stats.dtype)
+        stats = torch.stack((stats[..., 0], stats[..., 1], y_sums), dim=-1)
+        return functional.finalize(stats, ce, class_weight, options, self.backend)
 
 
 class DiceLoss(_MonaiLoss):
     """``monai.losses.DiceLoss`` on the fused operator (see the module's docstring)."""
+
+    # TorchScript reads a class's own annotations only
+    _warned: Dict[str, bool]
+    class_weight: Optional[torch.Tensor]
 
     def __init__(self, include_background: bool = True, to_onehot_y: bool = False,
                  sigmoid: bool = False, softmax: bool = False,
@@ -188,15 +225,16 @@ class DiceLoss(_MonaiLoss):
                  backend: str = "auto"):
         super().__init__(include_background, to_onehot_y, sigmoid, softmax, other_act, reduction,
                          smooth_nr, smooth_dr, batch, soft_label, backend)
-        self.squared_pred = squared_pred
-        self.jaccard = jaccard
+        self.squared_pred = bool(squared_pred)
+        self.jaccard = bool(jaccard)
         self.ignore_index = ignore_index
         weight = torch.as_tensor(weight) if weight is not None else None
         if weight is not None and weight.numel() > 0 and bool(weight.min() < 0):
             raise ValueError("the value/values of the `weight` should be no less than 0.")
         self.register_buffer("class_weight", weight)
 
-    def _class_weight(self, C: int, acc: torch.dtype, device) -> Optional[torch.Tensor]:
+    def _class_weight(self, C: int, acc: torch.dtype,
+                      device: torch.device) -> Optional[torch.Tensor]:
         """MONAI's weight as ``class_weight`` [C]: applied only when more than one class is
         left; with include_background=False it weighs classes 1.. (class 0 is dropped)."""
         w = self.class_weight
@@ -213,14 +251,17 @@ class DiceLoss(_MonaiLoss):
         w = w.to(device=device, dtype=acc)
         return torch.cat([w.new_ones(1), w]) if drop else w
 
-    def _metric(self) -> dict:
+    def _metric(self) -> Tuple[str, float, float]:
+        """(metric, smooth, smooth_dr): MONAI's jaccard (2I + s) / (2U + s_dr) is the fused
+        jaccard with halved smoothing."""
         if self.jaccard:
-            return dict(metric="jaccard", smooth=self.smooth_nr / 2, smooth_dr=self.smooth_dr / 2)
-        return dict(metric="dice", smooth=self.smooth_nr, smooth_dr=self.smooth_dr)
+            return "jaccard", self.smooth_nr / 2, self.smooth_dr / 2
+        return "dice", self.smooth_nr, self.smooth_dr
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        loss = self._masked_loss(input, target, self.ignore_index, self.squared_pred,
-                                 self._metric())
+        metric, smooth, smooth_dr = self._metric()
+        loss = self._masked_loss(input, target, self.ignore_index, self.squared_pred, metric,
+                                 smooth, smooth_dr, 0.5, 0.5)
         if self.reduction == "none":
             loss = self._per_pair_view(loss, input)
         return loss
@@ -243,35 +284,16 @@ class TverskyLoss(_MonaiLoss):
                  ignore_index: Optional[int] = None, *, backend: str = "auto"):
         super().__init__(include_background, to_onehot_y, sigmoid, softmax, other_act, reduction,
                          smooth_nr, smooth_dr, batch, soft_label, backend)
-        self.alpha = alpha
-        self.beta = beta
+        self.alpha = float(alpha)
+        self.beta = float(beta)
         self.ignore_index = ignore_index
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        metric = dict(metric="tversky", alpha=self.alpha, beta=self.beta, smooth=self.smooth_nr,
-                      smooth_dr=self.smooth_dr)
-        loss = self._masked_loss(input, target, self.ignore_index, False, metric)
+        loss = self._masked_loss(input, target, self.ignore_index, False, "tversky",
+                                 self.smooth_nr, self.smooth_dr, self.alpha, self.beta)
         if self.reduction == "none" and not self.include_background and input.shape[1] > 1:
             loss = loss[..., 1:]
         return loss
-
-
-def _loss_with_masked_target(input, target, mask, class_weight, options):
-    """The loss of MONAI's mask m on a dense target with the product intersection: I and P are
-    those of weight m and target m*y; Y = sum m y (the target's alone, no gradient)."""
-    backend = options.pop("backend")
-    o = LossOptions(**options)
-    name = backends.resolve(backend, input.device)
-    masked = target * mask[:, None]
-    x, t, w = normalize_inputs(input, masked, mask, o.mode)
-    stats = backends.stats_function(name)(x, t, w, *o.stats_args()[:5])
-    y_sums = masked.flatten(2).sum(-1).to(stats.dtype)
-    stats = torch.stack((stats[..., 0], stats[..., 1], y_sums), dim=-1)
-    if name == "reference":
-        return reference.loss_from_stats(stats, class_weight=class_weight, **o.finalize_kwargs())
-    if name == "triton":
-        return backends.triton_ops().finalize(stats, class_weight, **o.finalize_kwargs())
-    return torch.ops.softiou.finalize(stats, class_weight, **o.finalize_kwargs())
 
 
 class GeneralizedDiceLoss(_MonaiLoss):
@@ -292,11 +314,11 @@ class GeneralizedDiceLoss(_MonaiLoss):
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         C = input.shape[1]
-        input, target, mode, from_logits, _ = self._plan(input, target)
-        options = self._options(C, mode, from_logits, metric="generalized_dice", w_type=self.w_type,
-                                smooth=self.smooth_nr, smooth_dr=self.smooth_dr,
+        target, mode, from_logits, class_map = self._plan(input, target)
+        options = self._options(C, mode, from_logits, "generalized_dice", self.smooth_nr,
+                                self.smooth_dr, w_type=self.w_type,
                                 intersection="min" if self.soft_label else "product")
-        loss = soft_iou_loss(input, target, **options)
+        loss = functional.loss(input, target, None, None, options, self.backend)
         if self.reduction == "none":
             loss = self._per_pair_view(loss, input, per_row=True)
         return loss
@@ -312,6 +334,8 @@ class DiceCELoss(torch.nn.Module):
     not compute with that Dice loss (the softmax cross-entropy with a sigmoid Dice loss, or
     ``lambda_dice=0``): there the fused Dice loss is added to ``torch.nn.functional``'s
     cross-entropy, MONAI's own. As MONAI's, no ``reduction="none"``."""
+
+    ce_weight: Optional[torch.Tensor]
 
     def __init__(self, include_background: bool = True, to_onehot_y: bool = False,
                  sigmoid: bool = False, softmax: bool = False,
@@ -344,14 +368,15 @@ class DiceCELoss(torch.nn.Module):
 
     def _fused(self, C: int) -> bool:
         d = self.dice
+        w = self.ce_weight
         if self.lambda_dice == 0.0:
             return False
         if d.softmax and C > 1:
             # the fused call shares the class weights between the two terms: MONAI's Dice term
             # ignores them when one class is left
             kept = C - 1 if not d.include_background else C
-            return self.ce_weight is None or kept > 1
-        return d.sigmoid and C == 1 and (self.ce_weight is None or self.ce_weight.numel() == 1)
+            return w is None or kept > 1
+        return d.sigmoid and C == 1 and (w is None or w.numel() == 1)
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if input.dim() != target.dim():
@@ -368,22 +393,26 @@ class DiceCELoss(torch.nn.Module):
             ce = self._ce(input, target) if C != 1 else self._bce(input, target)
             return self.lambda_dice * dice + self.lambda_ce * ce
         d = self.dice
-        input_, t, mode, from_logits, _ = d._plan(input, target)
+        t, mode, from_logits, _ = d._plan(input, target)
         acc = accumulation_dtype(input.dtype)
         ratio = self.lambda_ce / self.lambda_dice
-        extra = {}
+        cw: Optional[torch.Tensor] = None
+        pos_weight, smoothing = 1.0, 0.0
+        ce_weight = self.ce_weight
         if C == 1:
-            cw = None
-            if self.ce_weight is not None:
-                extra["ce_pos_weight"] = float(self.ce_weight.reshape(-1)[0])
+            if ce_weight is not None:
+                pos_weight = float(ce_weight.reshape(-1)[0])
         else:
-            cw = None if self.ce_weight is None else self.ce_weight.to(input.device, acc)
-            extra["label_smoothing"] = self.label_smoothing
-        options = d._options(C, mode, from_logits, squared=d.squared_pred, weighted_mean=False,
-                             ce_weight=ratio, **d._metric(), **extra)
-        return self.lambda_dice * soft_iou_loss(input_, t, class_weight=cw, **options)
+            if ce_weight is not None:
+                cw = ce_weight.to(input.device, acc)
+            smoothing = self.label_smoothing
+        metric, smooth, smooth_dr = d._metric()
+        options = d._options(C, mode, from_logits, metric, smooth, smooth_dr,
+                             squared=d.squared_pred, weighted_mean=False, ce_weight=ratio,
+                             label_smoothing=smoothing, ce_pos_weight=pos_weight)
+        return self.lambda_dice * functional.loss(input, t, None, cw, options, d.backend)
 
-    def _ce(self, input, target):  # MONAI's DiceCELoss.ce
+    def _ce(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:  # MONAI's
         if input.shape[1] != target.shape[1] and target.shape[1] == 1:
             target = torch.squeeze(target, dim=1).long()
         elif not torch.is_floating_point(target):
@@ -391,7 +420,7 @@ class DiceCELoss(torch.nn.Module):
         return F.cross_entropy(input, target, weight=self.ce_weight, reduction=self.reduction,
                                label_smoothing=self.label_smoothing)
 
-    def _bce(self, input, target):  # MONAI's DiceCELoss.bce
+    def _bce(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:  # MONAI's
         if not torch.is_floating_point(target):
             target = target.to(dtype=input.dtype)
         return F.binary_cross_entropy_with_logits(input, target, pos_weight=self.ce_weight,

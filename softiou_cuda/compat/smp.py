@@ -18,7 +18,7 @@ from typing import List, Optional
 import torch
 
 from ..api import soft_iou_loss
-from ..checks import accumulation_dtype
+from ..operators import accumulation_dtype
 
 _MODES = ("binary", "multiclass", "multilabel")
 
