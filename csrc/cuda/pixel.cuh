@@ -1,0 +1,427 @@
+// The multiclass kernels: one pass over a sample's pixels with all the classes of a pixel in the
+// registers of a group of lanes (pixel_kernel), and the wide softmax's prepass for more classes
+// than those registers hold (pixel_prepass). A class map or a dense target; statistics
+// (FWD) or gradient.
+#pragma once
+
+#include "common.cuh"
+
+namespace softiou {
+namespace cuda {
+namespace detail {
+
+// ---------------------------------------------------------------------------------------------
+// Multiclass: one pass over a sample's pixels, all classes of a pixel in the registers of K lanes
+// ---------------------------------------------------------------------------------------------
+template <class S, class TT, int V, bool CLASS_MAP, bool FWD, bool CE>
+__global__ void __launch_bounds__(kPixelThreads<FWD>, FWD ? 2 : 3) pixel_kernel(const Launch L) {
+  using A = typename Acc<S>::type;
+  constexpr int CPT = kClassesPerLane<V>;
+  const KernelArgs& a = L.a;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int K = L.K, G = 32 / K;
+  const int j = lane / G, g = lane % G;  // class slot, pixel group within the warp
+  const int64_t n = blockIdx.x / L.blocks_per_row, b = blockIdx.x % L.blocks_per_row;
+  const int64_t begin = b * L.chunk;
+  const int64_t end = begin + L.chunk < L.groups ? begin + L.chunk : L.groups;
+  const A sharp = A(a.options.sharpness);
+  const bool from_logits = a.options.from_logits, squared = a.options.squared;
+  const bool use_min = a.options.intersection == Intersection::kMin;
+  const bool softmax = a.prob == Prob::kSoftmax;
+  const bool wide = L.pixel != nullptr;
+  const int cw = int(L.cw);
+  // class of slot k: c0 + j + K*k, present when j + K*k < cw. LIVE(k): slot k holds a class in
+  // some lane of the warp; a warp-uniform test, so empty slots cost a branch, not their work
+#define SLOT(k) (j + K * (k))
+#define LIVE(k) (K * (k) < cw)
+
+  A accI[CPT], accP[CPT], accY[CPT], gI[CPT], gP[CPT];
+#pragma unroll
+  for (int k = 0; k < CPT; ++k) {
+    accI[k] = accP[k] = accY[k] = A(0);
+    gI[k] = gP[k] = A(0);
+    if (!FWD && SLOT(k) < cw) pair_gradient(a, n, L.c0 + SLOT(k), gI[k], gP[k]);
+  }
+  // the cross-entropy term (SPEC section 9; softiou_math.h), a template parameter: without it
+  // the kernel keeps no register for it. Forward sums, backward gradient.
+  constexpr bool ce = CE;
+  const A gce = FWD || !CE ? A(0) : ce_gradient<A>(a, n);
+  const A ls_keep = A(1) - A(a.options.label_smoothing);
+  const A ls_spread = A(a.options.label_smoothing) / A(a.C);
+  A ce_num = A(0), ce_den = A(0);
+  // the term's weight of slot k's class for pixel v: c_k ((1 - eps) y + eps / C)
+#define CE_Q(k, v, yy) (ce_class_weight<A>(a, L.c0 + SLOT(k)) * (ls_keep * (yy) + ls_spread))
+  const S* xs = static_cast<const S*>(a.x) + n * a.x_sN + L.c0 * a.x_sC;
+  const TT* ts = static_cast<const TT*>(a.t) + n * a.t_sN + (CLASS_MAP ? 0 : L.c0 * a.t_sC);
+
+  constexpr int WARPS = kPixelThreads<FWD> / 32;
+  for (int64_t base = begin; base < end; base += WARPS * G) {
+    const int64_t gi = base + warp * G + g;
+    const int64_t m0 = gi * V;
+    const int cnt = gi < end ? int(a.M - m0 < V ? a.M - m0 : V) : 0;
+    unsigned bad = 0;
+
+    A w[V];
+    load_weights<V>(L, n, m0, cnt, w, bad);
+
+    // class map: the pixel is kept (pv) and its class relative to the window (tcls)
+    int tcls[V];
+    bool pv[V];
+    if constexpr (CLASS_MAP) {
+      TT raw[V];
+      load_group<V>(ts + m0 * a.t_sM, a.t_sM, L.vt, cnt, raw);
+#pragma unroll
+      for (int v = 0; v < V; ++v) {
+        const int64_t c = int64_t(raw[v]);
+        const bool ignored = v >= cnt || is_ignored(a, c);
+        if (!ignored && (c < 0 || c >= a.C)) bad |= kBadClass;
+        pv[v] = !ignored;
+        tcls[v] = int(c - L.c0);
+      }
+    }
+
+    // input -> probabilities, in place
+    A p[CPT][V];
+#pragma unroll
+    for (int k = 0; k < CPT; ++k) {
+      if (!LIVE(k)) break;
+      S raw[V];
+      if (SLOT(k) < cw) {
+        load_group<V>(xs + SLOT(k) * a.x_sC + m0 * a.x_sM, a.x_sM, L.vx, cnt, raw);
+      } else {
+#pragma unroll
+        for (int v = 0; v < V; ++v) raw[v] = zero<S>();
+      }
+#pragma unroll
+      for (int v = 0; v < V; ++v) p[k][v] = to_acc<A>(raw[v]);
+    }
+    if (!from_logits) {
+#pragma unroll
+      for (int k = 0; k < CPT; ++k) {
+        if (!LIVE(k)) break;
+#pragma unroll
+        for (int v = 0; v < V; ++v)
+          if (SLOT(k) < cw && outside_unit_interval(p[k][v])) bad |= kBadProbability;
+      }
+    }
+    A dot_pix[V], lse[V], ce_Q[V], ce_QL[V];
+#pragma unroll
+    for (int v = 0; v < V; ++v) dot_pix[v] = lse[v] = ce_Q[v] = ce_QL[v] = A(0);
+    if (softmax) {
+      A mx[V], inv[V];
+      if (wide) {
+        const A* px = static_cast<const A*>(L.pixel) + (n * a.M + m0) * kPixelValues;
+#pragma unroll
+        for (int v = 0; v < V; ++v) {
+          mx[v] = v < cnt ? px[v * kPixelValues + 0] : A(0);
+          inv[v] = v < cnt ? px[v * kPixelValues + 1] : A(0);
+          if (!FWD) dot_pix[v] = v < cnt ? px[v * kPixelValues + 2] : A(0);
+          if constexpr (ce) {  // the prepass's Q and QL, and lse = shift + log S
+            ce_Q[v] = v < cnt ? px[v * kPixelValues + 3] : A(0);
+            ce_QL[v] = v < cnt ? px[v * kPixelValues + 4] : A(0);
+            lse[v] = mx[v] - log_pos(inv[v] > A(0) ? inv[v] : A(1));
+          }
+        }
+#pragma unroll
+        for (int k = 0; k < CPT; ++k) {
+          if (!LIVE(k)) break;
+#pragma unroll
+          for (int v = 0; v < V; ++v)
+            p[k][v] = SLOT(k) < cw
+                          ? softmax_exp(softmax_arg(p[k][v], sharp, from_logits), mx[v]) * inv[v]
+                          : A(0);
+        }
+      } else {
+#pragma unroll
+        for (int v = 0; v < V; ++v) mx[v] = neg_inf<A>();
+#pragma unroll
+        for (int k = 0; k < CPT; ++k) {
+          if (!LIVE(k)) break;
+#pragma unroll
+          for (int v = 0; v < V; ++v) {
+            p[k][v] = SLOT(k) < cw ? softmax_arg(p[k][v], sharp, from_logits) : neg_inf<A>();
+            mx[v] = max_(mx[v], p[k][v]);
+          }
+        }
+#pragma unroll
+        for (int v = 0; v < V; ++v) {
+          for (int off = G; off < 32; off <<= 1) mx[v] = max_(mx[v], shfl_xor(mx[v], off));
+          mx[v] = softmax_shift(mx[v]);
+          inv[v] = A(0);
+        }
+#pragma unroll
+        for (int k = 0; k < CPT; ++k) {
+          if (!LIVE(k)) break;
+#pragma unroll
+          for (int v = 0; v < V; ++v) {
+            p[k][v] = softmax_exp(p[k][v], mx[v]);
+            inv[v] += p[k][v];
+          }
+        }
+#pragma unroll
+        for (int v = 0; v < V; ++v) {
+          for (int off = G; off < 32; off <<= 1) inv[v] += shfl_xor(inv[v], off);
+          if constexpr (ce) lse[v] = mx[v] + log_pos(inv[v] > A(0) ? inv[v] : A(1));
+          inv[v] = softmax_inv_sum(inv[v]);
+        }
+#pragma unroll
+        for (int k = 0; k < CPT; ++k) {
+          if (!LIVE(k)) break;
+#pragma unroll
+          for (int v = 0; v < V; ++v) p[k][v] *= inv[v];
+        }
+      }
+    }
+
+    // dense target of slot k, pixel v (the class map's is tcls[v] == SLOT(k))
+    A y[CLASS_MAP ? 1 : CPT][V];
+    if constexpr (!CLASS_MAP) {
+#pragma unroll
+      for (int k = 0; k < CPT; ++k) {
+        if (!LIVE(k)) break;
+        TT raw[V];
+        if (SLOT(k) < cw) {
+          load_group<V>(ts + SLOT(k) * a.t_sC + m0 * a.t_sM, a.t_sM, L.vt, cnt, raw);
+        } else {
+#pragma unroll
+          for (int v = 0; v < V; ++v) raw[v] = zero<TT>();
+        }
+#pragma unroll
+        for (int v = 0; v < V; ++v) {
+          y[k][v] = to_acc<A>(raw[v]);
+          if (outside_unit_interval(y[k][v])) bad |= kBadDense;
+        }
+      }
+    }
+    if (bad) report_bad_input(bad);
+
+    // the cross-entropy's Q = sum_k q_k and (forward) QL = sum_k q_k l_k of each pixel: this
+    // lane's classes, then a butterfly over the lanes of the pixel (the wide path has them from
+    // the prepass). The forward reads the logits again: the exponentials have replaced them.
+    if (CE && softmax && !wide) {
+#pragma unroll
+      for (int k = 0; k < CPT; ++k) {
+        if (!LIVE(k)) break;
+        if (SLOT(k) >= cw) continue;
+        S raw[V];
+        if (FWD) load_group<V>(xs + SLOT(k) * a.x_sC + m0 * a.x_sM, a.x_sM, L.vx, cnt, raw);
+#pragma unroll
+        for (int v = 0; v < V; ++v) {
+          const A yy = CLASS_MAP ? (tcls[v] == SLOT(k) ? A(1) : A(0)) : y[CLASS_MAP ? 0 : k][v];
+          const A q = CE_Q(k, v, yy);
+          ce_Q[v] += q;
+          if (FWD) ce_QL[v] += q * softmax_arg(to_acc<A>(raw[v]), sharp, true);
+        }
+      }
+#pragma unroll
+      for (int v = 0; v < V; ++v) {
+        for (int off = G; off < 32; off <<= 1) {
+          ce_Q[v] += shfl_xor(ce_Q[v], off);
+          if (FWD) ce_QL[v] += shfl_xor(ce_QL[v], off);
+        }
+      }
+    }
+    // the forward's sums, once per pixel (slot 0; the first class window of the wide path)
+    if (FWD && CE && softmax && j == 0 && L.c0 == 0) {
+#pragma unroll
+      for (int v = 0; v < V; ++v) {
+        const bool kept = CLASS_MAP ? pv[v] : v < cnt;
+        if (!kept) continue;
+        ce_num += w[v] * (ce_Q[v] * lse[v] - ce_QL[v]);
+        ce_den += CLASS_MAP ? w[v] * ce_class_weight<A>(a, int64_t(tcls[v]) + L.c0) : w[v];
+      }
+    }
+
+    if constexpr (FWD) {
+#pragma unroll
+      for (int k = 0; k < CPT; ++k) {
+        if (!LIVE(k)) break;
+#pragma unroll
+        for (int v = 0; v < V; ++v) {
+          if constexpr (CLASS_MAP) {
+            // y is one-hot: min(p, y) = p*y, y^2 = y, and only the target class takes I and Y
+            const A wp = w[v] * p[k][v];
+            if (SLOT(k) < cw && pv[v]) accP[k] += squared ? wp * p[k][v] : wp;
+            if (pv[v] && tcls[v] == SLOT(k)) {
+              accI[k] += wp;
+              accY[k] += w[v];
+            }
+          } else {
+            if (SLOT(k) < cw && v < cnt) {
+              const A yy = y[CLASS_MAP ? 0 : k][v];
+              accI[k] += w[v] * intersection(p[k][v], yy, use_min);
+              accP[k] += w[v] * power_term(p[k][v], squared);
+              accY[k] += w[v] * power_term(yy, squared);
+            }
+          }
+        }
+      }
+    } else {
+      // g = dL/dp is cheap: computed once for sum_c p_c g_c and again for the output, so that
+      // it needs no registers of its own
+#define GRAD(k, v)                                                                          \
+  ((SLOT(k) < cw && (CLASS_MAP ? pv[v] : v < cnt))                                         \
+       ? w[v] * grad_p(p[k][v],                                                             \
+                       CLASS_MAP ? (tcls[v] == SLOT(k) ? A(1) : A(0)) : y[CLASS_MAP ? 0 : k][v], \
+                       gI[k], gP[k], use_min, squared)                                      \
+       : A(0))
+      A dot[V];
+#pragma unroll
+      for (int v = 0; v < V; ++v) dot[v] = A(0);
+      if (softmax) {
+#pragma unroll
+        for (int k = 0; k < CPT; ++k) {
+          if (!LIVE(k)) break;
+#pragma unroll
+          for (int v = 0; v < V; ++v) dot[v] += p[k][v] * GRAD(k, v);
+        }
+#pragma unroll
+        for (int v = 0; v < V; ++v) {
+          if (wide) {
+            dot[v] = dot_pix[v];
+          } else {
+            for (int off = G; off < 32; off <<= 1) dot[v] += shfl_xor(dot[v], off);
+          }
+        }
+      }
+      S* gx = static_cast<S*>(a.grad_x) + n * a.g_sN + L.c0 * a.g_sC + m0 * a.g_sM;
+#pragma unroll
+      for (int k = 0; k < CPT; ++k) {
+        if (!LIVE(k)) break;
+        if (SLOT(k) >= cw) continue;
+        A fac[V];
+#pragma unroll
+        for (int v = 0; v < V; ++v) fac[v] = sharp;
+        if (softmax && !from_logits) {  // dl/dx = a/x: read x again (L1/L2), probability form only
+          S raw[V];
+          load_group<V>(xs + SLOT(k) * a.x_sC + m0 * a.x_sM, a.x_sM, L.vx, cnt, raw);
+#pragma unroll
+          for (int v = 0; v < V; ++v) fac[v] = softmax_arg_dx(to_acc<A>(raw[v]), sharp, false);
+        }
+        S out[V];
+#pragma unroll
+        for (int v = 0; v < V; ++v) {
+          const A gv = GRAD(k, v);
+          A d = softmax ? fac[v] * p[k][v] * (gv - dot[v]) : gv;
+          if (CE && softmax && (CLASS_MAP ? pv[v] : v < cnt)) {  // + a gce w (Q p - q)
+            const A yy = CLASS_MAP ? (tcls[v] == SLOT(k) ? A(1) : A(0)) : y[CLASS_MAP ? 0 : k][v];
+            d += sharp * gce * w[v] * (ce_Q[v] * p[k][v] - CE_Q(k, v, yy));
+          }
+          out[v] = Store<S>::from(d);
+        }
+        store_group<V>(gx + SLOT(k) * a.g_sC, a.g_sM, L.vg, cnt, out);
+      }
+#undef GRAD
+    }
+  }
+
+  if constexpr (FWD) {
+    // lanes of one class slot -> lane g == 0, then one partial per warp
+#pragma unroll
+    for (int k = 0; k < CPT; ++k) {
+      for (int off = 1; off < G; off <<= 1) {
+        accI[k] += shfl_xor(accI[k], off);
+        accP[k] += shfl_xor(accP[k], off);
+        accY[k] += shfl_xor(accY[k], off);
+      }
+    }
+    // the cross-entropy's sums: lanes of slot 0 hold them; one value per warp
+    if constexpr (CE) {
+      for (int off = 1; off < 32; off <<= 1) {
+        ce_num += shfl_xor(ce_num, off);
+        ce_den += shfl_xor(ce_den, off);
+      }
+    }
+    A* row = static_cast<A*>(L.partials) +
+             ((n * L.blocks_per_row + b) * kWarps + warp) * partial_row(a.C, true);
+    if (g == 0) {
+      A* out = row + L.c0 * 3;
+#pragma unroll
+      for (int k = 0; k < CPT; ++k) {
+        if (SLOT(k) < cw) {
+          out[SLOT(k) * 3 + 0] = accI[k];
+          out[SLOT(k) * 3 + 1] = accP[k];
+          out[SLOT(k) * 3 + 2] = accY[k];
+        }
+      }
+    }
+    if (lane == 0 && L.c0 == 0) {
+      row[a.C * 3 + 0] = ce_num;
+      row[a.C * 3 + 1] = ce_den;
+    }
+  }
+#undef CE_Q
+#undef LIVE
+#undef SLOT
+}
+
+// Softmax over many classes: per pixel, the maximum and 1/sum of the exponentials (online, one
+// read), and for the gradient also sum_c p_c g_c, and with the cross-entropy term its Q and
+// (forward) QL (a second read). One thread per pixel; kPixelValues values per pixel.
+template <class S, class TT, bool CLASS_MAP, bool FWD, bool CE>
+__global__ void __launch_bounds__(kThreads) pixel_prepass(const Launch L) {
+  using A = typename Acc<S>::type;
+  const KernelArgs& a = L.a;
+  const int64_t idx = int64_t(blockIdx.x) * kThreads + threadIdx.x;
+  if (idx >= a.N * a.M) return;
+  const int64_t n = idx / a.M, m = idx % a.M;
+  const A sharp = A(a.options.sharpness);
+  const S* xp = static_cast<const S*>(a.x) + n * a.x_sN + m * a.x_sM;
+  A mx = neg_inf<A>(), sum = A(0);
+  for (int64_t c = 0; c < a.C; ++c) {
+    const A l = softmax_arg(to_acc<A>(xp[c * a.x_sC]), sharp, a.options.from_logits);
+    const A nm = max_(mx, l);
+    // rescale the running sum to the new shift (nothing to rescale while it is 0)
+    const A rescale = softmax_exp(softmax_shift(mx), softmax_shift(nm));
+    sum = (sum == A(0) ? A(0) : sum * rescale) + softmax_exp(l, softmax_shift(nm));
+    mx = nm;
+  }
+  mx = softmax_shift(mx);
+  const A inv = softmax_inv_sum(sum);
+  constexpr bool ce = CE;
+  A dot = A(0), Q = A(0), QL = A(0);
+  if (!FWD || ce) {
+    A w = A(1);
+    if (a.w != nullptr) w = static_cast<const A*>(a.w)[n * a.w_sN + m * a.w_sM];
+    const TT* tp = static_cast<const TT*>(a.t) + n * a.t_sN + m * a.t_sM;
+    int64_t tc = -1;
+    bool ok = true;
+    if constexpr (CLASS_MAP) {
+      tc = int64_t(tp[0]);
+      ok = !is_ignored(a, tc);
+    }
+    const A keep = A(1) - A(a.options.label_smoothing);
+    const A spread = A(a.options.label_smoothing) / A(a.C);
+    for (int64_t c = 0; c < a.C && ok; ++c) {
+      const A l = softmax_arg(to_acc<A>(xp[c * a.x_sC]), sharp, a.options.from_logits);
+      A yc;
+      if constexpr (CLASS_MAP) {
+        yc = tc == c ? A(1) : A(0);
+      } else {
+        yc = to_acc<A>(tp[c * a.t_sC]);
+      }
+      if (!FWD) {
+        A gI, gP;
+        pair_gradient(a, n, c, gI, gP);
+        const A pc = softmax_exp(l, mx) * inv;
+        dot += pc * w * grad_p(pc, yc, gI, gP, a.options.intersection == Intersection::kMin,
+                                 a.options.squared);
+      }
+      if constexpr (ce) {
+        const A q = ce_class_weight<A>(a, c) * (keep * yc + spread);
+        Q += q;
+        QL += q * l;
+      }
+    }
+  }
+  A* out = static_cast<A*>(const_cast<void*>(L.pixel)) + idx * kPixelValues;
+  out[0] = mx;
+  out[1] = inv;
+  out[2] = dot;
+  out[3] = Q;
+  out[4] = QL;
+}
+
+}  // namespace detail
+}  // namespace cuda
+}  // namespace softiou
