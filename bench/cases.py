@@ -10,15 +10,20 @@ import torch
 @dataclasses.dataclass(frozen=True)
 class Case:
     name: str
-    group: str  # per-call | bar | ce | resolution | classes | dtype | layout | volume | signal
+    group: str  # per-call | bar | ce | counts | resolution | classes | dtype | layout | volume
+    #             | signal
     N: int
     C: int
     spatial: tuple
     dtype: str = "float32"
     mode: str = "multiclass"
     threads: int = 0     # CPU threads for this case (0: torch's default)
-    loss: str = "iou"    # "iou", or "ce+iou": cross-entropy plus the IoU loss (SPEC section 9)
-    target: str = "int64"  # the target's dtype: int64, or bool (a binary mask such as y > 0)
+    # "iou"; "ce+iou": cross-entropy plus the IoU loss (SPEC section 9); "iou+counts": the IoU
+    # loss and the hard counts of a validation metric (SPEC section 11)
+    loss: str = "iou"
+    # the target's dtype: a class map of int64, int32 or uint8 (multiclass), or a binary mask of
+    # int64 or bool (such as y > 0)
+    target: str = "int64"
     layout: str = "contiguous"  # the input's memory format: contiguous, or channels_last (4-D)
 
     @property
@@ -56,7 +61,8 @@ class Case:
         if self.layout == "channels_last":  # as a channels_last network's logits arrive
             x = x.contiguous(memory_format=torch.channels_last)
         if self.mode == "multiclass":
-            t = torch.randint(0, self.C, (self.N, *self.spatial), generator=g)
+            t = torch.randint(0, self.C, (self.N, *self.spatial), generator=g).to(
+                getattr(torch, self.target))
         else:
             t = (torch.rand(shape, generator=g) < 0.3).to(getattr(torch, self.target))
         return x.requires_grad_(), t.to(device)
@@ -66,8 +72,14 @@ class Case:
 CPU_BAR = Case("cpu-bar", "bar", 4, 19, (512, 1024))
 GPU_BAR = Case("gpu-bar", "bar", 8, 19, (1024, 2048))
 GPU_BAR_BF16 = Case("gpu-bar-bf16", "bar", 8, 19, (1024, 2048), "bfloat16")
+# the class map in 1 and 4 bytes: at bfloat16 an int64 map is a third of the forward's bytes
+GPU_BAR_U8 = Case("gpu-bar-u8", "bar", 8, 19, (1024, 2048), target="uint8")
+GPU_BAR_BF16_U8 = Case("gpu-bar-bf16-u8", "bar", 8, 19, (1024, 2048), "bfloat16", target="uint8")
+GPU_BAR_I32 = Case("gpu-bar-i32", "bar", 8, 19, (1024, 2048), target="int32")
 CPU_BAR_CE = Case("cpu-bar-ce", "ce", 4, 19, (512, 1024), loss="ce+iou")
 GPU_BAR_CE = Case("gpu-bar-ce", "ce", 8, 19, (1024, 2048), loss="ce+iou")
+CPU_BAR_COUNTS = Case("cpu-bar-counts", "counts", 4, 19, (512, 1024), loss="iou+counts")
+GPU_BAR_COUNTS = Case("gpu-bar-counts", "counts", 8, 19, (1024, 2048), loss="iou+counts")
 
 
 def per_call(device: str):
@@ -89,7 +101,8 @@ def sweep(device: str, size: str = "full"):
         return [Case("quick-call", "per-call", 2, 4, (16, 16), threads=1),
                 Case("quick", "resolution", 2, 5, (64, 96)),
                 Case("quick-binary", "classes", 2, 1, (64, 96), mode="binary"),
-                Case("quick-ce", "ce", 2, 5, (64, 96), loss="ce+iou")]
+                Case("quick-ce", "ce", 2, 5, (64, 96), loss="ce+iou"),
+                Case("quick-counts", "counts", 2, 5, (64, 96), loss="iou+counts")]
     N = 8 if gpu else 4
     resolutions = [(256, 256), (512, 512), (512, 1024), (1024, 1024), (1024, 2048)]
     if not gpu:
@@ -106,7 +119,9 @@ def sweep(device: str, size: str = "full"):
         Case("volume-128^3", "volume", 2, 14, (128, 128, 128) if gpu else (64, 128, 128)),
         Case("signal-1d", "signal", 256 if gpu else 64, 1, (16384,), mode="binary"),
     ]
-    bars = [GPU_BAR, GPU_BAR_BF16, GPU_BAR_CE] if gpu else [CPU_BAR, CPU_BAR_CE]
+    bars = [GPU_BAR, GPU_BAR_BF16, GPU_BAR_U8, GPU_BAR_BF16_U8, GPU_BAR_I32, GPU_BAR_CE,
+            GPU_BAR_COUNTS] if gpu \
+        else [CPU_BAR, CPU_BAR_CE, CPU_BAR_COUNTS]
     # the bar cases are also the largest resolution of the sweep on the GPU
     return per_call(device) + bars + [c for c in cases if not (gpu and c.spatial == (1024, 2048)
                                                                and c.dtype == "float32")]

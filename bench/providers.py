@@ -37,6 +37,12 @@ def _iou_only(case, what):
         raise Unavailable(f"{what} computes the IoU loss only")
 
 
+def _not_counts(case, what):
+    if case.loss == "iou+counts":
+        raise Unavailable(f"{what} does not count; the counts group times softiou's loss with "
+                          "and without them, and with torchmetrics' separate pass")
+
+
 def _softiou_available(backend):
     if backend not in softiou_cuda.available_backends("cuda" if backend in ("cuda", "triton")
                                                       else "cpu"):
@@ -47,8 +53,45 @@ def _softiou(backend):
     def make(case):
         _softiou_available(backend)
         mode, ce_weight = case.mode, _ce_weight(case)
+        if case.loss == "iou+counts":  # the loss and its counts from one pass
+            return lambda x, t: softiou_cuda.soft_iou_loss(x, t, mode=mode, backend=backend,
+                                                           return_stat_scores=True)[0]
         return lambda x, t: softiou_cuda.soft_iou_loss(x, t, mode=mode, backend=backend,
                                                        ce_weight=ce_weight)
+    return make
+
+
+def _softiou_without_counts(backend):
+    """softiou's IoU loss alone, in the counts cases: what the counts add to it is timed on the
+    same inputs."""
+    def make(case):
+        if case.loss != "iou+counts":
+            raise Unavailable("timed in the counts cases")
+        _softiou_available(backend)
+        mode = case.mode
+        return lambda x, t: softiou_cuda.soft_iou_loss(x, t, mode=mode, backend=backend)
+    return make
+
+
+def _softiou_and_torchmetrics(backend):
+    """softiou's loss, and torchmetrics' MulticlassJaccardIndex.update as the separate pass a
+    training loop makes for its metric today."""
+    def make(case):
+        if case.loss != "iou+counts":
+            raise Unavailable("timed in the counts cases")
+        _softiou_available(backend)
+        if importlib.util.find_spec("torchmetrics") is None:
+            raise Unavailable("torchmetrics is not installed")
+        if case.mode != "multiclass":
+            raise Unavailable("the multiclass cases only")
+        from torchmetrics.classification import MulticlassJaccardIndex
+        metric = MulticlassJaccardIndex(case.C, validate_args=False)
+
+        def fn(x, t):
+            loss = softiou_cuda.soft_iou_loss(x, t, backend=backend)
+            metric.to(x.device).update(x.detach(), t)
+            return loss
+        return fn
     return make
 
 
@@ -77,6 +120,7 @@ def _cross_entropy_and_softiou(backend):
 
 
 def _reference(case):
+    _not_counts(case, "the reference")
     mode, ce_weight = case.mode, _ce_weight(case)
     return lambda x, t: reference.soft_iou_loss(x, t, mode=mode, ce_weight=ce_weight,
                                                 check_values=False)
@@ -90,6 +134,7 @@ def _reference_compiled(case):
     """torch.compile of the reference. Where Inductor fails to build its persistent-reduction
     kernels (seen with torch 2.11 / Triton 3.6 on an H100), it retries with looped reductions
     (triton.persistent_reductions=False) and says so in the report."""
+    _not_counts(case, "the reference")
     key = (case.mode, case.loss)
     if key not in _compiled:
         mode, ce_weight = case.mode, _ce_weight(case)
@@ -115,15 +160,24 @@ def _reference_compiled(case):
     return _compiled[key]
 
 
+def _as_long(case, fn):
+    """A class map of another integer dtype as the peers and F.cross_entropy take it (int64), the
+    conversion timed with the call: what a user holding uint8 or int32 maps pays."""
+    if case.mode != "multiclass" or case.target == "int64":
+        return fn
+    return lambda x, t: fn(x, t.long())
+
+
 def _monai(case):
     if importlib.util.find_spec("monai") is None:
         raise Unavailable("monai is not installed")
+    _not_counts(case, "monai's loss")
     from monai.losses import DiceCELoss, DiceLoss
     # ce+iou: DiceCELoss(jaccard=True), its Jaccard plus the cross-entropy
     cls = DiceCELoss if case.loss == "ce+iou" else DiceLoss
     if case.mode == "multiclass":
         loss = cls(jaccard=True, softmax=True, to_onehot_y=True, smooth_nr=0.0, smooth_dr=1e-7)
-        return lambda x, t: loss(x, t.unsqueeze(1))
+        return _as_long(case, lambda x, t: loss(x, t.unsqueeze(1)))
     loss = cls(jaccard=True, sigmoid=True, smooth_nr=0.0, smooth_dr=1e-7)
     return lambda x, t: loss(x, t.to(x.dtype))
 
@@ -135,7 +189,7 @@ def _kornia(case):
     if case.mode != "multiclass" or len(case.spatial) != 2:
         raise Unavailable("kornia's dice_loss takes 2-D multiclass maps only")
     from kornia.losses import dice_loss
-    return lambda x, t: dice_loss(x, t, average="macro", eps=1e-7)
+    return _as_long(case, lambda x, t: dice_loss(x, t, average="macro", eps=1e-7))
 
 
 def _smp(case):
@@ -144,12 +198,12 @@ def _smp(case):
         raise Unavailable("segmentation_models_pytorch is not installed")
     from segmentation_models_pytorch.losses import JaccardLoss
     loss = JaccardLoss(case.mode, from_logits=True, smooth=0.0, eps=1e-7)
-    return lambda x, t: loss(x, t)
+    return _as_long(case, lambda x, t: loss(x, t))
 
 
 def _cross_entropy(case):
     if case.mode == "multiclass":
-        return lambda x, t: F.cross_entropy(x, t)
+        return _as_long(case, lambda x, t: F.cross_entropy(x, t))
     return lambda x, t: F.binary_cross_entropy_with_logits(x, t.to(x.dtype))
 
 
@@ -164,6 +218,11 @@ def providers(device: str):
     out += [Provider(f"softiou-{b}-without-ce", _softiou_without_ce(b), metric="jaccard-only",
                      note="softiou's IoU loss alone (the cross-entropy + IoU cases)")
             for b in names]
+    out += [Provider(f"softiou-{b}-without-counts", _softiou_without_counts(b),
+                     note="softiou's IoU loss alone (the counts cases)") for b in names]
+    out += [Provider(f"softiou-{b}+torchmetrics", _softiou_and_torchmetrics(b),
+                     note="softiou's loss and torchmetrics' MulticlassJaccardIndex.update, the "
+                          "separate pass (the counts cases)") for b in names]
     out += [Provider(f"cross_entropy+softiou-{b}", _cross_entropy_and_softiou(b),
                      note="F.cross_entropy and softiou called apart (the cross-entropy + IoU "
                           "cases)") for b in names]

@@ -76,12 +76,38 @@ def _cross_entropy_group(res, device):
     return out
 
 
+def _counts_group(res, device):
+    """The loss with its hard counts (SPEC section 11) against the loss alone and against the
+    loss plus torchmetrics' separate pass, forward+backward, each side from the same run."""
+    out = {}
+    for case, backend in [(c, b) for c in sorted({r["case"] for r in res
+                                                  if r["case"].endswith("-counts")})
+                          for b in (("cpu",) if device == "cpu" else ("cuda", "triton"))]:
+        me = _get(res, case, f"softiou-{backend}")
+        if not me:
+            continue
+        f = _ms(me)
+        alone = _get(res, case, f"softiou-{backend}-without-counts")
+        apart = _get(res, case, f"softiou-{backend}+torchmetrics")
+        out[f"{case}-{backend}"] = {
+            "loss_and_counts_ms": f,
+            "loss_alone_ms": _ms(alone) if alone else None,
+            "time_over_loss_alone": (f / _ms(alone)) if alone else None,
+            "loss_and_torchmetrics_ms": _ms(apart) if apart else None,
+            "time_over_loss_and_torchmetrics": (f / _ms(apart)) if apart else None,
+            "peak_extra_over_logits": me.get("peak_extra_over_input"),
+            "alone_peak_extra_over_logits": alone.get("peak_extra_over_input") if alone else None,
+        }
+    return out
+
+
 def bars(report):
     """The figures of the performance targets, from the bar, per-call and cross-entropy cases
     (None where a side is missing)."""
     res = report["results"]
     out = {"per-call": _per_call(res, report["device"]),
-           "cross-entropy": _cross_entropy_group(res, report["device"])}
+           "cross-entropy": _cross_entropy_group(res, report["device"]),
+           "counts": _counts_group(res, report["device"])}
     if report["device"] == "cpu":
         me = _get(res, "cpu-bar", "softiou-cpu")
         if me:

@@ -5,6 +5,7 @@
 // sliced tensors are read in place without a copy.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 
 #include "generated/options.h"
@@ -87,7 +88,27 @@ struct KernelArgs {
   const void* ce_coef = nullptr;
   int64_t ce_sN = 0;
   int64_t g_sN = 0, g_sC = 0, g_sM = 0;
+
+  // SPEC section 11, the hard counts (statistics pass, stat_scores): where counts is not null,
+  // each work item also counts, per class, [tp, predicted, target, kept] into its own row of
+  // counts (int64; the CPU's rows are per item, the glue adds them per sample). A binary or
+  // multilabel element is predicted where x > count_threshold: log(t / (1 - t)) for logits (the
+  // exact order of sigmoid(x) > t), t rounded to the input dtype for probabilities.
+  int64_t* counts = nullptr;
+  double count_threshold = 0.0;
 };
+
+// Whether a statistics pass counts (SPEC section 11).
+inline bool counts_wanted(const CountsOptions& c) { return c.return_stat_scores; }
+
+// The input-space threshold of the binary/multilabel hard prediction (SPEC section 11), for an
+// input dtype whose rounding of t is round_to_input.
+template <class Round>
+inline double count_threshold_of(const StatsOptions& o, const CountsOptions& c,
+                                 Round&& round_to_input) {
+  if (o.from_logits) return std::log(c.threshold) - std::log1p(-c.threshold);
+  return round_to_input(c.threshold);
+}
 
 inline bool accumulates_in_double(const KernelArgs& a) { return a.x_dtype == DType::kFloat64; }
 

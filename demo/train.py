@@ -30,18 +30,6 @@ from .model import UNet
 LOSSES = ("cross_entropy", "jaccard", "cross_entropy+jaccard")
 
 
-def confusion(pred, target, classes=NUM_CLASSES):
-    idx = target.flatten() * classes + pred.flatten()
-    return torch.bincount(idx, minlength=classes * classes).reshape(classes, classes)
-
-
-def iou_from_confusion(cm):
-    """Hard IoU per class: TP / (TP + FP + FN)."""
-    cm = cm.double()
-    tp = cm.diag()
-    return tp / (cm.sum(0) + cm.sum(1) - tp).clamp_min(1)
-
-
 def augment(images, labels, step):
     """The same flips and quarter turns for images and labels, chosen by the step."""
     g = torch.Generator().manual_seed(step)
@@ -63,14 +51,16 @@ def loss_fn(name, logits, target, group):
 
 
 def evaluate(model, images, labels, batch):
+    """Hard IoU per class over the validation set, TP / (TP + FP + FN) (0 for a class absent
+    from both the labels and the predictions): softiou's counts of each batch (one pass over the
+    logits), summed by its epoch metric."""
     model.eval()
-    cm = torch.zeros(NUM_CLASSES, NUM_CLASSES, dtype=torch.long, device=images.device)
+    metric = softiou_cuda.metrics.JaccardIndex(NUM_CLASSES, average="none")
     with torch.no_grad():
         for i in range(0, len(images), batch):
-            pred = model(images[i:i + batch]).argmax(1)
-            cm += confusion(pred, labels[i:i + batch])
+            metric.update(model(images[i:i + batch]), labels[i:i + batch])
     model.train()
-    return iou_from_confusion(cm.cpu())
+    return metric.compute().double().cpu()
 
 
 def train_one(name, args, train, val, device, rank, world, group, progress):
@@ -227,7 +217,7 @@ def main(argv=None):
         results[name] = {"iou": ious.tolist(), "miou": ious.mean().item(), "history": history,
                          "preds": preds}
     if rank == 0:
-        print("\nvalidation IoU (hard, from the confusion matrix):")
+        print("\nvalidation IoU (hard, from softiou's counts: softiou_cuda.metrics):")
         print(table(results))
         figures(results, val, args.out, args.size)
         summary = {k: {"iou": v["iou"], "miou": v["miou"], "history": v["history"]}

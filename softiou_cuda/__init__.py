@@ -11,7 +11,8 @@ softiou_cuda/options.py).
 
 from . import operators  # loads the compiled operators and registers their fake kernels
 from . import functional, reference
-from .api import SoftDiceLoss, SoftIoULoss, SoftTverskyLoss, soft_iou_loss
+from . import metrics
+from .api import SoftDiceLoss, SoftIoULoss, SoftTverskyLoss, soft_iou_loss, stat_scores
 from .interval import IntervalIoULoss, interval_iou_loss
 from .options import LossOptions, make_options
 from .route import available as available_backends
@@ -19,7 +20,8 @@ from .route import available as available_backends
 __version__ = "0.1.0"
 
 __all__ = [
-    "soft_iou_loss", "SoftIoULoss", "SoftDiceLoss", "SoftTverskyLoss", "interval_iou_loss",
+    "soft_iou_loss", "SoftIoULoss", "SoftDiceLoss", "SoftTverskyLoss", "stat_scores", "metrics",
+    "interval_iou_loss",
     "IntervalIoULoss", "LossOptions", "make_options", "functional", "available_backends",
     "reference", "operators", "__version__",
 ]

@@ -14,9 +14,9 @@ from typing import Optional, Sequence
 import torch
 
 from . import route
-from .options import LOSS_FIELDS, LossOptions, check, make_options
+from .options import LOSS_FIELDS, LossOptions, check, counts_args, make_options
 
-__all__ = ["soft_iou_loss", "SoftIoULoss", "SoftDiceLoss", "SoftTverskyLoss"]
+__all__ = ["soft_iou_loss", "SoftIoULoss", "SoftDiceLoss", "SoftTverskyLoss", "stat_scores"]
 
 
 # typed: True and 1, or 1 and 1.0, are different options (a bool is checked to be a bool)
@@ -52,8 +52,9 @@ def soft_iou_loss(input: torch.Tensor, target: torch.Tensor,
                   absent: str = "include", reduction: str = "mean", ce_weight: float = 0.0,
                   label_smoothing: float = 0.0, squared: bool = False,
                   smooth_dr: Optional[float] = None, weighted_mean: bool = True,
-                  w_type: str = "square", ce_pos_weight: float = 1.0, process_group=None,
-                  backend: str = "auto") -> torch.Tensor:
+                  w_type: str = "square", ce_pos_weight: float = 1.0, threshold: float = 0.5,
+                  return_stat_scores: bool = False, process_group=None,
+                  backend: str = "auto"):
     """Soft IoU (Jaccard), Dice or Tversky loss, fused (see SPEC.md and the README).
 
     Args:
@@ -93,6 +94,12 @@ def soft_iou_loss(input: torch.Tensor, target: torch.Tensor,
         w_type: ``"square"``, ``"simple"`` or ``"uniform"``: the generalized Dice score's class
             weights ``1/Y²``, ``1/Y`` or 1.
         ce_pos_weight: ``pos_weight`` of the binary cross-entropy term.
+        return_stat_scores: also return the hard ``(tp, fp, tn, fn)`` per (sample, class),
+            int64 ``[N, C, 4]``, counted in the same pass (SPEC section 11; see
+            :func:`stat_scores`): ``(loss, stat_scores)``. The loss and its gradient are those
+            of the call without it.
+        threshold: the hard prediction of binary/multilabel counts, ``sigmoid(x) > threshold``
+            (``x > threshold`` for probabilities).
         process_group: with ``per_image=False``, sum the statistics over the ranks of this
             ``torch.distributed`` group (differentiably): the IoU of the global batch.
         backend: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"triton"`` or ``"reference"``.
@@ -103,14 +110,43 @@ def soft_iou_loss(input: torch.Tensor, target: torch.Tensor,
                 smooth, eps, classes, include_background, ignore_index, per_image, absent,
                 reduction, ce_weight, label_smoothing, squared, smooth_dr, weighted_mean, w_type,
                 ce_pos_weight)
+    if return_stat_scores or threshold != 0.5:  # (the default is valid: no check per call)
+        _check_counts(threshold, return_stat_scores)
+    if return_stat_scores:
+        return route.loss_and_stat_scores(input, target, weight, class_weight, o, backend,
+                                          process_group, counts_args(threshold, True))
     return route.loss(input, target, weight, class_weight, o, backend, process_group)
+
+
+def _check_counts(threshold, return_stat_scores) -> None:
+    check({"threshold": threshold, "return_stat_scores": return_stat_scores})
+
+
+def stat_scores(input: torch.Tensor, target: torch.Tensor, *, mode: str = "multiclass",
+                from_logits: bool = True, threshold: float = 0.5,
+                ignore_index: Optional[int] = None, backend: str = "auto") -> torch.Tensor:
+    """The hard true positives, false positives, true negatives and false negatives per
+    (sample, class), int64 ``[N, C, 4]`` in the order ``(tp, fp, tn, fn)``, from one pass over
+    the input and the target (SPEC section 11); no gradient.
+
+    The prediction is the first maximal class of the input (multiclass, as ``torch.argmax``), or
+    ``sigmoid(x) > threshold`` (``x > threshold`` with ``from_logits=False``) per element; the
+    target a class map, a 0/1 integer tensor, or a dense one (its first maximal class, or
+    ``y > 0.5``). Pixels (elements) at ``ignore_index`` count nowhere. Equal to torchmetrics'
+    ``multiclass_stat_scores`` / ``binary_stat_scores`` / ``multilabel_stat_scores`` with
+    ``average=None, multidim_average="samplewise"`` (their first four columns; binary ``C = 1``).
+    """
+    _check_counts(threshold, True)
+    o = make_options(mode=mode, from_logits=from_logits, ignore_index=ignore_index)
+    return route.counts_only(input, target, o, backend, counts_args(threshold, True))
 
 
 class SoftIoULoss(torch.nn.Module):
     """Module form of :func:`soft_iou_loss`; the options are checked once, at construction.
 
-    ``forward(input, target, weight=None)``. ``class_weight`` is kept as a buffer (it follows
-    ``.to(device)``) and its values are checked here.
+    ``forward(input, target, weight=None)``; with ``return_stat_scores=True`` it returns
+    ``(loss, stat_scores)`` (see :func:`soft_iou_loss`). ``class_weight`` is kept as a buffer
+    (it follows ``.to(device)``) and its values are checked here.
     """
 
     def __init__(self, mode: str = "multiclass", *, from_logits: bool = True,
@@ -122,8 +158,8 @@ class SoftIoULoss(torch.nn.Module):
                  per_image: bool = True, absent: str = "include", reduction: str = "mean",
                  ce_weight: float = 0.0, label_smoothing: float = 0.0, squared: bool = False,
                  smooth_dr: Optional[float] = None, weighted_mean: bool = True,
-                 w_type: str = "square", ce_pos_weight: float = 1.0, process_group=None,
-                 backend: str = "auto"):
+                 w_type: str = "square", ce_pos_weight: float = 1.0, threshold: float = 0.5,
+                 return_stat_scores: bool = False, process_group=None, backend: str = "auto"):
         super().__init__()
         self.options = make_options(
             mode=mode, from_logits=from_logits, sharpness=sharpness, intersection=intersection,
@@ -136,6 +172,8 @@ class SoftIoULoss(torch.nn.Module):
         check(dict(self.options._asdict(), backend=backend),
               has_class_weight=class_weight is not None)
         route.check_process_group(self.options, process_group)
+        _check_counts(threshold, return_stat_scores)
+        self.threshold, self.return_stat_scores = threshold, return_stat_scores
         if class_weight is not None:
             class_weight = torch.as_tensor(class_weight, dtype=torch.float32)
             if class_weight.dim() != 1 or not torch.isfinite(class_weight).all() \
@@ -147,7 +185,11 @@ class SoftIoULoss(torch.nn.Module):
         self.backend = backend
 
     def forward(self, input: torch.Tensor, target: torch.Tensor,
-                weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+                weight: Optional[torch.Tensor] = None):
+        if self.return_stat_scores:  # (loss, stat_scores)
+            return route.loss_and_stat_scores(input, target, weight, self.class_weight,
+                                              self.options, self.backend, self.process_group,
+                                              counts_args(self.threshold, True))
         return route.loss(input, target, weight, self.class_weight, self.options, self.backend,
                           self.process_group)
 

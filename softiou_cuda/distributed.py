@@ -59,3 +59,12 @@ def all_reduce_sum(tensor: torch.Tensor, group, *, fallback: bool | None = None)
     if fallback:
         return _AllReduceSum.apply(tensor, group)
     return _sum_over_ranks(tensor, group)
+
+
+def all_reduce_counts(counts: torch.Tensor, group) -> torch.Tensor:
+    """Integer counts (the metrics' ``[C, 4]``) summed over the ranks of ``group``: exact, so the
+    same on every rank whatever the order of the additions. A new tensor; ``counts`` is kept."""
+    import torch.distributed as dist
+    out = counts.clone()
+    dist.all_reduce(out, op=dist.ReduceOp.SUM, group=group)
+    return out

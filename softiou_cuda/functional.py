@@ -41,7 +41,8 @@ def statistics(input: Tensor, target: Tensor, weight: Optional[Tensor],
     """The statistics pass (SPEC section 3): ``I, P, Y`` per (sample, class) ``[N, C, 3]``, and
     the cross-entropy's numerator and denominator per sample ``[N, 2]`` (zeros unless
     ``options.ce_weight > 0``; SPEC section 9), differentiable with respect to the input."""
-    return route.statistics(input, target, weight, class_weight, options, backend)
+    stats, ce, _ = route.statistics(input, target, weight, class_weight, options, backend)
+    return stats, ce
 
 
 def finalize(stats: Tensor, ce: Optional[Tensor], class_weight: Optional[Tensor],

@@ -71,10 +71,11 @@ def _same_device(first, **others):
 
 def stats_fake(input, target, weight=None, class_weight=None, *args, **kwargs):
     _same_device(input, target=target, weight=weight, class_weight=class_weight)
-    shapes = declared.stats_shapes(input.shape, declared.named(declared.STATS_FIELDS, args,
-                                                               kwargs))
+    fields = declared.STATS_FIELDS + declared.COUNTS_FIELDS
+    stats, ce, counts = declared.stats_shapes(input.shape, declared.named(fields, args, kwargs))
     acc = accumulation_dtype(input.dtype)
-    return tuple(input.new_empty(shape, dtype=acc) for shape in shapes)
+    return (input.new_empty(stats, dtype=acc), input.new_empty(ce, dtype=acc),
+            input.new_empty(counts, dtype=torch.int64))
 
 
 def stats_backward_fake(grad_stats, grad_ce, grad_out, input, target, weight=None,
@@ -102,8 +103,9 @@ if HAS_EXTENSION:
 # The loss under the torch.func transforms
 # ---------------------------------------------------------------------------------------------
 def _below_autograd_loss(input, target, weight, class_weight, options, backend):
-    stats, ce = torch.ops.softiou.stats(input, target, weight, class_weight,
-                                        *declared.stats_args(options), backend)
+    stats, ce, _ = torch.ops.softiou.stats(input, target, weight, class_weight,
+                                           *declared.stats_args(options),
+                                           *declared.counts_args(), backend)
     return torch.ops.softiou.finalize(stats, ce, class_weight,
                                       *declared.finalize_args(options), backend)
 

@@ -28,6 +28,7 @@ from typing import List, NamedTuple, Optional, Tuple
 # The phases of a call (an option is read by one or more):
 STATISTICS = "statistics"    # the fused pass over the pixels: softiou::stats, stats_backward
 FINALIZE = "finalize"        # from the statistics to the loss: softiou::finalize
+COUNTS = "counts"            # the hard counts the statistics pass adds when asked (softiou::stats)
 ROUTE = "route"              # which implementation runs: every operator's last argument
 
 
@@ -106,6 +107,12 @@ OPTIONS: Tuple[Option, ...] = (
     Option("ce_pos_weight", "float", 1.0, (STATISTICS,),
            "pos_weight of the binary cross-entropy (10)",
            rule="v >= 0", what="a finite number >= 0"),
+    Option("threshold", "float", 0.5, (COUNTS,),
+           "binary/multilabel hard prediction: sigmoid(x) > threshold, or x > threshold for "
+           "probabilities (11)", rule="0 < v < 1", what="a number in (0, 1)"),
+    Option("return_stat_scores", "bool", False, (COUNTS,),
+           "also return the hard tp, fp, tn, fn per (sample, class), counted in the same pass "
+           "(11)"),
     Option("backend", "str", "auto", (ROUTE,),
            "the implementation: auto (the fused kernels of the tensor's device), cpu, cuda, "
            "triton or reference", choices=("auto", "cpu", "cuda", "triton", "reference")),
@@ -177,10 +184,12 @@ OPERATORS: Tuple[Operator, ...] = (
              "the loss: the statistics pass and the finalize step forward, one gradient pass "
              "backward"),
     Operator("stats", "Tensor input, Tensor target, Tensor? weight=None, "
-             "Tensor? class_weight=None", (STATISTICS,), "(Tensor stats, Tensor ce)",
-             "the statistics pass: I, P, Y per (sample, class) [N, C, 3], and the "
+             "Tensor? class_weight=None", (STATISTICS, COUNTS),
+             "(Tensor stats, Tensor ce, Tensor stat_scores)",
+             "the statistics pass: I, P, Y per (sample, class) [N, C, 3], the "
              "cross-entropy's numerator and denominator per sample [N, 2] (zeros unless "
-             "ce_weight > 0)"),
+             "ce_weight > 0), and with return_stat_scores the hard tp, fp, tn, fn per (sample, "
+             "class) [N, C, 4] int64 (else [0])"),
     Operator("stats_backward", "Tensor grad_stats, Tensor? grad_ce, Tensor? grad_out, "
              "Tensor input, Tensor target, Tensor? weight=None, Tensor? class_weight=None",
              (STATISTICS,), "Tensor",
@@ -336,25 +345,38 @@ def _annotation(o: Option):
             "int?": Optional[int], "int[]?": Optional[List[int]]}[o.type]
 
 
-# Every option but the route, in schema order: what softiou::loss takes after its tensors, before
-# the backend. A NamedTuple, so that TorchScript takes it as a type (softiou_cuda.compat's modules
+# The options of softiou::loss (every option but the counts' and the route), in schema order: what
+# it takes after its tensors, before the backend. A NamedTuple, so that TorchScript takes it as a type (softiou_cuda.compat's modules
 # are scriptable) and torch.compile as a constant.
-LossOptions = NamedTuple("LossOptions", [(o.name, _annotation(o)) for o in OPTIONS
-                                         if ROUTE not in o.phases])
-LossOptions.__new__.__defaults__ = tuple(o.default for o in OPTIONS if ROUTE not in o.phases)
+_LOSS_OPTIONS = options_of((STATISTICS, FINALIZE))
+LossOptions = NamedTuple("LossOptions", [(o.name, _annotation(o)) for o in _LOSS_OPTIONS])
+LossOptions.__new__.__defaults__ = tuple(o.default for o in _LOSS_OPTIONS)
 LossOptions._field_defaults = dict(zip(LossOptions._fields, LossOptions.__new__.__defaults__))
 LossOptions.__module__ = __name__
-LossOptions.__doc__ = ("The options of a loss (every declared option but the backend), in the "
-                       "schema order of softiou::loss. Made and validated by make_options.")
+LossOptions.__doc__ = ("The options of a loss (every declared option but the counts' and the "
+                       "backend), in the schema order of softiou::loss. Made and validated by "
+                       "make_options.")
 
 LOSS_FIELDS = LossOptions._fields
 STATS_FIELDS = tuple(o.name for o in options_of((STATISTICS,)))
 FINALIZE_FIELDS = tuple(o.name for o in options_of((FINALIZE,)))
+COUNTS_FIELDS = tuple(o.name for o in options_of((COUNTS,)))
+# the counts' option that asks for them (the others say how to count)
+RETURNS_COUNTS = "return_stat_scores"
 
 
 def stats_args(o: LossOptions) -> tuple:
-    """The options of softiou::stats and stats_backward (before the backend), in schema order."""
+    """The statistics phase's options (softiou::stats_backward's, before the backend), in schema
+    order."""
     return tuple(getattr(o, name) for name in STATS_FIELDS)
+
+
+def counts_args(threshold: float = BY_NAME["threshold"].default,
+                return_stat_scores: bool = BY_NAME["return_stat_scores"].default) -> tuple:
+    """The counts' options, which softiou::stats takes after the statistics phase's (before the
+    backend), in schema order."""
+    values = {"threshold": threshold, "return_stat_scores": return_stat_scores}
+    return tuple(values[name] for name in COUNTS_FIELDS)
 
 
 def finalize_args(o: LossOptions) -> tuple:
@@ -406,10 +428,10 @@ def loss_shape(rows: int, num_classes: int, per_image: bool, reduction: str,
 
 
 def stats_shapes(input_shape, values: dict) -> tuple:
-    """The shapes of softiou::stats' outputs (stats, ce) for an input of this shape and the
-    statistics' options by name."""
+    """The shapes of softiou::stats' outputs (stats, ce, stat_scores) for an input of this shape
+    and its options by name."""
     N, C = input_shape[0], input_classes(input_shape, values["mode"])
-    return (N, C, 3), (N, 2)
+    return (N, C, 3), (N, 2), ((N, C, 4) if values["return_stat_scores"] else (0,))
 
 
 def finalize_shapes(rows: int, num_classes: int, values: dict) -> tuple:

@@ -6,8 +6,8 @@ target the fused kernels never build).
 
 It shares no code with the fused backends (softiou_cuda.options, the C++ and Triton kernels), which
 it checks: sections 1 and 7 (inputs, options, errors), 2-3 (probabilities,
-statistics), 4-5 (scores, loss, reduction), 9 (the cross-entropy term) and 10 (the peers'
-formulas) are the functions below.
+statistics), 4-5 (scores, loss, reduction), 9 (the cross-entropy term), 10 (the peers'
+formulas) and 11 (the hard counts) are the functions below.
 """
 
 from __future__ import annotations
@@ -511,6 +511,58 @@ def cross_entropy_sums(x: torch.Tensor, t: torch.Tensor, w: Optional[torch.Tenso
     bce = (pos * y + 1 - y) * softplus - pos * y * z
     v = valid.to(acc)
     return (v * pw.unsqueeze(1) * c_b * bce).sum(), v.sum()
+
+
+def stat_scores(input: torch.Tensor, target: torch.Tensor, *, mode: str = "multiclass",
+                from_logits: bool = True, threshold: float = 0.5,
+                ignore_index: Optional[int] = None) -> torch.Tensor:
+    """Section 11: the hard ``(tp, fp, tn, fn)`` per (sample, class), int64 ``[N, C, 4]``: the
+    prediction the first maximal class (multiclass) or ``sigmoid(x) > threshold`` (``x >
+    threshold`` for probabilities), counted over the kept pixels (elements) of the target."""
+    x, t, _ = normalize_inputs(input, target, None, mode)
+    if not (isinstance(threshold, (int, float)) and not isinstance(threshold, bool)
+            and 0 < threshold < 1):
+        raise ValueError(f"threshold must be a number in (0, 1); got {threshold!r}")
+    N, C = x.shape[0], x.shape[1]
+    class_map = t.dim() < x.dim()  # [N, *S]: a class map (multiclass, or multilabel's)
+    x = x.reshape(N, C, -1)
+    if mode == "multiclass":
+        pred = F.one_hot(x.argmax(dim=1), C).movedim(-1, 1).bool()  # torch.argmax: the first
+        if t.dtype in CLASS_MAP_DTYPES:
+            t = t.reshape(N, -1).long()
+            keep = (t >= 0) & (t < C)
+            if ignore_index is not None:
+                keep &= t != ignore_index
+            true = F.one_hot(torch.where(keep, t, 0), C).movedim(-1, 1).bool()
+            keep = keep.unsqueeze(1)
+        else:  # a dense target's first maximal class
+            y = t.reshape(N, C, -1)
+            y = y if y.is_floating_point() else y.to(torch.uint8)  # (argmax takes no bool)
+            true = F.one_hot(y.argmax(dim=1), C).movedim(-1, 1).bool()
+            keep = torch.ones_like(true)
+    else:
+        pred = (torch.sigmoid(x.double()) > threshold) if from_logits else (x > threshold)
+        if class_map:  # multilabel of a class map
+            t = t.reshape(N, -1).long()
+            keep = (t >= 0) & (t < C)
+            if ignore_index is not None:
+                keep &= t != ignore_index
+            true = F.one_hot(torch.where(keep, t, 0), C).movedim(-1, 1).bool()
+            keep = keep.unsqueeze(1)
+        elif t.dtype in CLASS_MAP_DTYPES:
+            t = t.reshape(N, C, -1).long()
+            keep = (t == 0) | (t == 1)
+            if ignore_index is not None:
+                keep &= t != ignore_index
+            true = t == 1
+        else:
+            t = t.reshape(N, C, -1)
+            keep = (t != ignore_index) if ignore_index is not None else torch.ones_like(t).bool()
+            true = t.double() > 0.5
+    keep = keep.expand_as(pred)
+    count = lambda m: (m & keep).sum(dim=-1)  # noqa: E731
+    return torch.stack((count(pred & true), count(pred & ~true), count(~pred & ~true),
+                        count(~pred & true)), dim=-1)
 
 
 def statistics_per_sample(input: torch.Tensor, target: torch.Tensor,

@@ -23,6 +23,7 @@ to ``torch.ops`` what it does not take (tensor subclasses, a TorchFunctionMode).
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import os
 import warnings
 
@@ -155,15 +156,52 @@ def loss(input, target, weight, class_weight, options: LossOptions, backend: str
     return _loss_op(input, target, weight, class_weight, *options, name)
 
 
-def statistics(input, target, weight, class_weight, options: LossOptions, backend: str):
-    """The statistics pass: ``(stats [N, C, 3], ce [N, 2])`` (SPEC sections 3, 9),
-    differentiable."""
+def loss_and_stat_scores(input, target, weight, class_weight, options: LossOptions, backend: str,
+                         process_group, counts: tuple):
+    """The loss and the hard counts ``[N, C, 4]`` (SPEC section 11) from one statistics pass: the
+    statistics operator asked for the counts (``counts``: the counts' options,
+    ``options.counts_args``), then the finalize step. The loss and its gradient are those of
+    :func:`loss` bit for bit (the same kernels; tests/test_stat_scores.py)."""
+    _check_input(input)
+    name = resolve(backend, input.device)
+    check_process_group(options, process_group)
+    if name == "reference":
+        return (loss(input, target, weight, class_weight, options, name, process_group),
+                _reference_counts(input, target, options, counts))
+    if torch._C._are_functorch_transforms_active():  # the C++ nodes are refused there
+        with torch.no_grad():
+            scores = statistics(input, target, weight, class_weight, options, name, counts)[2]
+        return loss(input, target, weight, class_weight, options, name, process_group), scores
+    stats, ce, scores = statistics(input, target, weight, class_weight, options, name, counts)
+    if process_group is not None:
+        stats = _pooled(stats, process_group)
+    return finalize(stats, ce, class_weight, options, name), scores
+
+
+def counts_only(input, target, options: LossOptions, backend: str, counts: tuple):
+    """The hard counts alone (SPEC section 11): the statistics pass asked for them, without a
+    graph."""
+    _check_input(input)
+    name = resolve(backend, input.device)
+    with torch.no_grad():
+        return statistics(input, target, None, None, options, name, counts)[2]
+
+
+def statistics(input, target, weight, class_weight, options: LossOptions, backend: str,
+               counts: tuple = declared.counts_args()):
+    """The statistics pass: ``(stats [N, C, 3], ce [N, 2], counts)`` (SPEC sections 3, 9, 11),
+    differentiable in the first two; the hard counts ``[N, C, 4]`` int64 where ``counts`` (the
+    counts' options) asks for them, else an empty tensor."""
     _check_input(input)
     name = resolve(backend, input.device)
     if name == "reference":
-        return _reference_statistics(input, target, weight, class_weight, options)
+        stats, ce = _reference_statistics(input, target, weight, class_weight, options)
+        wanted = dict(zip(declared.COUNTS_FIELDS, counts))[declared.RETURNS_COUNTS]
+        scores = (_reference_counts(input, target, options, counts) if wanted
+                  else torch.empty(0, dtype=torch.int64, device=input.device))
+        return stats, ce, scores
     return torch.ops.softiou.stats(input, target, weight, class_weight,
-                                   *declared.stats_args(options), name)
+                                   *declared.stats_args(options), *counts, name)
 
 
 def finalize(stats, ce, class_weight, options: LossOptions, backend: str) -> torch.Tensor:
@@ -177,6 +215,18 @@ def finalize(stats, ce, class_weight, options: LossOptions, backend: str) -> tor
                                       name)[0]
 
 
+def _reference_counts(input, target, options, counts):
+    """reference.stat_scores with the options it takes (its keyword arguments, by name)."""
+    values = dict(options._asdict(), **dict(zip(declared.COUNTS_FIELDS, counts)))
+    takes = inspect.signature(reference.stat_scores).parameters
+    return reference.stat_scores(input, target, **{k: v for k, v in values.items() if k in takes})
+
+
+def _pooled(stats, group):
+    """The statistics summed over the batch and over the ranks of `group` (differentiably)."""
+    return distributed.all_reduce_sum(stats.sum(dim=0, keepdim=True), group)
+
+
 def _reference_statistics(input, target, weight, class_weight, options):
     return reference.statistics_per_sample(input, target, weight, class_weight=class_weight,
                                            **options._asdict())
@@ -186,6 +236,5 @@ def _pooled_over_ranks(input, target, weight, class_weight, options, name, group
     """``per_image=False`` over a process group: the statistics of this rank's batch, summed over
     the batch and over the ranks (a differentiable all-reduce), then the finalize step. The
     cross-entropy term (SPEC section 9) stays this rank's mean, as F.cross_entropy's does."""
-    stats, ce = statistics(input, target, weight, class_weight, options, name)
-    pooled = distributed.all_reduce_sum(stats.sum(dim=0, keepdim=True), group)
-    return finalize(pooled, ce, class_weight, options, name)
+    stats, ce, _ = statistics(input, target, weight, class_weight, options, name)
+    return finalize(_pooled(stats, group), ce, class_weight, options, name)

@@ -44,6 +44,22 @@ def test_benchmark_quick_sweep(tmp_path):
     assert (tmp_path / "t-time.png").exists() and (tmp_path / "t.txt").exists()
 
 
+def test_benchmark_counts_group(tmp_path):
+    """The loss with its hard counts, the loss alone and the loss plus torchmetrics' separate
+    pass, timed in one run and summarised in the report."""
+    from bench.run import main
+    main(["--device", "cpu", "--sweep", "quick", "--cases", "quick-counts", "--reps", "2",
+          "--warmup", "1", "--providers",
+          "softiou-cpu,softiou-cpu-without-counts,softiou-cpu+torchmetrics", "--no-memory",
+          "--out", str(tmp_path), "--tag", "c"])
+    report = json.load(open(tmp_path / "c.json"))
+    timed = {r["provider"]: r for r in report["results"] if "timing" in r}
+    assert set(timed) == {"softiou-cpu", "softiou-cpu-without-counts", "softiou-cpu+torchmetrics"}
+    assert all(r["check"]["ok"] for r in timed.values())
+    counts = report["bars"]["counts"]["quick-counts-cpu"]
+    assert counts["time_over_loss_alone"] > 0 and counts["time_over_loss_and_torchmetrics"] > 0
+
+
 def test_benchmark_channels_last_case():
     """The sweep's layout case hands the providers channels_last logits (a channels_last
     network's), on both devices' sweeps."""

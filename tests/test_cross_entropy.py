@@ -186,7 +186,7 @@ def test_opcheck_with_cross_entropy(device, mode, kind):
     torch.library.opcheck(torch.ops.softiou.loss.default, (x, t, w, cw, *o))
     args = (x, t, w, cw, *softiou_cuda.options.stats_args(o))
     torch.library.opcheck(torch.ops.softiou.stats.default, args)
-    stats, ce = torch.ops.softiou.stats(x.detach(), *args[1:])
+    stats, ce, _ = torch.ops.softiou.stats(x.detach(), *args[1:])
     torch.library.opcheck(torch.ops.softiou.stats_backward.default,
                           (torch.randn_like(stats), torch.randn_like(ce), None, x.detach(),
                            *args[1:]))

@@ -5,7 +5,8 @@ DistributedDataParallel get the loss and the parameter gradients of one process 
 batch (the cross-entropy term of SPEC section 9 stays each rank's own). Each configuration runs
 several times per session (a rank that dies at shutdown, or a
 warning in a training step, fails the test), and the pooled path traces with
-torch.compile(fullgraph=True)."""
+torch.compile(fullgraph=True). The hard counts of the same pass (SPEC section 11), summed over the
+ranks by the epoch metric, are those of the whole batch."""
 
 import os
 import socket
@@ -19,6 +20,7 @@ import torch.multiprocessing as mp
 import softiou_cuda
 from softiou_cuda import distributed as sdist
 from softiou_cuda import reference
+from softiou_cuda.metrics import JaccardIndex
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUNS = 3  # 2-rank runs per configuration and session
@@ -40,9 +42,10 @@ def _batch():
 
 
 def _loss(model, x, t, w, group, backend, ce_weight=0.0):
+    """(loss, the hard counts of the same pass)."""
     return softiou_cuda.soft_iou_loss(model(x), t, w, per_image=False, process_group=group,
                                       ignore_index=255, metric="dice", backend=backend,
-                                      ce_weight=ce_weight)
+                                      ce_weight=ce_weight, return_stat_scores=True)
 
 
 def _use_fallback_formula():
@@ -78,10 +81,18 @@ def _ddp_step(rank, backend, fallback, ce_weight, out):
     share = slice(rank * 2, rank * 2 + 2)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        loss = _loss(model, x[share], t[share], w[share], dist.group.WORLD, backend, ce_weight)
+        loss, counts = _loss(model, x[share], t[share], w[share], dist.group.WORLD, backend,
+                             ce_weight)
         loss.backward()
+        metric = JaccardIndex(4, average="none", ignore_index=255,
+                              process_group=dist.group.WORLD)
+        metric.update(counts)
+        iou = metric.compute()  # over the ranks; the metric's own counts stay this rank's
+        local = metric.counts.clone()
+        metric.sync()
     result = {"loss": loss.detach(), "grads": [p.grad.clone() for p in model.parameters()],
-              "warnings": [f"{w.category.__name__}: {w.message}" for w in caught]}
+              "warnings": [f"{w.category.__name__}: {w.message}" for w in caught],
+              "iou": iou, "local": local, "synced": metric.counts, "mine": counts.sum(0)}
     torch.save(result, f"{out}.{rank}")
 
 
@@ -128,9 +139,18 @@ def test_two_gloo_ranks_equal_one_process(tmp_path, backend, fallback, ce_weight
                        args=(2, _free_port(), _ddp_step, backend, fallback, ce_weight, out),
                        nprocs=2, start_method="spawn")
     want_losses, want_grads = _one_process(ce_weight)
+    x, t, _ = _batch()
+    with torch.no_grad():  # each rank's share through the model as the rank computes it
+        all_counts = sum(reference.stat_scores(_model()(x[s]), t[s], ignore_index=255).sum(0)
+                         for s in (slice(0, 2), slice(2, 4)))
+    want_iou = JaccardIndex(4, average="none", ignore_index=255)
+    want_iou.update(all_counts)
     for rank in range(2):
         got = torch.load(f"{out}.{rank}")
         assert got["warnings"] == [], got["warnings"]
+        assert torch.equal(got["local"], got["mine"])
+        assert torch.equal(got["synced"], all_counts)
+        assert torch.equal(got["iou"], want_iou.compute())
         torch.testing.assert_close(got["loss"], want_losses[rank], rtol=1e-6, atol=1e-7)
         for g, want in zip(got["grads"], want_grads):
             torch.testing.assert_close(g, want, rtol=1e-5, atol=1e-7)

@@ -77,10 +77,17 @@ SHARED_KERNEL_HEADERS = ("csrc/softiou_math.h", "csrc/kernel_args.h", "csrc/fina
                          "csrc/option_types.h")
 
 
+# The user API is one place too: the loss's functions and modules, and the epoch metrics, which
+# take the same options for their counts.
+USER_API = ("softiou_cuda/api.py", "softiou_cuda/metrics.py")
+
+
 def places(files):
     out = set()
     for f in files:
         family = next((fam for fam in FAMILIES if f.startswith(fam)), None)
+        if f in USER_API:
+            family = "the user API"
         out.add(family or ("csrc/ (shared kernel headers)" if f in SHARED_KERNEL_HEADERS else f))
     return sorted(out)
 

@@ -253,7 +253,7 @@ def test_compile_fullgraph_with_changing_float_options(device, backend, dynamic)
 
 def _pooled_loss(x, t, reduction):
     """The pooled path's operators: statistics, their batch sum, the finalize step."""
-    stats, _ = torch.ops.softiou.stats(x, t, None, None, "multiclass", True, 1.0, "product", 1)
+    stats, _, _ = torch.ops.softiou.stats(x, t, None, None, "multiclass", True, 1.0, "product", 1)
     return torch.ops.softiou.finalize(stats.sum(0, keepdim=True), None, per_image=False,
                                       reduction=reduction, metric="dice", classes=[0, 2])[0]
 
@@ -368,7 +368,7 @@ def test_opcheck_loss_phases(device, reduction, per_image, ce_weight):
     torch.library.opcheck(torch.ops.softiou.loss.default, (x, t, w, cw, *o))
     stats_args = softiou_cuda.options.stats_args(o)
     torch.library.opcheck(torch.ops.softiou.stats.default, (x, t, w, cw, *stats_args))
-    stats, ce = torch.ops.softiou.stats(xd, t, w, cw, *stats_args)
+    stats, ce, _ = torch.ops.softiou.stats(xd, t, w, cw, *stats_args)
     fin = {k: getattr(o, k) for k in softiou_cuda.options.FINALIZE_FIELDS}
     stats_g, ce_g = stats.clone().requires_grad_(), ce.clone().requires_grad_()
     torch.library.opcheck(torch.ops.softiou.finalize.default, (stats_g, ce_g, cw), fin)

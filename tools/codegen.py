@@ -173,7 +173,8 @@ def json_string(text: str) -> str:
 # ---------------------------------------------------------------------------------------------
 # options.h
 # ---------------------------------------------------------------------------------------------
-PHASE_STRUCTS = ((D.STATISTICS, "StatsOptions"), (D.FINALIZE, "FinalizeOptions"))
+PHASE_STRUCTS = ((D.STATISTICS, "StatsOptions"), (D.COUNTS, "CountsOptions"),
+                 (D.FINALIZE, "FinalizeOptions"))
 
 
 def options_h() -> str:
@@ -274,6 +275,14 @@ def operators_h() -> str:
         L.append(f"// arguments in all: {tensors} tensors, then the options")
         L.append(f"constexpr int k{camel(op.name)}Arguments = {tensors + len(opts) + len(route)};")
         L.append("")
+    # a phase's options by name, to pass on from any operator that takes them; and the defaults
+    # of the counts' (softiou::loss calls softiou::stats without them)
+    for phase, _ in PHASE_STRUCTS:
+        opts = D.options_of((phase,))
+        L.append(f"#define SOFTIOU_PHASE_{phase.upper()}_ARGS {', '.join(o.name for o in opts)}")
+    L.append("#define SOFTIOU_COUNTS_DEFAULTS "
+             + ", ".join(default_literal(o) for o in D.options_of((D.COUNTS,))))
+    L.append("")
     for o in D.OPTIONS:
         if o.type != "str":
             continue

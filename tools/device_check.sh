@@ -8,6 +8,14 @@
 #
 #   SOFTIOU_COMMIT=$(git rev-parse HEAD) bash tools/device_check.sh [env] [build] [test] [sanitize] [bench] [tune]
 #   (no stage: all of them; each stage builds first if the extension is not built)
+#
+# `quick` (make device-check-quick) is the check sized for a 15-minute lease: it ends within about
+# 8 minutes, build included, so that a lease holds a run, a fix and a second run. Each of its
+# stages runs under a wall-clock cap (seconds; override by the variables named):
+#   env, build (sm_90 only), gputest (the suite's CUDA and Triton cases, -v so that a capped run
+#   still names every test it ran; QUICK_TEST_CAP=120), sanitize (memcheck and racecheck on the
+#   small case; QUICK_SANITIZE_CAP=40 each), benchbars (the GPU bar cases, 256x256 and C=150 with
+#   softiou, the eager reference, the peers and F.cross_entropy; QUICK_BENCH_CAP=130).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/device-results}
@@ -16,9 +24,13 @@ PY=${PYTHON:-python3}
 mkdir -p "$OUT" "$WORK"
 export PYTHONUNBUFFERED=1
 STAGES=${*:-env build test sanitize bench tune}
+[ "$STAGES" = quick ] && STAGES="env build gputest sanitize benchbars" && QUICK=1
 
 log() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$WORK/summary.txt"; }
-pack() { cp "$WORK/summary.txt" "$OUT/" 2>/dev/null; tar -C "$WORK" -czf "$OUT/results.tar.gz" . ; }
+pack() {
+  cp "$WORK/summary.txt" "$OUT/" 2>/dev/null
+  cp "$WORK"/bench/*.json "$WORK"/bench/*.txt "$WORK"/bench/*.png "$OUT/" 2>/dev/null
+  tar -C "$WORK" -czf "$OUT/results.tar.gz" . ; }
 
 # optional peer wheels carried in .whl (monai, kornia, smp) for the benchmark
 if ls .whl/*.whl >/dev/null 2>&1 && [ ! -d /tmp/site ]; then
@@ -38,6 +50,7 @@ stage_env() {
 }
 
 stage_build() {
+  BUILD_TRIED=1
   local t0=$SECONDS
   MAX_JOBS=$(nproc) TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} \
     $PY -m pip install -v --no-build-isolation --no-deps -e . > "$WORK/build.log" 2>&1
@@ -47,7 +60,8 @@ stage_build() {
   $PY -c "import softiou_cuda as s; print('cuda kernels:', s.operators.has_cuda_kernels(), '| cpu isa:', s.operators.cpu_isa(), '| backends:', s.available_backends('cuda'))" 2>&1 | tee -a "$WORK/summary.txt"
 }
 
-ensure_built() { built || stage_build; }
+# one build attempt per run: a failed build is logged once, not retried by every stage
+ensure_built() { built || [ -n "${BUILD_TRIED:-}" ] || stage_build; }
 
 stage_test() {
   ensure_built
@@ -60,11 +74,38 @@ stage_test() {
   grep -E "^(FAILED|ERROR)" "$WORK/tests.log" | head -30 | tee -a "$WORK/summary.txt"
 }
 
+stage_gputest() {
+  ensure_built
+  local t0=$SECONDS
+  OMP_NUM_THREADS=1 timeout -k 5 ${QUICK_TEST_CAP:-120} $PY -m pytest tests -v -ra \
+    -p no:cacheprovider -n ${TEST_WORKERS:-14} --dist load --max-worker-restart 16 \
+    -k "${QUICK_TEST_K:-cuda or triton}" ${PYTEST_ARGS:-} > "$WORK/tests.log" 2>&1
+  local rc=$?
+  local passed failed
+  passed=$(grep -c " PASSED " "$WORK/tests.log")
+  failed=$(grep -cE " (FAILED|ERROR) " "$WORK/tests.log")
+  log "gpu tests (-k '${QUICK_TEST_K:-cuda or triton}'): rc=$rc$([ $rc -eq 124 ] && echo ' (stopped at the cap)') in $((SECONDS - t0)) s: $passed passed, $failed failed or errors; $(tail -1 "$WORK/tests.log")"
+  grep -E " (FAILED|ERROR) " "$WORK/tests.log" | sed 's/^\[gw[0-9]*\] \[ *[0-9]*%\] //' | sort -u \
+    | head -40 | tee -a "$WORK/summary.txt"
+}
+
+stage_benchbars() {
+  ensure_built
+  local t0=$SECONDS
+  SOFTIOU_COMMIT=${SOFTIOU_COMMIT:-unknown} timeout -k 5 ${QUICK_BENCH_CAP:-130} $PY -m bench \
+    --device cuda --out "$WORK/bench" --tag "${BENCH_TAG:-h200}" --reps 10 --budget 1 \
+    --cases "${QUICK_BENCH_CASES:-gpu-bar,call-256x256,classes-150}" \
+    --providers "${QUICK_BENCH_PROVIDERS:-softiou-cuda,softiou-triton,softiou-cuda-without-ce,cross_entropy+softiou-cuda,softiou-cuda-without-counts,softiou-cuda+torchmetrics,reference-eager,monai,kornia,smp,cross_entropy}" \
+    > "$WORK/bench.log" 2>&1
+  log "bench (bar cases): rc=$? in $((SECONDS - t0)) s"
+  sed -n '/^bars:/,/^}/p' "$WORK/bench.log" | tee -a "$WORK/summary.txt"
+}
+
 stage_sanitize() {
   ensure_built
   for tool in memcheck racecheck; do
     local t0=$SECONDS
-    PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool $tool --error-exitcode 3 \
+    PYTORCH_NO_CUDA_MEMORY_CACHING=1 ${QUICK:+timeout -k 5 ${QUICK_SANITIZE_CAP:-40}} compute-sanitizer --tool $tool --error-exitcode 3 \
       $PY tools/sanitize_case.py > "$WORK/sanitizer-$tool.log" 2>&1
     local rc=$?
     log "compute-sanitizer $tool: rc=$rc in $((SECONDS - t0)) s: $(grep -E '(ERROR|RACECHECK) SUMMARY' "$WORK/sanitizer-$tool.log" | tail -1)"

@@ -7,12 +7,14 @@ row_kernel       binary / multilabel: elementwise over a (sample, class) row.
 reduce_kernel    the fixed-order second stage over the programs' partial sums.
 finalize_kernel  the finalize step (csrc/finalize.h): from the partial sums to the loss and the
                  coefficients of its gradient, in one program.
+counts_kernel    the hard counts (tp, fp, tn, fn; SPEC section 11), where asked.
 
 The gradient kernels read the gradient of the loss with respect to I and P of each pair as
 ``go * coef`` (softiou_math.h: pair_gradient).
 
 Deterministic: the forward accumulates elementwise into a register tile across its loop and
-reduces it once at the end; the partials are added in program order by reduce_kernel. No atomics.
+reduces it once at the end; the partials are added in program order by reduce_kernel. No float
+atomics: only the hard counts add with atomics, integers, exact in any order.
 Invalid values (class index out of range, dense target outside [0, 1], negative weight,
 probability input outside [0, 1]) make the statistics NaN: Triton has no always-on device assert.
 """
@@ -366,6 +368,75 @@ def _ce_sums(part_ptr, first, count, stride, off, ACC: tl.constexpr, BLOCK: tl.c
         num += tl.load(part_ptr + i * stride + off, mask=mask, other=0.0).to(ACC)
         den += tl.load(part_ptr + i * stride + off + 1, mask=mask, other=0.0).to(ACC)
     return tl.sum(num, axis=0), tl.sum(den, axis=0)
+
+
+@triton.jit
+def counts_kernel(x_ptr, t_ptr, out_ptr, C, M, chunk, n_chunks, sxn, sxc, sxm, stn, stc, stm,
+                  thr_hi, thr_lo, ignore, MULTICLASS: tl.constexpr, CLASS_MAP: tl.constexpr,
+                  INT_TARGET: tl.constexpr, HAS_IGNORE: tl.constexpr, ACC: tl.constexpr,
+                  BLOCK_C: tl.constexpr, BLOCK_M: tl.constexpr):
+    """The hard counts of SPEC section 11: program (n, k) counts the pixels of chunk k of sample
+    n and adds its [C, 4] (tp, fp, tn, fn) to out[n] (int64, zeroed by the caller: integer
+    additions, exact in any order). The prediction is the first maximal class of the raw input
+    (multiclass) or x > thr (thr: the input-space threshold); the target a class map's class, an
+    integer element's 1, a dense target's first maximal class (multiclass) or y > 0.5."""
+    pid = tl.program_id(0).to(tl.int64)
+    n = pid // n_chunks
+    m0 = (pid % n_chunks) * chunk
+    cs = tl.arange(0, BLOCK_C)
+    cmask = cs < C
+    thr = _from_bits(thr_hi, thr_lo, ACC)
+    tp = tl.zeros([BLOCK_C], tl.int64)
+    fp = tl.zeros([BLOCK_C], tl.int64)
+    tn = tl.zeros([BLOCK_C], tl.int64)
+    fn = tl.zeros([BLOCK_C], tl.int64)
+    for i in range(0, chunk, BLOCK_M):
+        ms = m0 + i + tl.arange(0, BLOCK_M).to(tl.int64)
+        mmask = (ms < M) & (i + tl.arange(0, BLOCK_M) < chunk)
+        mask2 = cmask[:, None] & mmask[None, :]
+        x = tl.load(x_ptr + n * sxn + cs[:, None] * sxc + ms[None, :] * sxm, mask=mask2,
+                    other=float("-inf")).to(ACC)
+        if MULTICLASS:
+            # tl.argmax's ties go to the lowest index: torch.argmax's first maximal class
+            pred = cs[:, None] == tl.argmax(x, axis=0, tie_break_left=True)[None, :]
+        else:
+            pred = x > thr
+        if CLASS_MAP:
+            t = tl.load(t_ptr + n * stn + ms * stm, mask=mmask, other=-1).to(tl.int64)
+            keep = (t >= 0) & (t < C) & mmask
+            if HAS_IGNORE:
+                keep = keep & (t != ignore)
+            true = cs[:, None] == t[None, :]
+            keep = keep[None, :] & cmask[:, None]
+        elif MULTICLASS:  # a dense target's first maximal class
+            y = tl.load(t_ptr + n * stn + cs[:, None] * stc + ms[None, :] * stm, mask=mask2,
+                        other=0).to(ACC)
+            y = tl.where(mask2, y, float("-inf"))  # (a bool target cannot hold -inf)
+            true = cs[:, None] == tl.argmax(y, axis=0, tie_break_left=True)[None, :]
+            keep = mask2
+        elif INT_TARGET:
+            t = tl.load(t_ptr + n * stn + cs[:, None] * stc + ms[None, :] * stm, mask=mask2,
+                        other=-1).to(tl.int64)
+            keep = mask2 & ((t == 0) | (t == 1))
+            if HAS_IGNORE:
+                keep = keep & (t != ignore)
+            true = t == 1
+        else:
+            y = tl.load(t_ptr + n * stn + cs[:, None] * stc + ms[None, :] * stm, mask=mask2,
+                        other=0.0).to(ACC)
+            keep = mask2
+            if HAS_IGNORE:
+                keep = keep & (y != ignore)
+            true = y > 0.5
+        tp += tl.sum((keep & pred & true).to(tl.int64), axis=1)
+        fp += tl.sum((keep & pred & ~true).to(tl.int64), axis=1)
+        tn += tl.sum((keep & ~pred & ~true).to(tl.int64), axis=1)
+        fn += tl.sum((keep & ~pred & true).to(tl.int64), axis=1)
+    out = out_ptr + (n * C + cs) * 4
+    tl.atomic_add(out + 0, tp, mask=cmask)
+    tl.atomic_add(out + 1, fp, mask=cmask)
+    tl.atomic_add(out + 2, tn, mask=cmask)
+    tl.atomic_add(out + 3, fn, mask=cmask)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ Under ``TRITON_INTERPRET=1`` the kernels run on CPU tensors (slowly) through Tri
 from __future__ import annotations
 
 import inspect
+import math
 import os
 import struct
 from typing import List, Optional, Tuple
@@ -24,7 +25,7 @@ from .. import operators
 from .. import options as declared
 from ..operators import accumulation_dtype
 from . import configs, inputs
-from .kernels import finalize_kernel, pixel_kernel, reduce_kernel, row_kernel
+from .kernels import counts_kernel, finalize_kernel, pixel_kernel, reduce_kernel, row_kernel
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
@@ -234,21 +235,67 @@ def _broadcast_stride(t: Tensor, d: int, extent: int, name: str) -> int:
 @torch.library.triton_op("softiou::triton_stats", mutates_args=())
 @_declared("stats")
 def triton_stats(input: Tensor, target: Tensor, weight: Optional[Tensor] = None,
-                 class_weight: Optional[Tensor] = None, *options) -> Tuple[Tensor, Tensor]:
-    """The statistics [N, C, 3] and the cross-entropy's per-sample sums [N, 2] (zeros without
-    the term), computed by the Triton kernels."""
-    o = declared.named(declared.STATS_FIELDS, options, {})
+                 class_weight: Optional[Tensor] = None,
+                 *options) -> Tuple[Tensor, Tensor, Tensor]:
+    """The statistics [N, C, 3], the cross-entropy's per-sample sums [N, 2] (zeros without the
+    term) and, with return_stat_scores, the hard counts [N, C, 4] (else [0]), by the Triton kernels."""
+    o = declared.named(declared.STATS_FIELDS + declared.COUNTS_FIELDS, options, {})
     x, t, w = inputs.normalize_inputs(input, target, weight, o)
     N, C = x.shape[0], x.shape[1]
     acc = accumulation_dtype(x.dtype)
     with_ce = o["ce_weight"] > 0
     if with_ce:
         inputs.check_class_weight(class_weight, C, x.device)
+    counting = o["return_stat_scores"]
+    counts = torch.zeros((N, C, 4) if counting else (0,), dtype=torch.int64,
+                         device=x.device)
     if x.numel() == 0:
         return (torch.zeros((N, C, 3), dtype=acc, device=x.device),
-                torch.zeros((N, 2), dtype=acc, device=x.device))
+                torch.zeros((N, 2), dtype=acc, device=x.device), counts)
     part, n_chunks, pixel = _run(x, t, w, o, ce=with_ce, class_weight=class_weight)
-    return _reduce(part, N, C, n_chunks, pixel, with_ce)
+    stats, ce = _reduce(part, N, C, n_chunks, pixel, with_ce)
+    if counting:
+        _count(x, t, o, counts)
+    return stats, ce, counts
+
+
+def _count_threshold(o, dtype) -> float:
+    """The input-space threshold of the binary/multilabel hard prediction (as csrc/kernel_args.h:
+    count_threshold_of): log(t / (1 - t)) for logits, t rounded to the input dtype for
+    probabilities (as PyTorch compares a tensor with a number)."""
+    t = o["threshold"]
+    if o["from_logits"]:
+        return math.log(t) - math.log1p(-t)
+    if dtype == torch.float16:
+        return struct.unpack("<e", struct.pack("<e", t))[0]
+    if dtype in (torch.float32, torch.bfloat16):
+        t = struct.unpack("<f", struct.pack("<f", t))[0]
+    if dtype == torch.bfloat16:  # round to nearest even on the high 16 bits
+        bits = struct.unpack("<I", struct.pack("<f", t))[0]
+        bits = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16
+        t = struct.unpack("<f", struct.pack("<I", bits))[0]
+    return t
+
+
+def _count(input, target, o, out):
+    """The hard counts (SPEC section 11) into out [N, C, 4] (zeros): one launch of
+    counts_kernel."""
+    mode = o["mode"]
+    (x, sxn, sxc, sxm), (t, stn, stc, stm), _, N, C, M, acc, class_map = _prepare(
+        input, target, None, mode)
+    block_c, block_m, warps = configs.pixel_config(C, "forward")
+    tiles = _cdiv(M, block_m)
+    per_row = max(1, min(tiles, _cdiv(configs.programs_target(input.device, "forward"), N)))
+    chunk = _cdiv(tiles, per_row) * block_m
+    n_chunks = _cdiv(M, chunk)
+    ignore = o["ignore_index"]
+    _launcher(counts_kernel)[(N * n_chunks,)](
+        x, t, out, C, M, chunk, n_chunks, sxn, sxc, sxm, stn, stc, stm,
+        *_bits(_count_threshold(o, input.dtype)), int(ignore) if ignore is not None else 0,
+        MULTICLASS=mode == "multiclass", CLASS_MAP=class_map,
+        INT_TARGET=not t.dtype.is_floating_point and t.dtype != torch.bool,
+        HAS_IGNORE=ignore is not None, ACC=tl.float64 if acc == torch.float64 else tl.float32,
+        BLOCK_C=block_c, BLOCK_M=block_m, num_warps=warps)
 
 
 triton_stats.register_fake(operators.stats_fake)

@@ -34,7 +34,14 @@ inline void Kernel<A, S, TT, CLASS_MAP>::stats(int64_t chunk, int64_t ib, int64_
     for (int64_t i = 0; i < C * kTile; ++i) accI[i] = accP[i] = accY[i] = A(0);
     A ce_num = A(0), ce_den = A(0);  // the cross-entropy term, added tile by tile
     ItemError err;
-    if (fused_sigmoid(false) && !ce) {
+    // the hard counts of the item (SPEC section 11), where asked: [C][tp, predicted, target, kept]
+    int64_t* counts = a.counts == nullptr ? nullptr : a.counts + item * C * 4;
+    if (counts != nullptr) {
+      for (int64_t i = 0; i < C * 4; ++i) counts[i] = 0;
+    }
+    // (the counts read the tile's target buffers, which the fused sigmoid rows do not fill: the
+    // tiles below compute the same sums in the same order)
+    if (fused_sigmoid(false) && !ce && counts == nullptr) {
       const bool done = fused_sums(n, m_begin, m_end, accI, accP, accY);
       // a value not allowed: the tiles below find and report it
       if (!done) {
@@ -48,6 +55,7 @@ inline void Kernel<A, S, TT, CLASS_MAP>::stats(int64_t chunk, int64_t ib, int64_
         // class map, softmax of logits: X holds e, p = e / S. P takes every class, I and Y
         // the target class of each pixel; 1/S is folded into the pixel's weight
         prepare(tl, n, m, cnt, false, err, false, ce);
+        if (counts != nullptr) count_tile(tl, n, m, cnt, counts);
         A* ws = tl.aux;
         if (ce) {  // l = Q lse - QL, denominator v w c_t (section 9)
           A sn = A(0), sd = A(0);
@@ -65,6 +73,7 @@ inline void Kernel<A, S, TT, CLASS_MAP>::stats(int64_t chunk, int64_t ib, int64_
         continue;
       }
       prepare(tl, n, m, cnt, false, err, true, ce);
+      if (counts != nullptr) count_tile(tl, n, m, cnt, counts);
       if (ce && a.prob == Prob::kSoftmax) {  // denominator sum v w c_t (class map) or sum w
         A sn = A(0), sd = A(0);
         for (int t = 0; t < kTile; ++t) {

@@ -8,6 +8,7 @@
 //   class_map.h      the softmax with a class map: statistics and gradient
 //   dense.h          per-element targets through the tile buffers
 //   sigmoid_rows.h   per-element targets under a sigmoid of logits, without the tile buffers
+//   stat_scores.h    the hard counts of a tile (tp, fp, tn, fn; SPEC section 11)
 //   items.h          the work items, tile by tile through the path that fits
 //
 // and below, the dispatch on the dtypes and the table the glue calls (kernels.h).
@@ -22,6 +23,7 @@
 #include "class_map.h"
 #include "dense.h"
 #include "sigmoid_rows.h"
+#include "stat_scores.h"
 #include "items.h"
 
 namespace softiou {

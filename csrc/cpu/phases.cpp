@@ -85,15 +85,19 @@ void run_items(const Items& it, const Prepared& p, F&& body) {
 
 // The statistics [N][C][3] (accumulation dtype A) into `out` and the cross-entropy term's
 // per-sample sums [N][2] into `ce` (zeros without the term): the kernel's per-item partial sums,
-// added per sample in item order.
+// added per sample in item order. With `scores` (not null), also the hard counts [N][C][4]
+// (tp, fp, tn, fn) from the items' [C][tp, predicted, target, kept].
 template <class A>
-void compute_stats(const Prepared& p, A* out, A* ce) {
+void compute_stats(Prepared& p, A* out, A* ce, int64_t* scores) {
   const int64_t per = p.C * 3;
   std::fill(out, out + p.N * per, A(0));
   std::fill(ce, ce + p.N * 2, A(0));
+  if (scores != nullptr) std::fill(scores, scores + p.N * p.C * 4, int64_t(0));
   if (p.empty) return;
+  const Items it = plan(p.args);
+  std::vector<int64_t> counts(scores != nullptr ? it.count * p.C * 4 : 0);
+  if (scores != nullptr) p.args.counts = counts.data();
   const KernelArgs& a = p.args;
-  const Items it = plan(a);
   const int64_t row = cpu::partial_row(a.C);
   std::vector<A> partials(it.count * row);
   std::vector<cpu::ItemError> errors(it.count);
@@ -113,22 +117,43 @@ void compute_stats(const Prepared& p, A* out, A* ce) {
           ce[n * 2 + 1] += s[per + 1];
         }
       }
+      if (scores == nullptr) continue;
+      for (int64_t c = 0; c < a.C; ++c) {
+        int64_t tp = 0, predicted = 0, target = 0, kept = 0;
+        for (int64_t k2 = 0; k2 < it.per_sample; ++k2) {
+          const int64_t* q = counts.data() + ((n * it.per_sample + k2) * a.C + c) * 4;
+          tp += q[0];
+          predicted += q[1];
+          target += q[2];
+          kept += q[3];
+        }
+        int64_t* s = scores + (n * a.C + c) * 4;
+        s[0] = tp;
+        s[1] = predicted - tp;
+        s[2] = kept - predicted - target + tp;
+        s[3] = target - tp;
+      }
     }
   });
 }
 
-std::tuple<at::Tensor, at::Tensor> stats(const at::Tensor& input, const at::Tensor& target,
-                                         const std::optional<at::Tensor>& weight,
-                                         const std::optional<at::Tensor>& class_weight,
-                                         const StatsOptions& o) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> stats(const at::Tensor& input,
+                                                     const at::Tensor& target,
+                                                     const std::optional<at::Tensor>& weight,
+                                                     const std::optional<at::Tensor>& class_weight,
+                                                     const StatsOptions& o,
+                                                     const CountsOptions& counts) {
   Prepared p = prepare(input, target, weight, o);
   const at::Tensor cw = use_cross_entropy(p, class_weight, input.device(), true);
+  const bool counting = use_counts(p, counts, input);
   at::Tensor out = new_empty({p.N, p.C, 3}, p.acc);
   at::Tensor ce = new_empty({p.N, 2}, p.acc);
+  at::Tensor scores = counting ? new_empty({p.N, p.C, 4}, at::kLong) : new_empty({0}, at::kLong);
   AT_DISPATCH_FLOATING_TYPES(p.acc, "softiou_stats", [&] {
-    compute_stats<scalar_t>(p, out.data_ptr<scalar_t>(), ce.data_ptr<scalar_t>());
+    compute_stats<scalar_t>(p, out.data_ptr<scalar_t>(), ce.data_ptr<scalar_t>(),
+                            counting ? scores.data_ptr<int64_t>() : nullptr);
   });
-  return {out, ce};
+  return {out, ce, scores};
 }
 
 at::Tensor stats_backward(const at::Tensor& grad_stats, const std::optional<at::Tensor>& grad_ce,

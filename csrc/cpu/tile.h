@@ -324,6 +324,11 @@ struct Kernel {
   bool sigmoid_backward(int64_t n, int64_t m_begin, int64_t m_end, A gce) const;
   bool fused_backward(int64_t n, int64_t m_begin, int64_t m_end, A gce) const;
 
+  // stat_scores.h: the hard counts (SPEC section 11)
+  void count_classes(const Tile<A>& tl, const S* xp, int cnt, int64_t* __restrict__ counts) const;
+  void count_elements(const Tile<A>& tl, const S* xp, int cnt, int64_t* __restrict__ counts) const;
+  void count_tile(const Tile<A>& tl, int64_t n, int64_t m, int cnt, int64_t* counts) const;
+
   // items.h: the work items
   void stats(int64_t chunk, int64_t ib, int64_t ie, A* partials, A* scratch,
              ItemError* errors) const;

@@ -29,6 +29,10 @@ Plan plan_stats(const KernelArgs& a, int device);
 cudaError_t launch_stats(const KernelArgs& a, void* partials, void* pixel, void* out,
                          int device, cudaStream_t stream);
 
+// The hard counts (SPEC section 11): out[N][C][4] int64 (tp, fp, tn, fn), with
+// a.count_threshold set (kernels_counts.cu).
+cudaError_t launch_counts(const KernelArgs& a, void* out, int device, cudaStream_t stream);
+
 // Gradient: writes a.grad_x. `pixel` must hold plan_backward(a).pixel_elems elements.
 Plan plan_backward(const KernelArgs& a, int device);
 cudaError_t launch_backward(const KernelArgs& a, void* pixel, int device, cudaStream_t stream);

@@ -5,6 +5,7 @@
 // F.cross_entropy.
 //
 //   stats:          statistics kernel(s) + second stage (+ the cross-entropy's per-sample sums)
+//                   (+ the hard counts' kernel, with stat_scores)
 //   stats_backward: one gradient kernel
 //   finalize:       one kernel of one block
 #include <ATen/cuda/EmptyTensor.h>
@@ -33,21 +34,30 @@ at::DataPtr workspace(int64_t elems, at::ScalarType acc) {
   return c10::cuda::CUDACachingAllocator::get()->allocate(bytes);
 }
 
-std::tuple<at::Tensor, at::Tensor> stats(const at::Tensor& input, const at::Tensor& target,
-                                         const std::optional<at::Tensor>& weight,
-                                         const std::optional<at::Tensor>& class_weight,
-                                         const StatsOptions& o) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> stats(const at::Tensor& input,
+                                                     const at::Tensor& target,
+                                                     const std::optional<at::Tensor>& weight,
+                                                     const std::optional<at::Tensor>& class_weight,
+                                                     const StatsOptions& o,
+                                                     const CountsOptions& counts) {
   c10::cuda::CUDAGuard guard(input.device());
   Prepared p = prepare(input, target, weight, o);
   const at::Tensor cw = use_cross_entropy(p, class_weight, input.device(), true);
+  const bool counting = use_counts(p, counts, input);
   at::Tensor out = new_empty({p.N, p.C, 3}, p.acc, input.device());
   at::Tensor ce = new_empty({p.N, 2}, p.acc, input.device());
+  at::Tensor scores = new_empty(counting ? std::vector<int64_t>{p.N, p.C, 4}
+                                         : std::vector<int64_t>{0},
+                                at::kLong, input.device());
   const int dev = input.get_device();
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(dev);
+  if (counting) {  // (the pixels' checks are the statistics kernels')
+    C10_CUDA_CHECK(cuda::launch_counts(p.args, scores.data_ptr(), dev, stream));
+  }
   if (p.empty) {
     C10_CUDA_CHECK(cudaMemsetAsync(out.data_ptr(), 0, out.nbytes(), stream));
     C10_CUDA_CHECK(cudaMemsetAsync(ce.data_ptr(), 0, ce.nbytes(), stream));
-    return {out, ce};
+    return {out, ce, scores};
   }
   const cuda::Plan plan = cuda::plan_stats(p.args, dev);
   at::DataPtr partials = workspace(plan.partial_elems, p.acc);
@@ -60,7 +70,7 @@ std::tuple<at::Tensor, at::Tensor> stats(const at::Tensor& input, const at::Tens
   } else {
     C10_CUDA_CHECK(cudaMemsetAsync(ce.data_ptr(), 0, ce.nbytes(), stream));
   }
-  return {out, ce};
+  return {out, ce, scores};
 }
 
 at::Tensor stats_backward(const at::Tensor& grad_stats, const std::optional<at::Tensor>& grad_ce,

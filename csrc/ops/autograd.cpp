@@ -59,13 +59,15 @@ struct SoftiouLoss : public torch::autograd::Function<SoftiouLoss> {
                             const at::Tensor& target, const std::optional<at::Tensor>& weight,
                             const std::optional<at::Tensor>& class_weight, SOFTIOU_LOSS_OPTIONS) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    const auto [stats, ce] =
-        softiou::stats_op().call(input, target, weight, class_weight, SOFTIOU_STATS_ARGS);
+    const auto [stats, ce, counts] =
+        softiou::stats_op().call(input, target, weight, class_weight,
+                                 SOFTIOU_PHASE_STATISTICS_ARGS, SOFTIOU_COUNTS_DEFAULTS, backend);
     auto [loss, coef, ce_coef] = softiou::finalize_op().call(stats, ce, class_weight,
                                                              SOFTIOU_FINALIZE_ARGS);
     ctx->save_for_backward({input, target, weight.value_or(at::Tensor()), coef, ce_coef,
                             class_weight.value_or(at::Tensor())});
-    ctx->saved_data["options"] = softiou::save_stats_options(SOFTIOU_STATS_ARGS);
+    ctx->saved_data["options"] =
+        softiou::save_stats_options(SOFTIOU_PHASE_STATISTICS_ARGS, backend);
     return loss;
   }
 
@@ -82,21 +84,24 @@ struct SoftiouLoss : public torch::autograd::Function<SoftiouLoss> {
   }
 };
 
-// softiou::stats: backward, one gradient pass from the gradients of its two outputs.
+// softiou::stats: backward, one gradient pass from the gradients of its two floating outputs (the
+// counts are integers, not differentiable).
 struct SoftiouStats : public torch::autograd::Function<SoftiouStats> {
   static variable_list forward(AutogradContext* ctx, const at::Tensor& input,
                                const at::Tensor& target, const std::optional<at::Tensor>& weight,
                                const std::optional<at::Tensor>& class_weight,
                                SOFTIOU_STATS_OPTIONS) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    auto [stats, ce] =
+    auto [stats, ce, counts] =
         softiou::stats_op().call(input, target, weight, class_weight, SOFTIOU_STATS_ARGS);
     ctx->save_for_backward({input, target, weight.value_or(at::Tensor()),
                             class_weight.value_or(at::Tensor())});
-    ctx->saved_data["options"] = softiou::save_stats_options(SOFTIOU_STATS_ARGS);
+    ctx->saved_data["options"] =
+        softiou::save_stats_options(SOFTIOU_PHASE_STATISTICS_ARGS, backend);
+    ctx->mark_non_differentiable({counts});
     ctx->saved_data["shape"] = c10::List<int64_t>({stats.size(0), stats.size(1)});
     ctx->set_materialize_grads(false);  // an unused output: no pass over its zeros
-    return {stats, ce};
+    return {stats, ce, counts};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -197,11 +202,9 @@ at::Tensor loss_autograd(const at::Tensor& input, const at::Tensor& target,
   return SoftiouLoss::apply(input, target, weight, class_weight, SOFTIOU_LOSS_ARGS);
 }
 
-std::tuple<at::Tensor, at::Tensor> stats_autograd(const at::Tensor& input,
-                                                  const at::Tensor& target,
-                                                  const std::optional<at::Tensor>& weight,
-                                                  const std::optional<at::Tensor>& class_weight,
-                                                  SOFTIOU_STATS_OPTIONS) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> stats_autograd(
+    const at::Tensor& input, const at::Tensor& target, const std::optional<at::Tensor>& weight,
+    const std::optional<at::Tensor>& class_weight, SOFTIOU_STATS_OPTIONS) {
   refuse_grad("target", target);
   refuse_grad("weight", weight);
   refuse_grad("class_weight", class_weight);
@@ -210,7 +213,7 @@ std::tuple<at::Tensor, at::Tensor> stats_autograd(const at::Tensor& input,
     return stats_op().call(input, target, weight, class_weight, SOFTIOU_STATS_ARGS);
   }
   const auto out = SoftiouStats::apply(input, target, weight, class_weight, SOFTIOU_STATS_ARGS);
-  return {out[0], out[1]};
+  return {out[0], out[1], out[2]};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> finalize_autograd(

@@ -302,6 +302,22 @@ inline at::Tensor use_cross_entropy(Prepared& p, const std::optional<at::Tensor>
   return cw;
 }
 
+// The hard counts of a statistics pass (SPEC section 11): whether the options ask for them, and
+// then the input-space threshold of a binary/multilabel prediction (the device's glue points
+// args.counts at the counts' memory). The threshold of probabilities is rounded to the input's
+// dtype, as a comparison of the input with a number is in PyTorch.
+inline bool use_counts(Prepared& p, const CountsOptions& counts, const at::Tensor& input) {
+  if (!counts_wanted(counts)) return false;
+  p.args.count_threshold = count_threshold_of(p.args.options, counts, [&](double t) {
+    double rounded = t;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
+                                    "softiou_threshold",
+                                    [&] { rounded = double(static_cast<scalar_t>(t)); });
+    return rounded;
+  });
+  return true;
+}
+
 // The statistics a finalize step takes: [N, C, 3], floating; the cross-entropy sums [N', 2].
 inline void check_stats(const at::Tensor& stats, const std::optional<at::Tensor>& ce) {
   TORCH_CHECK_VALUE(stats.dim() == 3 && stats.size(2) == 3, "softiou: stats must have shape ",

@@ -22,7 +22,7 @@
 
 namespace softiou {
 
-using StatsKernelSig = std::tuple<at::Tensor, at::Tensor>(
+using StatsKernelSig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
     const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
     const std::optional<at::Tensor>&, SOFTIOU_STATS_KERNEL_OPTIONS);
 using StatsBackwardKernelSig = at::Tensor(
@@ -71,17 +71,17 @@ const c10::TypedOperatorHandle<Sig>& triton_op(const char* name) {
   return op;
 }
 
-std::tuple<at::Tensor, at::Tensor> stats_kernel(const at::Tensor& input, const at::Tensor& target,
-                                                const std::optional<at::Tensor>& weight,
-                                                const std::optional<at::Tensor>& class_weight,
-                                                SOFTIOU_STATS_OPTIONS) {
-  const StatsOptions o = parse_stats_options(SOFTIOU_STATS_KERNEL_ARGS);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> stats_kernel(
+    const at::Tensor& input, const at::Tensor& target, const std::optional<at::Tensor>& weight,
+    const std::optional<at::Tensor>& class_weight, SOFTIOU_STATS_OPTIONS) {
+  const StatsOptions o = parse_stats_options(SOFTIOU_PHASE_STATISTICS_ARGS);
+  const CountsOptions counts = parse_counts_options(SOFTIOU_PHASE_COUNTS_ARGS);
   const Phases* native = native_phases(backend, input.device());
   if (native == nullptr) {
     return triton_op<StatsKernelSig>(kTritonStatsName)
         .call(input, target, weight, class_weight, SOFTIOU_STATS_KERNEL_ARGS);
   }
-  return native->stats(input, target, weight, class_weight, o);
+  return native->stats(input, target, weight, class_weight, o, counts);
 }
 
 at::Tensor stats_backward_kernel(const at::Tensor& grad_stats,
@@ -91,7 +91,7 @@ at::Tensor stats_backward_kernel(const at::Tensor& grad_stats,
                                  const std::optional<at::Tensor>& weight,
                                  const std::optional<at::Tensor>& class_weight,
                                  SOFTIOU_STATS_BACKWARD_OPTIONS) {
-  const StatsOptions o = parse_stats_options(SOFTIOU_STATS_BACKWARD_KERNEL_ARGS);
+  const StatsOptions o = parse_stats_options(SOFTIOU_PHASE_STATISTICS_ARGS);
   const Phases* native = native_phases(backend, input.device());
   if (native == nullptr) {
     return triton_op<StatsBackwardKernelSig>(kTritonStatsBackwardName)
@@ -122,8 +122,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> finalize_kernel(
 at::Tensor loss_composite(const at::Tensor& input, const at::Tensor& target,
                           const std::optional<at::Tensor>& weight,
                           const std::optional<at::Tensor>& class_weight, SOFTIOU_LOSS_OPTIONS) {
-  const auto [stats, ce] =
-      stats_op().call(input, target, weight, class_weight, SOFTIOU_STATS_ARGS);
+  const auto [stats, ce, counts] = stats_op().call(
+      input, target, weight, class_weight, SOFTIOU_PHASE_STATISTICS_ARGS, SOFTIOU_COUNTS_DEFAULTS,
+      backend);
   return std::get<0>(finalize_op().call(stats, ce, class_weight, SOFTIOU_FINALIZE_ARGS));
 }
 

@@ -13,7 +13,7 @@ namespace softiou {
 
 using LossSig = at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
                            const std::optional<at::Tensor>&, SOFTIOU_LOSS_OPTIONS);
-using StatsSig = std::tuple<at::Tensor, at::Tensor>(
+using StatsSig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
     const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
     const std::optional<at::Tensor>&, SOFTIOU_STATS_OPTIONS);
 using StatsBackwardSig = at::Tensor(

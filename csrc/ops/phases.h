@@ -13,11 +13,12 @@
 namespace softiou {
 
 struct Phases {
-  // the statistics pass: ([N, C, 3] I, P, Y; [N, 2] the cross-entropy's sums, zeros without it)
-  std::tuple<at::Tensor, at::Tensor> (*stats)(const at::Tensor& input, const at::Tensor& target,
-                                              const std::optional<at::Tensor>& weight,
-                                              const std::optional<at::Tensor>& class_weight,
-                                              const StatsOptions& o);
+  // the statistics pass: ([N, C, 3] I, P, Y; [N, 2] the cross-entropy's sums, zeros without it;
+  // with counts.return_stat_scores [N, C, 4] int64 tp, fp, tn, fn, else [0])
+  std::tuple<at::Tensor, at::Tensor, at::Tensor> (*stats)(
+      const at::Tensor& input, const at::Tensor& target, const std::optional<at::Tensor>& weight,
+      const std::optional<at::Tensor>& class_weight, const StatsOptions& o,
+      const CountsOptions& counts);
   // the gradient pass (softiou::stats_backward's arguments)
   at::Tensor (*stats_backward)(const at::Tensor& grad_stats,
                                const std::optional<at::Tensor>& grad_ce,
