@@ -52,14 +52,22 @@ def test_cuda_graph_capture(backend):
         assert torch.equal(static_grad, eager_grad)
 
 
-@pytest.mark.parametrize("mode", ["multiclass", "multilabel"])
-def test_class_index_out_of_range_is_a_device_side_assert(mode):
+@pytest.mark.parametrize("mode,target,message", [
+    ("multiclass", "torch.randint(0, 3, (2, 8, 8), device='cuda')",
+     "softiou: target class index outside [0, C)"),
+    ("multilabel", "torch.randint(0, 3, (2, 8, 8), device='cuda')",
+     "softiou: target class index outside [0, C)"),
+    # a full 64-pixel row of an int64 binary target whose bad value has 1 in its low half
+    ("binary", "torch.randint(0, 2, (2, 1, 8, 64), device='cuda')",
+     "softiou: binary/multilabel integer target not 0, 1 or ignore_index"),
+], ids=["multiclass", "multilabel", "binary-int64-high"])
+def test_bad_target_is_a_device_side_assert(mode, target, message):
     """In a process of its own: a device-side assert leaves the CUDA context unusable."""
     script = textwrap.dedent(f"""
         import torch, softiou_cuda
-        x = torch.randn(2, 3, 8, 8, device="cuda")
-        t = torch.randint(0, 3, (2, 8, 8), device="cuda")
-        t[1, 2, 3] = 7
+        t = {target}
+        x = torch.randn(t.shape[0], 3 if t.dim() == 3 else 1, *t.shape[-2:], device="cuda")
+        t[1, ..., 2, 3] = 7 if t.dim() == 3 else 2 ** 32 + 1
         softiou_cuda.soft_iou_loss(x, t, backend="cuda", mode="{mode}")
         torch.cuda.synchronize()
     """)
@@ -67,7 +75,7 @@ def test_class_index_out_of_range_is_a_device_side_assert(mode):
     assert out.returncode != 0
     text = out.stdout + out.stderr
     assert "device-side assert" in text, text[-2000:]
-    assert "softiou: target class index outside [0, C)" in text, text[-2000:]
+    assert message in text, text[-2000:]
 
 
 def _reference_stats_in_slices(x, t, mode, step=1 << 25):

@@ -202,7 +202,9 @@ def test_binary_target_values_in_full_tiles(any_backend, dtype, bad, ignore):
     t = (torch.rand(2, 1, 4, 64, device=device) > 0.5).to(dtype)
     t_bad = t.clone()
     t_bad[1, 0, 2, 17] = bad
-    if backend == "triton":
+    if device == "cuda" and backend == "cuda":
+        pass  # a device-side assert, which ends the process's CUDA context: test_cuda.py
+    elif backend == "triton":
         assert torch.isnan(call(backend, x, t_bad, mode="binary", ignore_index=ignore))
     else:
         raises("not in \\{0, 1\\}|holds", call, backend, x, t_bad, mode="binary",

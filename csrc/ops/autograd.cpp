@@ -84,8 +84,9 @@ struct SoftiouLoss : public torch::autograd::Function<SoftiouLoss> {
   }
 };
 
-// softiou::stats: backward, one gradient pass from the gradients of its two floating outputs (the
-// counts are integers, not differentiable).
+// softiou::stats: backward, one gradient pass from the gradients of its two floating outputs. The
+// counts are integers, which autograd leaves without a gradient; stats_autograd hands them out
+// detached (marked non-differentiable instead, the node would not go through compiled autograd).
 struct SoftiouStats : public torch::autograd::Function<SoftiouStats> {
   static variable_list forward(AutogradContext* ctx, const at::Tensor& input,
                                const at::Tensor& target, const std::optional<at::Tensor>& weight,
@@ -98,7 +99,6 @@ struct SoftiouStats : public torch::autograd::Function<SoftiouStats> {
                             class_weight.value_or(at::Tensor())});
     ctx->saved_data["options"] =
         softiou::save_stats_options(SOFTIOU_PHASE_STATISTICS_ARGS, backend);
-    ctx->mark_non_differentiable({counts});
     ctx->saved_data["shape"] = c10::List<int64_t>({stats.size(0), stats.size(1)});
     ctx->set_materialize_grads(false);  // an unused output: no pass over its zeros
     return {stats, ce, counts};
@@ -213,7 +213,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> stats_autograd(
     return stats_op().call(input, target, weight, class_weight, SOFTIOU_STATS_ARGS);
   }
   const auto out = SoftiouStats::apply(input, target, weight, class_weight, SOFTIOU_STATS_ARGS);
-  return {out[0], out[1], out[2]};
+  return {out[0], out[1], out[2].detach()};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> finalize_autograd(
