@@ -260,7 +260,9 @@ def run(args):
                     entries.append((rec, rec.pop("_fn"), sets))
             if case.group == "per-call":
                 timings = time_interleaved(call_timer, entries)
-            elif case.group == "ce":  # the term against softiou alone: the same inputs, in turn
+            elif case.group in ("ce", "counts"):
+                # the cross-entropy term or the counts against softiou alone: a ratio, so the
+                # same inputs in turn
                 timings = time_interleaved(timer, entries)
             else:
                 timings = [time_provider(timer, fn, sets) for _, fn, sets in entries]

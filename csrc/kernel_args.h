@@ -91,7 +91,8 @@ struct KernelArgs {
 
   // SPEC section 11, the hard counts (statistics pass, stat_scores): where counts is not null,
   // each work item also counts, per class, [tp, predicted, target, kept] into its own row of
-  // counts (int64; the CPU's rows are per item, the glue adds them per sample). A binary or
+  // counts (int64; the CPU's rows are per item, laid out as cpu/kernels.h's counts_row says, and
+  // the glue adds them per sample). A binary or
   // multilabel element is predicted where x > count_threshold: log(t / (1 - t)) for logits (the
   // exact order of sigmoid(x) > t), t rounded to the input dtype for probabilities.
   int64_t* counts = nullptr;

@@ -34,10 +34,10 @@ inline void Kernel<A, S, TT, CLASS_MAP>::stats(int64_t chunk, int64_t ib, int64_
     for (int64_t i = 0; i < C * kTile; ++i) accI[i] = accP[i] = accY[i] = A(0);
     A ce_num = A(0), ce_den = A(0);  // the cross-entropy term, added tile by tile
     ItemError err;
-    // the hard counts of the item (SPEC section 11), where asked: [C][tp, predicted, target, kept]
-    int64_t* counts = a.counts == nullptr ? nullptr : a.counts + item * C * 4;
+    // the hard counts of the item (SPEC section 11), where asked: its rows (counts_row)
+    int64_t* counts = a.counts == nullptr ? nullptr : a.counts + item * counts_row(C);
     if (counts != nullptr) {
-      for (int64_t i = 0; i < C * 4; ++i) counts[i] = 0;
+      for (int64_t i = 0; i < counts_row(C); ++i) counts[i] = 0;
     }
     // (the counts read the tile's target buffers, which the fused sigmoid rows do not fill: the
     // tiles below compute the same sums in the same order)
@@ -109,6 +109,7 @@ inline void Kernel<A, S, TT, CLASS_MAP>::stats(int64_t chunk, int64_t ib, int64_
         });
       }
     }
+    if (counts != nullptr) finish_counts(counts);
     // fixed-order reduction of the lanes
     A* out = partials + item * partial_row(C);
     out[C * 3 + 0] = ce_num;

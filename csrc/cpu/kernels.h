@@ -42,6 +42,14 @@ inline int64_t scratch_elems(int64_t C) { return 7 * C * kTile; }
 // Values per item of the statistics' partial sums.
 inline int64_t partial_row(int64_t C) { return C * 3 + 2; }
 
+// The hard counts of an item (KernelArgs::counts): kCountCopies copies of [C + 1][tp, predicted,
+// target, kept] (int64). A multiclass pixel at tile position t adds to copy t % kCountCopies, so
+// that neighbouring pixels, which often share a class, never update the same counter in a row
+// (each increment would wait for the one before it); row C takes the pixels not kept, so the
+// loop has no branch. The glue adds the copies' rows c < C. Binary/multilabel counts go to copy 0.
+constexpr int kCountCopies = 4;
+inline int64_t counts_row(int64_t C) { return kCountCopies * (C + 1) * 4; }
+
 // One table per instruction set, each compiled from kernels_impl.h.
 namespace baseline {
 const KernelTable& table();

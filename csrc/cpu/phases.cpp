@@ -86,7 +86,7 @@ void run_items(const Items& it, const Prepared& p, F&& body) {
 // The statistics [N][C][3] (accumulation dtype A) into `out` and the cross-entropy term's
 // per-sample sums [N][2] into `ce` (zeros without the term): the kernel's per-item partial sums,
 // added per sample in item order. With `scores` (not null), also the hard counts [N][C][4]
-// (tp, fp, tn, fn) from the items' [C][tp, predicted, target, kept].
+// (tp, fp, tn, fn) from the items' counting rows (cpu::counts_row).
 template <class A>
 void compute_stats(Prepared& p, A* out, A* ce, int64_t* scores) {
   const int64_t per = p.C * 3;
@@ -95,7 +95,8 @@ void compute_stats(Prepared& p, A* out, A* ce, int64_t* scores) {
   if (scores != nullptr) std::fill(scores, scores + p.N * p.C * 4, int64_t(0));
   if (p.empty) return;
   const Items it = plan(p.args);
-  std::vector<int64_t> counts(scores != nullptr ? it.count * p.C * 4 : 0);
+  const int64_t counts_row = cpu::counts_row(p.C);
+  std::vector<int64_t> counts(scores != nullptr ? it.count * counts_row : 0);
   if (scores != nullptr) p.args.counts = counts.data();
   const KernelArgs& a = p.args;
   const int64_t row = cpu::partial_row(a.C);
@@ -121,11 +122,14 @@ void compute_stats(Prepared& p, A* out, A* ce, int64_t* scores) {
       for (int64_t c = 0; c < a.C; ++c) {
         int64_t tp = 0, predicted = 0, target = 0, kept = 0;
         for (int64_t k2 = 0; k2 < it.per_sample; ++k2) {
-          const int64_t* q = counts.data() + ((n * it.per_sample + k2) * a.C + c) * 4;
-          tp += q[0];
-          predicted += q[1];
-          target += q[2];
-          kept += q[3];
+          for (int u = 0; u < cpu::kCountCopies; ++u) {
+            const int64_t* q =
+                counts.data() + (n * it.per_sample + k2) * counts_row + (u * (a.C + 1) + c) * 4;
+            tp += q[0];
+            predicted += q[1];
+            target += q[2];
+            kept += q[3];
+          }
         }
         int64_t* s = scores + (n * a.C + c) * 4;
         s[0] = tp;

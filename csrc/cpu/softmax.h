@@ -19,22 +19,14 @@ using namespace ::softiou::SOFTIOU_MATH_NS;
 template <class A, class S, class TT, bool CLASS_MAP>
 inline bool Kernel<A, S, TT, CLASS_MAP>::logits_max(Tile<A>& tl, const S* xp, int cnt) const {
   A* mx = tl.aux;
+  tl.has_pred = false;
   const bool in_place = a.x_sM == 1 && cnt == kTile;
   if (in_place) {
-    // kLanes pixels at a time over all the classes: the maxima stay in registers (a loop
-    // over the classes outside the pixels' would store and reload them for every class)
-    constexpr int kLanes = 32;
-    const A sh = sharp;
-    const int64_t sC = a.x_sC;
-    for (int t0 = 0; t0 < kTile; t0 += kLanes) {
-      A m[kLanes];
-      for (int j = 0; j < kLanes; ++j) m[j] = neg_inf<A>();
-      for (int64_t c = 0; c < C; ++c) {
-        const S* row = xp + c * sC + t0;
-        for (int j = 0; j < kLanes; ++j)
-          m[j] = max_(m[j], softmax_arg(to_acc<A>(row[j]), sh, true));
-      }
-      for (int j = 0; j < kLanes; ++j) mx[t0 + j] = m[j];
+    // the statistics pass asked for the hard counts: the prediction on the same read
+    if (a.counts != nullptr) {
+      logits_max_in_place<true>(tl, xp);
+    } else {
+      logits_max_in_place<false>(tl, xp);
     }
     return true;
   }
@@ -48,6 +40,48 @@ inline bool Kernel<A, S, TT, CLASS_MAP>::logits_max(Tile<A>& tl, const S* xp, in
     }
   }
   return false;
+}
+
+// The maxima of a whole tile of contiguous pixels, kLanes pixels at a time over all the classes:
+// the maxima stay in registers (a loop over the classes outside the pixels' would store and
+// reload them for every class). ARGMAX: also each pixel's first maximal class of the raw input
+// (strict >: the first stays, torch.argmax's choice), compared before the sharpness scales it
+// so that no rounding of the product moves the prediction.
+template <class A, class S, class TT, bool CLASS_MAP>
+template <bool ARGMAX>
+inline void Kernel<A, S, TT, CLASS_MAP>::logits_max_in_place(Tile<A>& tl, const S* xp) const {
+  A* mx = tl.aux;
+  constexpr int kLanes = 32;
+  const A sh = sharp;
+  const int64_t sC = a.x_sC;
+  for (int t0 = 0; t0 < kTile; t0 += kLanes) {
+    A m[kLanes], best[kLanes];
+    int32_t p[kLanes];
+    for (int j = 0; j < kLanes; ++j) {
+      m[j] = neg_inf<A>();
+      if constexpr (ARGMAX) {
+        best[j] = neg_inf<A>();
+        p[j] = 0;
+      }
+    }
+    for (int64_t c = 0; c < C; ++c) {
+      const S* row = xp + c * sC + t0;
+      for (int j = 0; j < kLanes; ++j) {
+        const A v = to_acc<A>(row[j]);
+        m[j] = max_(m[j], softmax_arg(v, sh, true));
+        if constexpr (ARGMAX) {
+          const bool above = c == 0 || v > best[j];  // (as stat_scores.h's own search)
+          best[j] = above ? v : best[j];
+          p[j] = above ? int32_t(c) : p[j];
+        }
+      }
+    }
+    for (int j = 0; j < kLanes; ++j) {
+      mx[t0 + j] = m[j];
+      if constexpr (ARGMAX) tl.pred[t0 + j] = p[j];
+    }
+  }
+  tl.has_pred = ARGMAX;
 }
 
 // Softmax, second step: X = e = e^(l - shift), the shift from the maximum in tl.aux, and

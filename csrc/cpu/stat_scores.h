@@ -3,9 +3,10 @@
 //
 // The prediction is made from the raw input, never from the probabilities (sharpness and the
 // rounding of exp must not move it): multiclass, the first maximal class (torch.argmax's choice on
-// ties); binary/multilabel, x > count_threshold. The tile's rows were read by prepare() just
-// before: the second read is from L1, so the pass still reads the input from memory once. The
-// target comes from the tile's buffers (cls and pv for a class map, Yb and Vb per element).
+// ties); binary/multilabel, x > count_threshold. The multiclass prediction of a tile of
+// contiguous logits comes with the softmax's maximum pass (softmax.h), on the same read; elsewhere
+// the tile's rows are read again right after prepare() read them. The target comes from the
+// tile's buffers (cls and pv for a class map, Yb and Vb per element).
 // Counts are integers: exact, and in any order the same.
 // Part of the CPU kernels (tile.h); included once per instruction set by kernels_impl.h.
 #ifndef SOFTIOU_CPU_NS
@@ -19,19 +20,23 @@ namespace {
 
 // Multiclass: each pixel's predicted class (the first maximal x over the classes) and its target
 // class (the class map's, or the first maximal y of a dense target), then one increment per kept
-// pixel and counter. Per element the cost is the argmax's compare and two selects.
+// pixel and counter. The prediction comes with the softmax's maximum pass where that read the
+// tile in place (softmax.h: no second read of the input); otherwise it is found here, a compare
+// and two selects per element.
 template <class A, class S, class TT, bool CLASS_MAP>
 inline void Kernel<A, S, TT, CLASS_MAP>::count_classes(const Tile<A>& tl, const S* xp, int cnt,
                                                        int64_t* __restrict__ counts) const {
-  int32_t pred[kTile], tgt[kTile];
+  int32_t own_pred[kTile], tgt[kTile];
   A best[kTile];
   const int64_t sC = a.x_sC, sM = a.x_sM;
   const bool dense_row = sM == 1 && cnt == kTile;
-  for (int64_t c = 0; c < C; ++c) {
+  // the softmax's maximum pass found the prediction on its read (softmax.h), or it is found here
+  const int32_t* pred = tl.has_pred ? tl.pred : own_pred;
+  for (int64_t c = 0; !tl.has_pred && c < C; ++c) {
     const S* row = xp + c * sC;
     const int32_t cc = int32_t(c);
     A* __restrict__ b = best;
-    int32_t* __restrict__ p = pred;
+    int32_t* __restrict__ p = own_pred;
     if (c == 0) {
       for (int t = 0; t < kTile; ++t) {
         b[t] = t < cnt ? to_acc<A>(row[dense_row ? t : t * sM]) : A(0);
@@ -71,17 +76,22 @@ inline void Kernel<A, S, TT, CLASS_MAP>::count_classes(const Tile<A>& tl, const 
     }
     for (int t = 0; t < kTile; ++t) tgt[t] = tl.Vb[t] != A(0) ? tgt[t] : int32_t(-1);
   }
+  // pixel t to copy t % kCountCopies, a pixel not kept (or past the tile's end) to row C
+  static_assert(kTile % kCountCopies == 0, "whole rounds of copies per tile");
+  const int64_t copy = (C + 1) * 4;
   int64_t kept = 0;
-  for (int t = 0; t < kTile; ++t) {
-    const int32_t y = tgt[t];
-    if (y < 0) continue;
-    const int32_t x = pred[t];
-    counts[int64_t(x) * 4 + 1] += 1;
-    counts[int64_t(y) * 4 + 2] += 1;
-    counts[int64_t(y) * 4 + 0] += x == y ? 1 : 0;
-    ++kept;
+  for (int t = 0; t < kTile; t += kCountCopies) {
+    for (int u = 0; u < kCountCopies; ++u) {
+      const bool keep = tgt[t + u] >= 0 && t + u < cnt;
+      const int64_t y = keep ? tgt[t + u] : C, x = keep ? pred[t + u] : C;
+      int64_t* q = counts + u * copy;
+      q[x * 4 + 1] += 1;
+      q[y * 4 + 2] += 1;
+      q[y * 4 + 0] += x == y;
+      kept += keep;
+    }
   }
-  for (int64_t c = 0; c < C; ++c) counts[c * 4 + 3] += kept;
+  counts[C * 4 + 3] += kept;  // copy 0's row C: the item's kept pixels, finish_counts spreads them
 }
 
 // Binary/multilabel: per element, predicted where x > count_threshold, target where y > 0.5
@@ -108,6 +118,14 @@ inline void Kernel<A, S, TT, CLASS_MAP>::count_elements(const Tile<A>& tl, const
     counts[c * 4 + 2] += target_n;
     counts[c * 4 + 3] += kept;
   }
+}
+
+// At the end of an item: a multiclass pixel kept counts in every class (copy 0's row C holds how
+// many there were).
+template <class A, class S, class TT, bool CLASS_MAP>
+inline void Kernel<A, S, TT, CLASS_MAP>::finish_counts(int64_t* counts) const {
+  if (a.options.mode != Mode::kMulticlass) return;
+  for (int64_t c = 0; c < C; ++c) counts[c * 4 + 3] = counts[C * 4 + 3];
 }
 
 // The counts of one tile (sample n, pixels [m, m + cnt)), after prepare() or

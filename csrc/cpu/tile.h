@@ -188,6 +188,10 @@ struct Tile {
   A w[kTile];        // pixel weight
   A pv[kTile];       // pixel validity 0/1 (class map: the ignored value and the tail)
   int32_t cls[kTile];  // class map value, -1 where not valid
+  // the hard counts (SPEC section 11): each pixel's first maximal class of the raw input, where
+  // has_pred (the softmax's maximum pass found it on its way; else stat_scores.h finds it)
+  int32_t pred[kTile];
+  bool has_pred;
   A aux[kTile];      // softmax maximum, then the dot product in the backward
   A sum[kTile];      // softmax: 1 / sum_c e_c
   A dsum[kTile];     // class-map softmax backward: sum_c e_c gP_c
@@ -271,6 +275,8 @@ struct Kernel {
 
   // softmax.h: the softmax over the classes
   bool logits_max(Tile<A>& tl, const S* xp, int cnt) const;
+  template <bool ARGMAX>
+  void logits_max_in_place(Tile<A>& tl, const S* xp) const;
   template <bool DSUM>
   void exp_and_sum(Tile<A>& tl, const S* xp, const A* gP, A* log_s = nullptr) const;
   template <bool FROM_INPUT, bool DSUM>
@@ -328,6 +334,7 @@ struct Kernel {
   void count_classes(const Tile<A>& tl, const S* xp, int cnt, int64_t* __restrict__ counts) const;
   void count_elements(const Tile<A>& tl, const S* xp, int cnt, int64_t* __restrict__ counts) const;
   void count_tile(const Tile<A>& tl, int64_t n, int64_t m, int cnt, int64_t* counts) const;
+  void finish_counts(int64_t* counts) const;
 
   // items.h: the work items
   void stats(int64_t chunk, int64_t ib, int64_t ie, A* partials, A* scratch,

@@ -24,6 +24,7 @@ inline void Kernel<A, S, TT, CLASS_MAP>::prepare(Tile<A>& tl, int64_t n, int64_t
                                                  bool backward, ItemError& err, bool normalize,
                                                  bool ce) const {
   load_weight_target(tl, n, m, cnt, err);
+  tl.has_pred = false;
   const S* xp = static_cast<const S*>(a.x) + n * a.x_sN + m * a.x_sM;
   const bool fused_softmax = a.prob == Prob::kSoftmax && from_logits;
   const S* in_place = nullptr;  // the logits, when the softmax reads them where they are
