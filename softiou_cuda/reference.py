@@ -513,6 +513,17 @@ def cross_entropy_sums(x: torch.Tensor, t: torch.Tensor, w: Optional[torch.Tenso
     return (v * pw.unsqueeze(1) * c_b * bce).sum(), v.sum()
 
 
+def _class_map_counts_target(t, C, ignore_index):
+    """A class map's one-hot target [N, C, M] for the hard counts, and the kept pixels [N, 1, M]
+    (in range and not ignore_index)."""
+    t = t.reshape(t.shape[0], -1).long()
+    keep = (t >= 0) & (t < C)
+    if ignore_index is not None:
+        keep &= t != ignore_index
+    true = F.one_hot(torch.where(keep, t, 0), C).movedim(-1, 1).bool()
+    return true, keep.unsqueeze(1)
+
+
 def stat_scores(input: torch.Tensor, target: torch.Tensor, *, mode: str = "multiclass",
                 from_logits: bool = True, threshold: float = 0.5,
                 ignore_index: Optional[int] = None) -> torch.Tensor:
@@ -529,12 +540,7 @@ def stat_scores(input: torch.Tensor, target: torch.Tensor, *, mode: str = "multi
     if mode == "multiclass":
         pred = F.one_hot(x.argmax(dim=1), C).movedim(-1, 1).bool()  # torch.argmax: the first
         if t.dtype in CLASS_MAP_DTYPES:
-            t = t.reshape(N, -1).long()
-            keep = (t >= 0) & (t < C)
-            if ignore_index is not None:
-                keep &= t != ignore_index
-            true = F.one_hot(torch.where(keep, t, 0), C).movedim(-1, 1).bool()
-            keep = keep.unsqueeze(1)
+            true, keep = _class_map_counts_target(t, C, ignore_index)
         else:  # a dense target's first maximal class
             y = t.reshape(N, C, -1)
             y = y if y.is_floating_point() else y.to(torch.uint8)  # (argmax takes no bool)
@@ -543,12 +549,7 @@ def stat_scores(input: torch.Tensor, target: torch.Tensor, *, mode: str = "multi
     else:
         pred = (torch.sigmoid(x.double()) > threshold) if from_logits else (x > threshold)
         if class_map:  # multilabel of a class map
-            t = t.reshape(N, -1).long()
-            keep = (t >= 0) & (t < C)
-            if ignore_index is not None:
-                keep &= t != ignore_index
-            true = F.one_hot(torch.where(keep, t, 0), C).movedim(-1, 1).bool()
-            keep = keep.unsqueeze(1)
+            true, keep = _class_map_counts_target(t, C, ignore_index)
         elif t.dtype in CLASS_MAP_DTYPES:
             t = t.reshape(N, C, -1).long()
             keep = (t == 0) | (t == 1)
