@@ -27,6 +27,11 @@ echo "compiled and linked: $(ls csrc/cuda/kernels*.cu | tr '\n' ' ')"
 # (awk reads its whole input: `head` would close the pipe early and, under pipefail, fail the
 # script with SIGPIPE whenever sort is still writing)
 { grep -h "spill" $OUT/*.log || true; } | sort | uniq -c | sort -rn | awk 'NR <= 3 { print "  ptxas: " $0 }'
+# the static performance report: registers, spills and global load/store widths per kernel
+# (build/cuda-compile-check/perf-report.txt; tests/test_perf_report.py holds them to their budgets)
+case " $ARCHS " in
+  *" 90 "*) "${PY:-python3}" tools/perf_report.py "$OUT" --arch sm_90 ;;
+esac
 
 if [ -n "${PY:-}" ] && "$PY" -c "import torch" 2>/dev/null; then
   TORCH_INC=$("$PY" -c "import torch.utils.cpp_extension as c; print(' '.join('-I' + p for p in c.include_paths()))")

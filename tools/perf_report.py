@@ -1,0 +1,238 @@
+"""The static performance report of the compiled CUDA kernels (`make cuda-compile-check`).
+
+Reads what tools/check_cuda_compile.sh leaves in build/cuda-compile-check/: each kernel source's
+ptxas log (`-Xptxas -v`: registers, stack frame, spill bytes per entry function and target) and
+its object file, whose SASS (the `cuobjdump` that ships with triton, or the toolkit's) gives the
+width of every global load and store. Writes perf-report.txt (a table per instantiation) and
+perf-report.json beside them, and prints the worst figures per kernel family for one target.
+
+The budgets the GPU kernels are being rebuilt to (docs/status.md): no spills, at most 128
+registers (two 256-thread blocks per multiprocessor), 16-byte loads and stores in the main loops.
+`tools/perf_budget.json` holds, per kernel family, the limits the kernels of the tree meet today;
+tests/test_perf_report.py asserts them, so that a change cannot make a kernel worse unseen, and
+tightens to the targets family by family as the redesigned kernels land.
+
+    python tools/perf_report.py [build/cuda-compile-check] [--arch sm_90] [--write-budget]
+
+--write-budget sets each family's budget in tools/perf_budget.json to its figures of the tree
+(a new family, or one a change made better): the ratchet moves down with the kernels, never up
+unseen (a family over its budget fails the test until its budget is raised here by hand).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+BUDGET = os.path.join(HERE, "perf_budget.json")
+# the redesign's budgets (issue: GPU kernels rebuilt for memory bandwidth)
+TARGETS = {"registers": 128, "spill_bytes": 0, "store_bytes": 16}
+DEFAULT_DIR = os.path.join(os.path.dirname(HERE), "build", "cuda-compile-check")
+
+_ENTRY = re.compile(r"Compiling entry function '([^']+)' for '(sm_\d+a?)'")
+_PROPS = re.compile(r"Function properties for (\S+)")
+_SPILL = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
+_REGS = re.compile(r"Used (\d+) registers")
+_CODE_FOR = re.compile(r"code for (sm_\d+a?)")
+_FUNCTION = re.compile(r"Function : (\S+)")
+# a global (or generic) memory instruction and its modifiers, e.g. LDG.E.128.CONSTANT, STG.E.U16
+_MEMORY = re.compile(r"\b(LDG|STG|LD|ST)((?:\.[A-Z0-9_]+)*)\s")
+_WIDTHS = {"U8": 1, "S8": 1, "U16": 2, "S16": 2, "64": 8, "128": 16}
+
+
+def width(modifiers: str) -> int:
+    """Bytes one thread moves with the instruction: 4 unless a modifier says otherwise."""
+    for m in modifiers.split("."):
+        if m in _WIDTHS:
+            return _WIDTHS[m]
+    return 4
+
+
+def parse_ptxas(text: str) -> dict:
+    """{(arch, mangled name): {registers, stack, spill_stores, spill_loads}} of entry functions."""
+    out, entry, props = {}, None, None
+    for line in text.splitlines():
+        m = _ENTRY.search(line)
+        if m:
+            entry = (m.group(2), m.group(1))
+            out[entry] = {"registers": 0, "stack": 0, "spill_stores": 0, "spill_loads": 0}
+            props = None
+            continue
+        m = _PROPS.search(line)
+        if m:
+            props = m.group(1)
+            continue
+        m = _SPILL.search(line)
+        if m and entry is not None and props == entry[1]:
+            out[entry].update(stack=int(m.group(1)), spill_stores=int(m.group(2)),
+                              spill_loads=int(m.group(3)))
+            continue
+        m = _REGS.search(line)
+        if m and entry is not None:
+            out[entry]["registers"] = int(m.group(1))
+    return out
+
+
+def parse_sass(text: str) -> dict:
+    """{(arch, mangled name): {"loads": {bytes: count}, "stores": {bytes: count}}}."""
+    out, arch, name = {}, None, None
+    for line in text.splitlines():
+        m = _CODE_FOR.search(line)
+        if m:
+            arch = m.group(1)
+            continue
+        m = _FUNCTION.search(line)
+        if m:
+            name = m.group(1)
+            out[(arch, name)] = {"loads": collections.Counter(), "stores": collections.Counter()}
+            continue
+        if name is None or "/*" not in line:
+            continue
+        m = _MEMORY.search(line.split(";")[0])
+        if m:
+            kind = "loads" if m.group(1).startswith("LD") else "stores"
+            generic = "" if m.group(1).endswith("G") else "generic "
+            out[(arch, name)][kind][f"{generic}{width(m.group(2))}"] += 1
+    return out
+
+
+def demangle(names):
+    names = list(names)
+    tool = shutil.which("c++filt")
+    if not tool or not names:
+        return dict(zip(names, names))
+    res = subprocess.run([tool], input="\n".join(names), capture_output=True, text=True)
+    lines = res.stdout.splitlines()
+    return dict(zip(names, lines)) if len(lines) == len(names) else dict(zip(names, names))
+
+
+def family(demangled: str) -> str:
+    """The kernel template's name: softiou::cuda::detail::pixel_kernel<...>(...) -> pixel_kernel."""
+    head = demangled.split("(")[0].split("<")[0]
+    return head.split("::")[-1].replace("void ", "").strip()
+
+
+def cuobjdump() -> str | None:
+    try:
+        import triton
+        path = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin",
+                            "cuobjdump")
+        if os.path.exists(path):
+            return path
+    except ImportError:
+        pass
+    return shutil.which("cuobjdump")
+
+
+def collect(directory: str) -> list:
+    """One record per (target, kernel instantiation)."""
+    ptxas, sass = {}, {}
+    for log in sorted(glob.glob(os.path.join(directory, "kernels*.log"))):
+        with open(log) as f:
+            ptxas.update(parse_ptxas(f.read()))
+    tool = cuobjdump()
+    if tool:
+        for obj in sorted(glob.glob(os.path.join(directory, "kernels*.o"))):
+            res = subprocess.run([tool, "-sass", obj], capture_output=True, text=True)
+            sass.update(parse_sass(res.stdout))
+    names = demangle({name for _, name in ptxas})
+    records = []
+    for (arch, name), r in sorted(ptxas.items()):
+        mem = sass.get((arch, name), {"loads": {}, "stores": {}})
+        records.append({"arch": arch, "kernel": names[name], "family": family(names[name]),
+                        **r, "loads": dict(mem["loads"]), "stores": dict(mem["stores"]),
+                        "sass": (arch, name) in sass})
+    return records
+
+
+def by_family(records: list, arch: str) -> dict:
+    """The worst figures of each kernel family for one target."""
+    out = {}
+    for r in records:
+        if r["arch"] != arch:
+            continue
+        f = out.setdefault(r["family"], {"instantiations": 0, "registers": 0, "spill_bytes": 0,
+                                         "spilling": 0, "load_bytes": set(), "store_bytes": set()})
+        f["instantiations"] += 1
+        f["registers"] = max(f["registers"], r["registers"])
+        spill = r["spill_stores"] + r["spill_loads"]
+        f["spill_bytes"] = max(f["spill_bytes"], spill)
+        f["spilling"] += spill > 0
+        f["load_bytes"] |= {int(k.split()[-1]) for k in r["loads"]}
+        f["store_bytes"] |= {int(k.split()[-1]) for k in r["stores"]}
+    for f in out.values():
+        f["load_bytes"], f["store_bytes"] = sorted(f["load_bytes"]), sorted(f["store_bytes"])
+    return out
+
+
+def _fmt(counter: dict) -> str:
+    return " ".join(f"{k}B:{v}" for k, v in sorted(counter.items(), key=lambda kv: kv[0])) or "-"
+
+
+def write(records: list, directory: str, arch: str) -> dict:
+    families = by_family(records, arch)
+    with open(os.path.join(directory, "perf-report.json"), "w") as f:
+        json.dump({"arch": arch, "families": families, "kernels": records}, f, indent=1)
+    with open(os.path.join(directory, "perf-report.txt"), "w") as f:
+        f.write("target  regs  stack  spill st/ld  global loads (bytes:count)  stores  kernel\n")
+        for r in records:
+            f.write(f"{r['arch']:7} {r['registers']:4} {r['stack']:6} "
+                    f"{r['spill_stores']:5}/{r['spill_loads']:<5} {_fmt(r['loads']):27} "
+                    f"{_fmt(r['stores']):10} {r['kernel']}\n")
+    return families
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("directory", nargs="?", default=DEFAULT_DIR)
+    ap.add_argument("--arch", default="sm_90")
+    ap.add_argument("--write-budget", action="store_true")
+    args = ap.parse_args(argv)
+    records = collect(args.directory)
+    if not records:
+        print(f"perf report: no ptxas logs in {args.directory}", file=sys.stderr)
+        return 1
+    families = write(records, args.directory, args.arch)
+    print(f"perf report ({args.arch}; per family: instantiations, most registers, most spill "
+          f"bytes and how many spill, global load / store widths in bytes):")
+    for name, f in sorted(families.items()):
+        print(f"  {name:28} {f['instantiations']:4}  regs {f['registers']:3}  spill "
+              f"{f['spill_bytes']:5} ({f['spilling']:3})  loads {f['load_bytes']}  "
+              f"stores {f['store_bytes']}")
+    print(f"  per instantiation: {os.path.join(args.directory, 'perf-report.txt')}")
+    if args.write_budget:
+        write_budget(families, args.arch)
+    return 0
+
+
+def write_budget(families: dict, arch: str):
+    """Each family's budget: the lower of its old budget and its figures now (new families take
+    their figures); a family within the targets is marked so, and held to them from then on."""
+    old = {}
+    if os.path.exists(BUDGET):
+        with open(BUDGET) as f:
+            old = json.load(f).get("families", {})
+    out = {}
+    for name, fam in sorted(families.items()):
+        prev = old.get(name, {})
+        regs = min(fam["registers"], prev.get("registers", fam["registers"]))
+        spill = min(fam["spill_bytes"], prev.get("spill_bytes", fam["spill_bytes"]))
+        stores_ok = not fam["store_bytes"] or max(fam["store_bytes"]) >= TARGETS["store_bytes"]
+        meets = regs <= TARGETS["registers"] and spill <= TARGETS["spill_bytes"] and stores_ok
+        out[name] = {"registers": regs, "spill_bytes": spill, "meets_targets": meets}
+    with open(BUDGET, "w") as f:
+        json.dump({"arch": arch, "targets": TARGETS, "families": out}, f, indent=1)
+        f.write("\n")
+    print(f"  budgets written: {BUDGET}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
