@@ -70,7 +70,11 @@ def extension():
     # -fno-trapping-math: lets the kernels' branch-free selects vectorise (results unchanged).
     # -Wl,-z,now: bind every symbol when the module loads, so the C++ exception runtime the
     # extension throws through is the one present at import, whatever libraries load later.
-    cxx = ["-O3", "-fno-trapping-math", "-fopenmp", "-Wall", "-Wno-unknown-pragmas"]
+    # SOFTIOU_CXX_OPT (default -O3): the device check builds the CPU kernels with -O1, which it
+    # does not time, to cut its build (the instruction-set builds of the CPU kernels are the
+    # slowest translation units)
+    opt = os.environ.get("SOFTIOU_CXX_OPT", "-O3")
+    cxx = [opt, "-fno-trapping-math", "-fopenmp", "-Wall", "-Wno-unknown-pragmas"]
     link = ["-fopenmp", "-Wl,-z,now"] + shared_libstdcxx()
     macros = []
     if want_cuda():
