@@ -73,7 +73,7 @@ def extension():
     # SOFTIOU_CXX_OPT (default -O3): the device check builds the CPU kernels with -O1, which it
     # does not time, to cut its build (the instruction-set builds of the CPU kernels are the
     # slowest translation units)
-    opt = os.environ.get("SOFTIOU_CXX_OPT", "-O3")
+    opt = os.environ.get("SOFTIOU_CXX_OPT") or "-O3"  # (set and empty: the default)
     cxx = [opt, "-fno-trapping-math", "-fopenmp", "-Wall", "-Wno-unknown-pragmas"]
     link = ["-fopenmp", "-Wl,-z,now"] + shared_libstdcxx()
     macros = []
