@@ -61,12 +61,12 @@ def _softiou(backend):
     return make
 
 
-def _softiou_without_counts(backend):
-    """softiou's IoU loss alone, in the counts cases: what the counts add to it is timed on the
-    same inputs."""
+def _softiou_alone(backend, loss, where):
+    """softiou's IoU loss alone, in the cases of `loss` (the cross-entropy + IoU or the counts
+    cases): what the term or the counts add to it is timed on the same inputs, interleaved."""
     def make(case):
-        if case.loss != "iou+counts":
-            raise Unavailable("timed in the counts cases")
+        if case.loss != loss:
+            raise Unavailable(f"timed in the {where} cases")
         _softiou_available(backend)
         mode = case.mode
         return lambda x, t: softiou_cuda.soft_iou_loss(x, t, mode=mode, backend=backend)
@@ -92,18 +92,6 @@ def _softiou_and_torchmetrics(backend):
             metric.to(x.device).update(x.detach(), t)
             return loss
         return fn
-    return make
-
-
-def _softiou_without_ce(backend):
-    """softiou's IoU loss alone, in the cross-entropy + IoU cases: what the term adds to it is
-    timed on the same inputs, interleaved."""
-    def make(case):
-        if case.loss != "ce+iou":
-            raise Unavailable("timed in the cross-entropy + IoU cases")
-        _softiou_available(backend)
-        mode = case.mode
-        return lambda x, t: softiou_cuda.soft_iou_loss(x, t, mode=mode, backend=backend)
     return make
 
 
@@ -215,10 +203,11 @@ def _yardstick(case):
 def providers(device: str):
     names = {"cpu": ["cpu"], "cuda": ["cuda", "triton"]}[device]
     out = [Provider(f"softiou-{b}", _softiou(b)) for b in names]
-    out += [Provider(f"softiou-{b}-without-ce", _softiou_without_ce(b), metric="jaccard-only",
+    out += [Provider(f"softiou-{b}-without-ce",
+                     _softiou_alone(b, "ce+iou", "cross-entropy + IoU"), metric="jaccard-only",
                      note="softiou's IoU loss alone (the cross-entropy + IoU cases)")
             for b in names]
-    out += [Provider(f"softiou-{b}-without-counts", _softiou_without_counts(b),
+    out += [Provider(f"softiou-{b}-without-counts", _softiou_alone(b, "iou+counts", "counts"),
                      note="softiou's IoU loss alone (the counts cases)") for b in names]
     out += [Provider(f"softiou-{b}+torchmetrics", _softiou_and_torchmetrics(b),
                      note="softiou's loss and torchmetrics' MulticlassJaccardIndex.update, the "
