@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Compiles the torch-free CUDA kernel sources (csrc/cuda/kernels*.cu) with nvcc for the given
-# architectures, warnings as errors, and reports registers and spills of the pixel kernels; with a
-# Python that has torch ($PY), also checks the torch glue (csrc/cuda/*.cpp) with the host compiler
+# architectures, warnings as errors, and writes the static performance report of their sm_90 code
+# (tools/perf_report.py); with a Python that has triton and the built package ($PY), the Triton
+# kernels' report too (tools/triton_report.py); with a Python that has torch, also checks the torch glue (csrc/cuda/*.cpp) with the host compiler
 # against torch's CUDA headers (-fsyntax-only: a CPU build of torch has no CUDA libraries to link).
 #   [PY=python] tools/check_cuda_compile.sh [nvcc] ["80 90"] [jobs]
 set -euo pipefail
@@ -32,6 +33,13 @@ echo "compiled and linked: $(ls csrc/cuda/kernels*.cu | tr '\n' ' ')"
 case " $ARCHS " in
   *" 90 "*) "${PY:-python3}" tools/perf_report.py "$OUT" --arch sm_90 ;;
 esac
+# the Triton kernels' report: compiled offline for sm_90 from the backend's own launches
+# (build/cuda-compile-check/triton-report.txt; needs triton and the built package)
+if [ -n "${PY:-}" ] && "$PY" -c "import triton, softiou_cuda" 2>/dev/null; then
+  "$PY" tools/triton_report.py "$OUT"
+else
+  echo "triton report not made (no PY with triton and softiou_cuda)"
+fi
 
 if [ -n "${PY:-}" ] && "$PY" -c "import torch" 2>/dev/null; then
   TORCH_INC=$("$PY" -c "import torch.utils.cpp_extension as c; print(' '.join('-I' + p for p in c.include_paths()))")

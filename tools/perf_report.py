@@ -213,25 +213,30 @@ def main(argv=None):
     return 0
 
 
-def write_budget(families: dict, arch: str):
-    """Each family's budget: the lower of its old budget and its figures now (new families take
-    their figures); a family within the targets is marked so, and held to them from then on."""
-    old = {}
+def write_budget(families: dict, arch: str, key: str = "families", extra=()):
+    """Each family's budget under `key` of tools/perf_budget.json: the lower of its old budget
+    and its figures now (new families take their figures), for registers, spill bytes and the
+    `extra` figures; a family within the targets is marked so, and held to them from then on.
+    The file's other keys stay as they are."""
+    budget = {"arch": arch, "targets": TARGETS}
     if os.path.exists(BUDGET):
         with open(BUDGET) as f:
-            old = json.load(f).get("families", {})
+            budget = json.load(f)
+    old = budget.get(key, {})
     out = {}
     for name, fam in sorted(families.items()):
         prev = old.get(name, {})
-        regs = min(fam["registers"], prev.get("registers", fam["registers"]))
-        spill = min(fam["spill_bytes"], prev.get("spill_bytes", fam["spill_bytes"]))
+        entry = {k: min(fam[k], prev.get(k, fam[k]))
+                 for k in ("registers", "spill_bytes") + tuple(extra)}
         stores_ok = not fam["store_bytes"] or max(fam["store_bytes"]) >= TARGETS["store_bytes"]
-        meets = regs <= TARGETS["registers"] and spill <= TARGETS["spill_bytes"] and stores_ok
-        out[name] = {"registers": regs, "spill_bytes": spill, "meets_targets": meets}
+        entry["meets_targets"] = (entry["registers"] <= TARGETS["registers"]
+                                  and entry["spill_bytes"] <= TARGETS["spill_bytes"] and stores_ok)
+        out[name] = entry
+    budget[key] = out
     with open(BUDGET, "w") as f:
-        json.dump({"arch": arch, "targets": TARGETS, "families": out}, f, indent=1)
+        json.dump(budget, f, indent=1)
         f.write("\n")
-    print(f"  budgets written: {BUDGET}")
+    print(f"  budgets written: {BUDGET} ({key})")
 
 
 if __name__ == "__main__":
