@@ -110,6 +110,20 @@ def test_fused_counts_equal_reference(case, mode):
                                                               ignore, threshold)
 
 
+@pytest.mark.parametrize("C", [32, 33, 40])
+def test_fused_counts_either_side_of_the_confusion_matrices(case, C):
+    """The CPU counts up to 32 classes through confusion matrices and more through per-class
+    rows (csrc/cpu/kernels.h: kConfusionClasses): both sides of the boundary, with pixels not
+    kept, against the reference."""
+    device, backend = case
+    g = torch.Generator().manual_seed(C)
+    x = torch.randn(2, C, 5, 37, generator=g)
+    t = torch.randint(0, C, (2, 5, 37), generator=g)
+    t[0, 1] = 255
+    got = softiou_cuda.stat_scores(x.to(device), t.to(device), ignore_index=255, backend=backend)
+    assert torch.equal(got.cpu(), reference.stat_scores(x, t, ignore_index=255))
+
+
 def test_fused_counts_ties_and_layouts(case):
     """Ties go to the first maximal class; channels_last and sliced inputs are read in place."""
     device, backend = case

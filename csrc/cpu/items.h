@@ -27,6 +27,12 @@ inline void Kernel<A, S, TT, CLASS_MAP>::stats(int64_t chunk, int64_t ib, int64_
   A* accY = accP + C * kTile;
   tl.D = accY + C * kTile;  // the cross-entropy of each element (sigmoid)
   const bool ce = a.ce;
+  // the confusion matrices (kernels.h: confusion_elems), zeroed once: each fold zeroes them
+  int32_t* confusion = nullptr;
+  if (a.counts != nullptr && a.options.mode == Mode::kMulticlass && confusion_elems(C) > 0) {
+    confusion = reinterpret_cast<int32_t*>(tl.D + C * kTile);
+    for (int64_t i = 0; i < confusion_elems(C); ++i) confusion[i] = 0;
+  }
   for (int64_t item = ib; item < ie; ++item) {
     const int64_t n = item / K, k = item % K;
     const int64_t m_begin = k * chunk, m_end = min64(a.M, m_begin + chunk);
@@ -34,11 +40,22 @@ inline void Kernel<A, S, TT, CLASS_MAP>::stats(int64_t chunk, int64_t ib, int64_
     for (int64_t i = 0; i < C * kTile; ++i) accI[i] = accP[i] = accY[i] = A(0);
     A ce_num = A(0), ce_den = A(0);  // the cross-entropy term, added tile by tile
     ItemError err;
-    // the hard counts of the item (SPEC section 11), where asked: its rows (counts_row)
+    // the hard counts of the item (SPEC section 11), where asked: its rows (counts_row), and
+    // for a multiclass call of few classes the thread's confusion matrices (kernels.h), zero
+    // between items
     int64_t* counts = a.counts == nullptr ? nullptr : a.counts + item * counts_row(C);
     if (counts != nullptr) {
       for (int64_t i = 0; i < counts_row(C); ++i) counts[i] = 0;
     }
+    int64_t since_fold = 0;  // pixels in the confusion matrices
+    const auto count = [&](const Tile<A>& t, int64_t n2, int64_t m2, int cnt) {
+      count_tile(t, n2, m2, cnt, counts, confusion);
+      // (each int32 cell holds fewer than 2^30 pixels)
+      if (confusion != nullptr && (since_fold += cnt) >= (int64_t(1) << 30)) {
+        fold_confusion(confusion, counts);
+        since_fold = 0;
+      }
+    };
     // (the counts read the tile's target buffers, which the fused sigmoid rows do not fill: the
     // tiles below compute the same sums in the same order)
     if (fused_sigmoid(false) && !ce && counts == nullptr) {
@@ -55,7 +72,7 @@ inline void Kernel<A, S, TT, CLASS_MAP>::stats(int64_t chunk, int64_t ib, int64_
         // class map, softmax of logits: X holds e, p = e / S. P takes every class, I and Y
         // the target class of each pixel; 1/S is folded into the pixel's weight
         prepare(tl, n, m, cnt, false, err, false, ce);
-        if (counts != nullptr) count_tile(tl, n, m, cnt, counts);
+        if (counts != nullptr) count(tl, n, m, cnt);
         A* ws = tl.aux;
         if (ce) {  // l = Q lse - QL, denominator v w c_t (section 9)
           A sn = A(0), sd = A(0);
@@ -73,7 +90,7 @@ inline void Kernel<A, S, TT, CLASS_MAP>::stats(int64_t chunk, int64_t ib, int64_
         continue;
       }
       prepare(tl, n, m, cnt, false, err, true, ce);
-      if (counts != nullptr) count_tile(tl, n, m, cnt, counts);
+      if (counts != nullptr) count(tl, n, m, cnt);
       if (ce && a.prob == Prob::kSoftmax) {  // denominator sum v w c_t (class map) or sum w
         A sn = A(0), sd = A(0);
         for (int t = 0; t < kTile; ++t) {
@@ -109,6 +126,7 @@ inline void Kernel<A, S, TT, CLASS_MAP>::stats(int64_t chunk, int64_t ib, int64_
         });
       }
     }
+    if (confusion != nullptr) fold_confusion(confusion, counts);
     if (counts != nullptr) finish_counts(counts);
     // fixed-order reduction of the lanes
     A* out = partials + item * partial_row(C);

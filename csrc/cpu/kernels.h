@@ -37,11 +37,6 @@ struct KernelTable {
   const char* isa;
 };
 
-inline int64_t scratch_elems(int64_t C) { return 7 * C * kTile; }
-
-// Values per item of the statistics' partial sums.
-inline int64_t partial_row(int64_t C) { return C * 3 + 2; }
-
 // The hard counts of an item (KernelArgs::counts): kCountCopies copies of [C + 1][tp, predicted,
 // target, kept] (int64). A multiclass pixel at tile position t adds to copy t % kCountCopies, so
 // that neighbouring pixels, which often share a class, never update the same counter in a row
@@ -49,6 +44,22 @@ inline int64_t partial_row(int64_t C) { return C * 3 + 2; }
 // loop has no branch. The glue adds the copies' rows c < C. Binary/multilabel counts go to copy 0.
 constexpr int kCountCopies = 4;
 inline int64_t counts_row(int64_t C) { return kCountCopies * (C + 1) * 4; }
+
+// The multiclass counts of C <= kConfusionClasses classes go through confusion matrices first
+// (kCountCopies int32 copies of [C + 1][C + 1], predicted class by target class, C for a pixel
+// not kept; in the scratch after the tile's buffers): one increment per pixel, where the rows
+// take three; they are folded into copy 0's rows at the end of an item.
+constexpr int64_t kConfusionClasses = 32;
+inline int64_t confusion_elems(int64_t C) {
+  return C <= kConfusionClasses ? kCountCopies * (C + 1) * (C + 1) : 0;
+}
+
+// Accumulation-dtype values of a thread's scratch: the tile's buffers, then the confusion
+// matrices (their int32 take no more bytes than as many values of A).
+inline int64_t scratch_elems(int64_t C) { return 7 * C * kTile + confusion_elems(C); }
+
+// Values per item of the statistics' partial sums.
+inline int64_t partial_row(int64_t C) { return C * 3 + 2; }
 
 // One table per instruction set, each compiled from kernels_impl.h.
 namespace baseline {

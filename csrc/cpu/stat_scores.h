@@ -19,13 +19,15 @@ namespace SOFTIOU_CPU_NS {
 namespace {
 
 // Multiclass: each pixel's predicted class (the first maximal x over the classes) and its target
-// class (the class map's, or the first maximal y of a dense target), then one increment per kept
-// pixel and counter. The prediction comes with the softmax's maximum pass where that read the
+// class (the class map's, or the first maximal y of a dense target), then one increment per
+// pixel in its confusion cell (confusion not null: C <= kConfusionClasses), or else one per kept
+// pixel and counter of the rows. The prediction comes with the softmax's maximum pass where that read the
 // tile in place (softmax.h: no second read of the input); otherwise it is found here, a compare
 // and two selects per element.
 template <class A, class S, class TT, bool CLASS_MAP>
 inline void Kernel<A, S, TT, CLASS_MAP>::count_classes(const Tile<A>& tl, const S* xp, int cnt,
-                                                       int64_t* __restrict__ counts) const {
+                                                       int64_t* __restrict__ counts,
+                                                       int32_t* __restrict__ confusion) const {
   int32_t own_pred[kTile], tgt[kTile];
   A best[kTile];
   const int64_t sC = a.x_sC, sM = a.x_sM;
@@ -78,6 +80,17 @@ inline void Kernel<A, S, TT, CLASS_MAP>::count_classes(const Tile<A>& tl, const 
   }
   // pixel t to copy t % kCountCopies, a pixel not kept (or past the tile's end) to row C
   static_assert(kTile % kCountCopies == 0, "whole rounds of copies per tile");
+  if (confusion != nullptr) {  // one increment per pixel, in its (predicted, target) cell
+    const int32_t side = int32_t(C + 1), area = side * side;
+    for (int t = 0; t < kTile; t += kCountCopies) {
+      for (int u = 0; u < kCountCopies; ++u) {
+        const bool keep = tgt[t + u] >= 0 && t + u < cnt;
+        const int32_t cell = keep ? pred[t + u] * side + tgt[t + u] : area - 1;
+        confusion[u * area + cell] += 1;
+      }
+    }
+    return;
+  }
   const int64_t copy = (C + 1) * 4;
   int64_t kept = 0;
   for (int t = 0; t < kTile; t += kCountCopies) {
@@ -120,6 +133,28 @@ inline void Kernel<A, S, TT, CLASS_MAP>::count_elements(const Tile<A>& tl, const
   }
 }
 
+// The confusion matrices' cells into copy 0's rows (the diagonal to tp, a row to predicted, a
+// column to target, every cell of a kept pixel to kept), and zeroed: at the end of an item, and
+// before an int32 cell could overflow.
+template <class A, class S, class TT, bool CLASS_MAP>
+inline void Kernel<A, S, TT, CLASS_MAP>::fold_confusion(int32_t* confusion,
+                                                        int64_t* counts) const {
+  const int64_t side = C + 1, area = side * side;
+  int64_t kept = 0;
+  for (int64_t x = 0; x < C; ++x) {
+    for (int64_t y = 0; y < C; ++y) {
+      int64_t v = 0;
+      for (int u = 0; u < kCountCopies; ++u) v += confusion[u * area + x * side + y];
+      counts[x * 4 + 0] += x == y ? v : 0;
+      counts[x * 4 + 1] += v;
+      counts[y * 4 + 2] += v;
+      kept += v;
+    }
+  }
+  counts[C * 4 + 3] += kept;
+  for (int64_t i = 0; i < kCountCopies * area; ++i) confusion[i] = 0;
+}
+
 // At the end of an item: a multiclass pixel kept counts in every class (copy 0's row C holds how
 // many there were).
 template <class A, class S, class TT, bool CLASS_MAP>
@@ -129,13 +164,15 @@ inline void Kernel<A, S, TT, CLASS_MAP>::finish_counts(int64_t* counts) const {
 }
 
 // The counts of one tile (sample n, pixels [m, m + cnt)), after prepare() or
-// load_weight_target() filled its target.
+// load_weight_target() filled its target; confusion: the thread's confusion matrices, or null
+// (the rows then).
 template <class A, class S, class TT, bool CLASS_MAP>
 inline void Kernel<A, S, TT, CLASS_MAP>::count_tile(const Tile<A>& tl, int64_t n, int64_t m,
-                                                    int cnt, int64_t* counts) const {
+                                                    int cnt, int64_t* counts,
+                                                    int32_t* confusion) const {
   const S* xp = static_cast<const S*>(a.x) + n * a.x_sN + m * a.x_sM;
   if (a.options.mode == Mode::kMulticlass) {
-    count_classes(tl, xp, cnt, counts);
+    count_classes(tl, xp, cnt, counts, confusion);
   } else {
     count_elements(tl, xp, cnt, counts);
   }

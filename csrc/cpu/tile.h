@@ -331,9 +331,12 @@ struct Kernel {
   bool fused_backward(int64_t n, int64_t m_begin, int64_t m_end, A gce) const;
 
   // stat_scores.h: the hard counts (SPEC section 11)
-  void count_classes(const Tile<A>& tl, const S* xp, int cnt, int64_t* __restrict__ counts) const;
+  void count_classes(const Tile<A>& tl, const S* xp, int cnt, int64_t* __restrict__ counts,
+                     int32_t* __restrict__ confusion) const;
   void count_elements(const Tile<A>& tl, const S* xp, int cnt, int64_t* __restrict__ counts) const;
-  void count_tile(const Tile<A>& tl, int64_t n, int64_t m, int cnt, int64_t* counts) const;
+  void count_tile(const Tile<A>& tl, int64_t n, int64_t m, int cnt, int64_t* counts,
+                  int32_t* confusion) const;
+  void fold_confusion(int32_t* confusion, int64_t* counts) const;
   void finish_counts(int64_t* counts) const;
 
   // items.h: the work items
