@@ -37,8 +37,8 @@ def tune(args):
     for case in SHAPE_CLASSES:
         for direction in ("forward", "backward"):
             if case.mode == "multiclass":
-                grid = itertools.product([16, 32, 64], [4, 8])
-                tables = (configs.PIXEL_THREAD_ELEMENTS, configs.PIXEL_WARPS)
+                grid = itertools.product([2048, 4096, 8192], [4, 8])
+                tables = (configs.PIXEL_TILE_ELEMENTS, configs.PIXEL_WARPS)
             else:
                 grid = itertools.product([1024, 2048, 4096], [4, 8])
                 tables = (configs.ROW_BLOCK, configs.ROW_WARPS)

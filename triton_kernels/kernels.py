@@ -1,9 +1,8 @@
 """The softiou kernels in Triton. They mirror csrc/softiou_math.h function by function (the names
 in the comments) and are tested against the same reference (softiou_cuda.reference).
 
-pixel_kernel     multiclass: a program loops over its chunk of pixels of one sample in tiles of
-                 all classes of a few hundred pixels (_pixel_tile), the softmax over the
-                 classes within a warp.
+pixel_kernel     multiclass: a program owns a [BLOCK_C, BLOCK_M] tile (all classes of BLOCK_M
+                 pixels of one sample) and loops over its chunk of pixels; softmax over axis 0.
 row_kernel       binary / multilabel: elementwise over a (sample, class) row.
 reduce_kernel    the fixed-order second stage over the programs' partial sums.
 finalize_kernel  the finalize step (csrc/finalize.h): from the partial sums to the loss and the
@@ -84,52 +83,6 @@ def _ce_gradient(ce_ptr, go_ptr, n, ce_sn, gon, HAS_GO: tl.constexpr,
 
 
 @triton.jit
-def _pixel_tile(CIN: tl.constexpr, CL: tl.constexpr, WD: tl.constexpr, P: tl.constexpr,
-                V: tl.constexpr):
-    """The multiclass kernel's tile: axes [CIN, WD, CL, P, V], class c = ci * CL + cl and pixel
-    offset (wd * P + p) * V + v. Returns c [CIN, 1, CL, 1, 1], the offset [1, WD, 1, P, V] and
-    the class lane cl [1, 1, CL, 1, 1].
-
-    Laid out so that a class never crosses a warp: Triton's layout pass gives the contiguous
-    pixel axis V to one thread (one load of up to 16 bytes per class), then fills a warp's lanes
-    with P and CL (CL * P = 32) and its warps with WD, and leaves CIN in each thread. A
-    reduction over the classes (axes 2 and 0) is then in-thread plus log2(CL) shuffles, with no
-    shared memory or barrier; one over V is in-thread. configs.pixel_config chooses the extents;
-    tools/triton_report.py checks the compiled loop has no barrier left."""
-    ci = tl.arange(0, CIN)[:, None, None, None, None]
-    cl = tl.arange(0, CL)[None, None, :, None, None]
-    wd = tl.arange(0, WD)[None, :, None, None, None]
-    p = tl.arange(0, P)[None, None, None, :, None]
-    v = tl.arange(0, V)[None, None, None, None, :]
-    return (ci * CL + cl).to(tl.int64), ((wd * P + p) * V + v).to(tl.int64), cl.to(tl.int64)
-
-
-@triton.jit
-def _class_max(v):
-    """The maximum over the classes of a pixel tile (axes 2 and 0), kept as size-1 axes."""
-    return tl.max(tl.max(v, axis=2, keep_dims=True), axis=0, keep_dims=True)
-
-
-@triton.jit
-def _class_sum(v):
-    """The sum over the classes of a pixel tile (axes 2 and 0; a fixed order), kept as size-1
-    axes."""
-    return tl.sum(tl.sum(v, axis=2, keep_dims=True), axis=0, keep_dims=True)
-
-
-@triton.jit
-def _per_class(v):
-    """The sum over a [CIN, WD, CL, P] accumulator's pixels: [CIN, CL]."""
-    return tl.sum(tl.sum(v, axis=3), axis=1)
-
-
-@triton.jit
-def _total(v):
-    """The sum of a 4-axis accumulator (a fixed order)."""
-    return tl.sum(tl.sum(tl.sum(tl.sum(v, axis=3), axis=2), axis=1), axis=0)
-
-
-@triton.jit
 def pixel_kernel(x_ptr, t_ptr, w_ptr, coef_ptr, go_ptr, out_ptr, gx_ptr, cw_ptr, ce_ptr,
                  C, M, chunk, n_chunks,
                  sxn, sxc, sxm, stn, stc, stm, swn, swm, sgn, sgc, sgm,
@@ -139,139 +92,123 @@ def pixel_kernel(x_ptr, t_ptr, w_ptr, coef_ptr, go_ptr, out_ptr, gx_ptr, cw_ptr,
                  HAS_IGNORE: tl.constexpr, SOFTMAX: tl.constexpr, FROM_LOGITS: tl.constexpr,
                  USE_MIN: tl.constexpr, HAS_GO: tl.constexpr, CE: tl.constexpr,
                  HAS_CW: tl.constexpr, SQUARED: tl.constexpr, ACC: tl.constexpr,
-                 CIN: tl.constexpr, CL: tl.constexpr, WD: tl.constexpr, P: tl.constexpr,
-                 V: tl.constexpr):
+                 BLOCK_C: tl.constexpr, BLOCK_M: tl.constexpr):
     """Forward: the partial sums of program pid at out[pid * (3C + 2)]: I, P, Y per class, then
     the cross-entropy's numerator and denominator (CE). Backward: the gradient, with the
-    cross-entropy term's (CE). A program loops over its chunk of pixels in tiles of
-    WD * P * V pixels by CIN * CL classes (_pixel_tile); a per-pixel value has size-1 class
-    axes, a per-class value size-1 pixel axes.
-
-    The per-pixel target and weight are loaded with the class lanes' axis CL (a zero offset
-    along it: each of a pixel's lanes loads it), so that they come in the tile's own layout: no
-    conversion between layouts (shared memory and barriers) inside the loop when their elements
-    are 1 or 4 bytes. A value made from them holds a copy per lane, so a per-pixel sum takes
-    lane 0's only. The forward adds each tile into accumulators summed over V at once
-    ([CIN, WD, CL, P]: CIN values per thread each) and over the pixels at the end."""
+    cross-entropy term's (CE)."""
     pid = tl.program_id(0)
     n = (pid // n_chunks).to(tl.int64)
     k = (pid % n_chunks).to(tl.int64)
-    c, off, cl = _pixel_tile(CIN, CL, WD, P, V)
+    c = tl.arange(0, BLOCK_C)
     cmask = c < C
-    lanes = cl * 0  # zero along the class lanes: a per-pixel load in the tile's layout
-    lane0 = cl == 0  # one copy of a per-pixel value
+    c64 = c.to(tl.int64)
     m_begin = k * chunk
     m_end = tl.minimum(m_begin + chunk, M)
-    accI = tl.zeros([CIN, WD, CL, P], ACC)
-    accP = tl.zeros([CIN, WD, CL, P], ACC)
-    accY = tl.zeros([CIN, WD, CL, P], ACC)
-    ce_num = tl.zeros([1, WD, CL, P], ACC)
-    ce_den = tl.zeros([1, WD, CL, P], ACC)
-    nbad = tl.zeros([CIN, WD, CL, P], tl.int32)
+    accI = tl.zeros([BLOCK_C, BLOCK_M], ACC)
+    accP = tl.zeros([BLOCK_C, BLOCK_M], ACC)
+    accY = tl.zeros([BLOCK_C, BLOCK_M], ACC)
+    ce_num = tl.zeros([BLOCK_M], ACC)
+    ce_den = tl.zeros([BLOCK_M], ACC)
+    nbad = tl.zeros([BLOCK_M], tl.int32)
     sharp = _from_bits(sharp_hi, sharp_lo, ACC)
     if CE:  # the cross-entropy term's class weights and label smoothing
         ls = _from_bits(ls_hi, ls_lo, ACC)
         if HAS_CW:
-            cwv = tl.load(cw_ptr + c, mask=cmask, other=0.0).to(ACC)
+            cwv = tl.load(cw_ptr + c64, mask=cmask, other=0.0).to(ACC)
         else:
             cwv = tl.where(cmask, 1.0, 0.0).to(ACC)
     if not FWD:
-        gI, gP = _pair_gradient(coef_ptr, go_ptr, n, c, kn, kc, kk, gon, goc, cmask, HAS_GO, ACC)
+        gI, gP = _pair_gradient(coef_ptr, go_ptr, n, c64, kn, kc, kk, gon, goc, cmask, HAS_GO,
+                                ACC)
         if CE:
             gce = _ce_gradient(ce_ptr, go_ptr, n, ce_sn, gon, HAS_GO, ACC)
-    for m0 in range(m_begin, m_end, WD * P * V):
-        m = m0 + off
+    for m0 in range(m_begin, m_end, BLOCK_M):
+        m = m0 + tl.arange(0, BLOCK_M).to(tl.int64)
         mmask = m < m_end
-        mask2 = cmask & mmask
-        # every load of the tile first: the input, the target, the weight
-        x = tl.load(x_ptr + n * sxn + c * sxc + m * sxm, mask=mask2, other=0.0).to(ACC)
-        if CLASS_MAP:
-            t = tl.load(t_ptr + n * stn + (m + lanes) * stm, mask=mmask, other=0).to(tl.int64)
-        else:
-            y = tl.load(t_ptr + n * stn + c * stc + m * stm, mask=mask2, other=0).to(ACC)
-        if HAS_W:
-            w = tl.load(w_ptr + n * swn + (m + lanes) * swm, mask=mmask, other=0.0).to(ACC)
-        else:
-            w = tl.full([1, WD, 1, P, V], 1.0, ACC)
-        # bad values (a per-pixel one counted at class 0)
-        bad = tl.zeros(mask2.shape, tl.int32)
+        mask2 = cmask[:, None] & mmask[None, :]
+        x = tl.load(x_ptr + n * sxn + c64[:, None] * sxc + m[None, :] * sxm, mask=mask2,
+                    other=0.0).to(ACC)
         if not FROM_LOGITS:
-            bad += (_outside_unit_interval(x) & mask2).to(tl.int32)
+            nbad += tl.sum((_outside_unit_interval(x) & mask2).to(tl.int32), axis=0)
         # probabilities (softmax_arg, softmax_shift, softmax_exp, softmax_inv_sum)
         if SOFTMAX:
             if FROM_LOGITS:
                 l = sharp * x
             else:
                 l = sharp * tl.log(x)
-            l = tl.where(cmask, l, float("-inf"))
-            mx = _class_max(l)
+            l = tl.where(cmask[:, None], l, float("-inf"))
+            mx = tl.max(l, axis=0)
             mx = tl.where(mx == float("-inf"), 0.0, mx)  # softmax_shift
-            e = tl.exp(l - mx)  # softmax_exp
-            s = _class_sum(e)
+            e = tl.exp(l - mx[None, :])  # softmax_exp
+            s = tl.sum(e, axis=0)
             inv = tl.where(s == 0, 0.0, 1.0 / s)
-            p = e * inv
+            p = e * inv[None, :]
         else:
             p = x
         # target and validity
         if CLASS_MAP:
+            t = tl.load(t_ptr + n * stn + m * stm, mask=mmask, other=0).to(tl.int64)
             valid = mmask
             if HAS_IGNORE:
                 valid = valid & (t != ignore)
-            bad += (valid & ((t < 0) | (t >= C)) & (c == 0)).to(tl.int32)
-            y = (t == c).to(ACC)
-            v2 = valid & cmask
+            nbad += (valid & ((t < 0) | (t >= C))).to(tl.int32)
+            y = (t[None, :] == c64[:, None]).to(ACC)
+            v2 = valid[None, :] & cmask[:, None]
         else:
-            bad += (_outside_unit_interval(y) & mask2).to(tl.int32)
+            y = tl.load(t_ptr + n * stn + c64[:, None] * stc + m[None, :] * stm, mask=mask2,
+                        other=0).to(ACC)
+            nbad += tl.sum((_outside_unit_interval(y) & mask2).to(tl.int32), axis=0)
             valid = mmask
             v2 = mask2
         if HAS_W:
-            bad += ((w < 0) & mmask & (c == 0)).to(tl.int32)
-        nbad += tl.sum(bad, axis=4)
+            w = tl.load(w_ptr + n * swn + m * swm, mask=mmask, other=0.0).to(ACC)
+            nbad += (w < 0).to(tl.int32)
+        else:
+            w = tl.full([BLOCK_M], 1.0, ACC)
+        ww = w[None, :]
         if CE:  # softiou_math.h: the term's weights q_k = c_k ((1 - eps) y_k + eps / C)
-            q = tl.where(v2, cwv * ((1.0 - ls) * y + ls / C), 0.0)
+            q = tl.where(v2, cwv[:, None] * ((1.0 - ls) * y + ls / C), 0.0)
         if FWD:
-            accI += tl.sum(tl.where(v2, w * _intersection(p, y, USE_MIN), 0.0), axis=4)
-            accP += tl.sum(tl.where(v2, w * _power_term(p, SQUARED), 0.0), axis=4)
-            accY += tl.sum(tl.where(v2, w * _power_term(y, SQUARED), 0.0), axis=4)
+            accI += tl.where(v2, ww * _intersection(p, y, USE_MIN), 0.0)
+            accP += tl.where(v2, ww * _power_term(p, SQUARED), 0.0)
+            accY += tl.where(v2, ww * _power_term(y, SQUARED), 0.0)
             if CE:  # l = sum_k q_k (lse - l_k); denominator w c_t (class map) or w (dense)
                 lse = mx + tl.log(s)
-                ell = _class_sum(tl.where(v2, q * (lse - l), 0.0))
-                one = valid & lane0
-                ce_num += tl.sum(tl.where(one, w * ell, 0.0), axis=4)
+                ell = tl.sum(tl.where(v2, q * (lse[None, :] - l), 0.0), axis=0)
+                ce_num += tl.where(valid, w * ell, 0.0)
                 if CLASS_MAP:
-                    ce_den += tl.sum(tl.where(one, w * _class_sum(tl.where(v2, cwv * y, 0.0)),
-                                              0.0), axis=4)
+                    ce_den += tl.where(valid, w * tl.sum(tl.where(v2, cwv[:, None] * y, 0.0),
+                                                         axis=0), 0.0)
                 else:
-                    ce_den += tl.sum(tl.where(one, w, 0.0), axis=4)
+                    ce_den += tl.where(valid, w, 0.0)
         else:
             # grad_p, then the softmax backward with softmax_arg_dx
-            g = tl.where(v2, w * _grad_p(p, y, gI, gP, USE_MIN, SQUARED), 0.0)
+            g = tl.where(v2, ww * _grad_p(p, y, gI[:, None], gP[:, None], USE_MIN, SQUARED), 0.0)
             if SOFTMAX:
-                dot = _class_sum(p * g)
+                dot = tl.sum(p * g, axis=0)
                 if FROM_LOGITS:
-                    dx = sharp * p * (g - dot)
+                    dx = sharp * p * (g - dot[None, :])
                 else:
                     fac = tl.where(x > 0, sharp / x, 0.0)
-                    dx = fac * p * (g - dot)
+                    dx = fac * p * (g - dot[None, :])
             else:
                 dx = g
             if CE:  # + a gce w (Q p_k - q_k)
-                Q = _class_sum(q)
-                dx += sharp * gce * tl.where(v2, w * (Q * p - q), 0.0)
-            tl.store(gx_ptr + n * sgn + c * sgc + m * sgm, dx.to(gx_ptr.dtype.element_ty),
-                     mask=mask2)
+                Q = tl.sum(q, axis=0)
+                dx += sharp * gce * tl.where(v2, ww * (Q[None, :] * p - q), 0.0)
+            tl.store(gx_ptr + n * sgn + c64[:, None] * sgc + m[None, :] * sgm,
+                     dx.to(gx_ptr.dtype.element_ty), mask=mask2)
     if FWD:
-        I = _per_class(accI)
-        Pc = _per_class(accP)
-        Y = _per_class(accY)
-        Pc = tl.where(_total(nbad) > 0, float("nan"), Pc)
-        c2 = tl.arange(0, CIN)[:, None].to(tl.int64) * CL + tl.arange(0, CL)[None, :]
+        I = tl.sum(accI, axis=1)
+        P = tl.sum(accP, axis=1)
+        Y = tl.sum(accY, axis=1)
+        P = tl.where(tl.sum(nbad, axis=0) > 0, float("nan"), P)
         row = out_ptr + pid.to(tl.int64) * (C * 3 + 2)
-        tl.store(row + c2 * 3, I, mask=c2 < C)
-        tl.store(row + c2 * 3 + 1, Pc, mask=c2 < C)
-        tl.store(row + c2 * 3 + 2, Y, mask=c2 < C)
-        tl.store(row + C * 3, _total(ce_num))
-        tl.store(row + C * 3 + 1, _total(ce_den))
+        tl.store(row + c64 * 3, I, mask=cmask)
+        tl.store(row + c64 * 3 + 1, P, mask=cmask)
+        tl.store(row + c64 * 3 + 2, Y, mask=cmask)
+        tl.store(row + C * 3, tl.sum(ce_num, axis=0))
+        tl.store(row + C * 3 + 1, tl.sum(ce_den, axis=0))
 
 
 @triton.jit

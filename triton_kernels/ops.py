@@ -168,17 +168,14 @@ def _run(input, target, weight, o, coef=None, coef_strides=(0, 0, 1), grad_out=N
                   SQUARED=o["squared"], ACC=tl.float64 if acc == torch.float64 else tl.float32)
     target_programs = configs.programs_target(input.device, direction)
     if pixel:
-        tile_config = configs.pixel_config(C, direction, x.element_size(),
-                                           t.element_size() if class_map else 0)
-        rows, tile = N, configs.pixel_block(tile_config)
+        block_c, block_m, warps = configs.pixel_config(C, direction)
+        rows, tile = N, block_m
     else:
         block, warps = configs.row_config(direction)
         rows, tile = N * C, block
     tiles = _cdiv(M, tile)
     per_row = max(1, min(tiles, _cdiv(target_programs, max(rows, 1))))
-    # a multiple of 16 pixels too: Triton specialises a 16-divisible chunk, and only then can it
-    # prove a tile's pixels share their mask in runs of V and vectorise the loads
-    chunk = _cdiv(_cdiv(tiles, per_row) * tile, max(tile, 16)) * max(tile, 16)
+    chunk = _cdiv(tiles, per_row) * tile
     n_chunks = _cdiv(M, chunk)
     grid = (rows * n_chunks,)
     part = torch.empty((rows * n_chunks * _partial_row(C, pixel),), dtype=acc,
@@ -192,7 +189,7 @@ def _run(input, target, weight, o, coef=None, coef_strides=(0, 0, 1), grad_out=N
             *_bits(o["ce_pos_weight"]))
     if pixel:
         _launcher(pixel_kernel)[grid](*args, CLASS_MAP=class_map, SOFTMAX=softmax,
-                                      **tile_config, **common)
+                                      BLOCK_C=block_c, BLOCK_M=block_m, num_warps=warps, **common)
     else:
         _launcher(row_kernel)[grid](*args, INT_TARGET=not t.dtype.is_floating_point
                                     and t.dtype != torch.bool, CLASS_MAP=class_map,
@@ -286,7 +283,7 @@ def _count(input, target, o, out):
     mode = o["mode"]
     (x, sxn, sxc, sxm), (t, stn, stc, stm), _, N, C, M, acc, class_map = _prepare(
         input, target, None, mode)
-    block_c, block_m, warps = configs.counts_config(C)
+    block_c, block_m, warps = configs.pixel_config(C, "forward")
     tiles = _cdiv(M, block_m)
     per_row = max(1, min(tiles, _cdiv(configs.programs_target(input.device, "forward"), N)))
     chunk = _cdiv(tiles, per_row) * block_m
