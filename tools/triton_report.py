@@ -217,8 +217,7 @@ def _figures(compiled) -> dict:
 
 def _constants(kwargs) -> str:
     """The launch's compile-time choices that tell its instantiations apart."""
-    keep = ("FWD", "CLASS_MAP", "CE", "CIN", "CL", "WD", "P", "V", "BLOCK_C", "BLOCK_M",
-            "BLOCK")
+    keep = ("FWD", "CLASS_MAP", "CE", "BLOCK_C", "BLOCK_M", "BLOCK")
     return " ".join(f"{k}={kwargs[k]}" for k in keep if k in kwargs)
 
 
@@ -227,8 +226,6 @@ def _items_per_warp(kwargs) -> int:
     multiclass and counts kernels, elements for the row kernel. The loop's instructions over it
     are the warp instructions each costs."""
     warps = kwargs["num_warps"]
-    if "V" in kwargs:  # pixel_kernel: P * V pixels per warp
-        return kwargs["P"] * kwargs["V"]
     if "BLOCK_M" in kwargs:
         return max(1, kwargs["BLOCK_M"] // warps)
     return max(1, kwargs["BLOCK"] // warps)
