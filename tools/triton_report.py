@@ -16,8 +16,9 @@ kernels the backend launches for those shapes, not hand-written stand-ins.
 
 Writes triton-report.txt and triton-report.json there and prints the worst figures per kernel
 family; tests/test_perf_report.py holds each family to its budget in tools/perf_budget.json
-("triton_families": registers, spill bytes and barriers in loops, ratcheted as the CUDA kernels' are, see
-tools/perf_report.py). Compiles are cached by Triton (~/.triton/cache): a rerun takes seconds.
+("triton_families": registers, spill bytes and barriers in loops, ratcheted as the CUDA
+kernels' are, see tools/perf_report.py). Compiles are cached by Triton (~/.triton/cache): a
+rerun takes seconds.
 """
 
 from __future__ import annotations

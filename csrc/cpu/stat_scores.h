@@ -21,9 +21,9 @@ namespace {
 // Multiclass: each pixel's predicted class (the first maximal x over the classes) and its target
 // class (the class map's, or the first maximal y of a dense target), then one increment per
 // pixel in its confusion cell (confusion not null: C <= kConfusionClasses), or else one per kept
-// pixel and counter of the rows. The prediction comes with the softmax's maximum pass where that read the
-// tile in place (softmax.h: no second read of the input); otherwise it is found here, a compare
-// and two selects per element.
+// pixel and counter of the rows. The prediction comes with the softmax's maximum pass where that
+// read the tile in place (softmax.h: no second read of the input); otherwise it is found here, a
+// compare and two selects per element.
 template <class A, class S, class TT, bool CLASS_MAP>
 inline void Kernel<A, S, TT, CLASS_MAP>::count_classes(const Tile<A>& tl, const S* xp, int cnt,
                                                        int64_t* __restrict__ counts,
@@ -78,7 +78,8 @@ inline void Kernel<A, S, TT, CLASS_MAP>::count_classes(const Tile<A>& tl, const 
     }
     for (int t = 0; t < kTile; ++t) tgt[t] = tl.Vb[t] != A(0) ? tgt[t] : int32_t(-1);
   }
-  // pixel t to copy t % kCountCopies, a pixel not kept (or past the tile's end) to row C
+  // pixel t to copy t % kCountCopies; a pixel not kept (or past the tile's end) to the last cell
+  // of the confusion matrix, or to row C of the rows
   static_assert(kTile % kCountCopies == 0, "whole rounds of copies per tile");
   if (confusion != nullptr) {  // one increment per pixel, in its (predicted, target) cell
     const int32_t side = int32_t(C + 1), area = side * side;
