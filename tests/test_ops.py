@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import softiou_cuda
-from conftest import CASES, DEVICES, is_interpreted
+from conftest import CASE_IDS, CASES, DEVICES, is_interpreted
 from helpers import make_inputs, stats_function
 
 pytestmark = pytest.mark.skipif(not softiou_cuda.operators.HAS_EXTENSION,
@@ -122,6 +122,52 @@ def test_opcheck_triton_ops(mode, kind, options, weighted, ignore):
     grad = torch.randn(args[0].shape[0], args[0].shape[1], 3, device="cuda")
     torch.library.opcheck(tops.triton_stats_backward,
                           (grad, None, None, args[0].detach()) + args[1:])
+
+
+TRITON_DEVICES = [d for d, b in CASES if b == "triton"]
+# the opcheck inputs, and those of logits again with the cross-entropy term
+AUTOGRAD_INPUTS = [i + (0.0,) for i in OPCHECK_INPUTS] + [
+    i + (0.5,) for i in OPCHECK_INPUTS if i[2].get("from_logits", True)]
+
+
+@pytest.mark.parametrize("device", TRITON_DEVICES)
+@pytest.mark.parametrize("mode,kind,options,weighted,ignore,ce_weight", AUTOGRAD_INPUTS,
+                         ids=[f"{m}-{k}-ce{c}" for m, k, *_, c in AUTOGRAD_INPUTS])
+def test_triton_stats_op_autograd(device, mode, kind, options, weighted, ignore, ce_weight):
+    """softiou::triton_stats called directly differentiates as softiou::stats(backend="triton")
+    does (bitwise: the same gradient pass), and against finite differences."""
+    from softiou_cuda.triton_kernels import ops as tops
+    args = _op_args(_stats_args(mode, kind, options, weighted, ignore, device, torch.float64,
+                                (2, 3, 3, 4)))
+    x, rest = args[0], args[1:]
+    if ce_weight and mode == "multiclass":
+        rest = rest[:2] + (torch.tensor([1.0, 2.0, 0.5], dtype=torch.float64, device=device),) \
+            + rest[3:]
+
+    def sums(x):
+        return tops.triton_stats(x, *rest, ce_weight=ce_weight)[:2]
+    s, ce = sums(x)
+    s2, ce2, _ = torch.ops.softiou.stats(x, *rest, ce_weight=ce_weight, backend="triton")
+    assert torch.equal(s, s2) and torch.equal(ce, ce2)
+    gs, gce = torch.randn_like(s), torch.randn_like(ce)
+    grad, = torch.autograd.grad((s, ce), x, (gs, gce))
+    expected, = torch.autograd.grad((s2, ce2), x, (gs, gce))
+    assert torch.equal(grad, expected)
+    assert torch.autograd.gradcheck(sums, (x,), eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+@pytest.mark.parametrize("device,backend", CASES, ids=CASE_IDS)
+def test_sums_without_the_cross_entropy_carry_no_gradient(device, backend):
+    """Without the cross-entropy term its sums are constant zeros: a gradient given for them
+    changes nothing (the gradient pass reads grad_ce only where the term is on)."""
+    x, t, w = make_inputs("multiclass", "map-int64", torch.float64, device, shape=(2, 3, 3, 4),
+                          weight=True)
+    s, ce, _ = torch.ops.softiou.stats(x, t, w, backend=backend)
+    assert not ce.any()
+    gs = torch.randn_like(s)
+    with_ce, = torch.autograd.grad((s, ce), x, (gs, torch.randn_like(ce)), retain_graph=True)
+    alone, = torch.autograd.grad(s, x, gs)
+    assert torch.equal(with_ce, alone)
 
 
 GRADCHECK_INPUTS = [

@@ -343,7 +343,7 @@ def triton_stats_backward(grad_stats: Tensor, grad_ce: Optional[Tensor],
         go_strides = (_broadcast_stride(go, 0, N, "grad_out") if go.dim() == 2 else 0,
                       _broadcast_stride(go, go.dim() - 1, C, "grad_out") if go.dim() else 0)
     gce, ce_stride = None, 0
-    if grad_ce is not None:
+    if grad_ce is not None and o["ce_weight"] > 0:  # read where the term is on, as csrc's
         gce = grad_ce if grad_ce.dtype == acc else grad_ce.to(acc)
         ce_stride = _broadcast_stride(gce, 0, N, "grad_ce")
         inputs.check_class_weight(class_weight, C, x.device)
@@ -354,6 +354,26 @@ def triton_stats_backward(grad_stats: Tensor, grad_ce: Optional[Tensor],
 
 
 triton_stats_backward.register_fake(operators.stats_backward_fake)
+
+
+# triton_stats's own autograd, as softiou::stats's (csrc/ops/autograd.cpp): the C++ operators call
+# it below autograd, so this serves a direct call (and opcheck's check of it under AOTAutograd).
+# The counts are integers: autograd gives them no gradient.
+def _stats_setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs[:4])
+    ctx.options = declared.named(declared.STATS_FIELDS + declared.COUNTS_FIELDS, inputs[4:], {})
+
+
+def _stats_grad(ctx, grad_stats, grad_ce, grad_counts):
+    tensors = ctx.saved_tensors
+    grads = [None] * (len(tensors) + len(declared.STATS_FIELDS + declared.COUNTS_FIELDS))
+    if ctx.needs_input_grad[0]:
+        grads[0] = triton_stats_backward(grad_stats, grad_ce, None, *tensors,
+                                         *(ctx.options[name] for name in declared.STATS_FIELDS))
+    return tuple(grads)
+
+
+triton_stats.register_autograd(_stats_grad, setup_context=_stats_setup_context)
 
 
 _keep_masks = {}
