@@ -124,6 +124,20 @@ def test_fused_counts_either_side_of_the_confusion_matrices(case, C):
     assert torch.equal(got.cpu(), reference.stat_scores(x, t, ignore_index=255))
 
 
+def test_fused_counts_of_many_classes(case):
+    """More classes than one pass of the CUDA pixel kernel holds (the wide softmax: its counts
+    come from the counting kernel) and fewer, against the reference."""
+    device, backend = case
+    for C, dtype in ((300, torch.float32), (70, torch.bfloat16)):
+        g = torch.Generator().manual_seed(C)
+        x = torch.randn(2, C, 3, 29, generator=g).to(dtype)
+        t = torch.randint(0, C, (2, 3, 29), generator=g)
+        t[1, 0] = -1
+        got = softiou_cuda.stat_scores(x.to(device), t.to(device), ignore_index=-1,
+                                       backend=backend)
+        assert torch.equal(got.cpu(), reference.stat_scores(x, t, ignore_index=-1))
+
+
 def test_fused_counts_ties_and_layouts(case):
     """Ties go to the first maximal class; channels_last and sliced inputs are read in place."""
     device, backend = case
@@ -136,6 +150,40 @@ def test_fused_counts_ties_and_layouts(case):
         got = softiou_cuda.stat_scores(xi.to(device), ti.to(device), ignore_index=255,
                                        backend=backend)
         assert torch.equal(got.cpu(), reference.stat_scores(xi, ti, ignore_index=255))
+
+
+# (mode, target kind, from_logits, ignore_index): each kernel and target path of the Triton
+# statistics pass that counts (pixel_kernel: multiclass through histograms, a multilabel class map
+# of probabilities through codes; row_kernel: binary and multilabel through codes)
+FOLD_CASES = [("multiclass", "map-int64", True, 255), ("multiclass", "soft-float", True, None),
+              ("multilabel", "map-classes", False, -1), ("binary", "float", False, -1),
+              ("multilabel", "int64", True, -1)]
+
+
+@pytest.mark.parametrize("fold", [1, 2])
+@pytest.mark.parametrize("mode,kind,from_logits,ignore", FOLD_CASES,
+                         ids=[f"{m}-{k}" for m, k, *_ in FOLD_CASES])
+def test_triton_counts_fold_their_codes(monkeypatch, mode, kind, from_logits, ignore, fold):
+    """The Triton statistics pass counts over several tiles a program: multiclass through
+    histograms of the pixels' classes, the rest as 8-bit fields of an int32 per tile element
+    folded into int64 totals every configs.COUNT_FOLD tiles (127), lowered here so that a program
+    folds several times and ends between two folds (3 tiles per program or more); against the
+    reference."""
+    pytest.importorskip("triton")
+    from softiou_cuda.triton_kernels import configs
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    monkeypatch.setattr(configs, "COUNT_FOLD", fold)
+    # 3 tiles per program of 16 (the interpreter's programs_target) or more
+    C = 1 if mode == "binary" else 3
+    block = configs.pixel_config(C, "forward")[1] if kind.startswith("map") or \
+        mode == "multiclass" else configs.row_config("forward")[0]
+    x, t, _ = make_inputs(mode, kind, torch.float32, device, (1, C, 40 * block - 5), from_logits,
+                          ignore, seed=fold)
+    got = softiou_cuda.stat_scores(x, t, mode=mode, from_logits=from_logits, ignore_index=ignore,
+                                   backend="triton")
+    want = reference.stat_scores(x.detach().cpu(), t.cpu(), mode=mode, from_logits=from_logits,
+                                 ignore_index=ignore)
+    assert torch.equal(got.cpu(), want)
 
 
 @pytest.mark.parametrize("options", [

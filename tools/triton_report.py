@@ -87,13 +87,18 @@ def cases():
             _phases(ops, x, t, _options(ops, mode="multilabel"))
         return run
 
-    def counts(dtype, C, hw):
+    def counts(dtype, C, hw, mode="multiclass", dense=False, **extra):
+        """The statistics pass with the hard counts (in the pass, or counts_kernel after it)."""
         def run(ops):
             x = torch.empty((8, C) + hw, dtype=dtype, device="meta")
-            t = torch.empty((8,) + hw, dtype=torch.int64, device="meta")
-            o = dict(_options(ops, mode="multiclass"), threshold=0.5)
+            dense_target = dense or mode != "multiclass"
+            t = torch.empty((8, C) + hw if dense_target else (8,) + hw,
+                            dtype=dtype if dense_target else torch.int64, device="meta")
+            o = _options(ops, mode=mode, **extra)
             out = torch.empty((8, C, 4), dtype=torch.int64, device="meta")
-            ops._count(x, t, o, out)
+            part, n_chunks, pixel = ops._run(x, t, None, o, counts=out)
+            if not ops._counts_in_pass(mode, pixel):
+                ops._count(x, t, o, out)
         return run
 
     bar = (1024, 2048)
@@ -108,6 +113,9 @@ def cases():
         ("f32 multilabel C=19", multilabel(torch.float32, 19, bar)),
         ("bf16 multilabel C=19", multilabel(torch.bfloat16, 19, bar)),
         ("f32 C=19 counts", counts(torch.float32, 19, bar)),
+        ("f32 multilabel C=19 counts", counts(torch.float32, 19, bar, mode="multilabel")),
+        ("f32 C=19 probabilities, dense, counts",
+         counts(torch.float32, 19, bar, dense=True, from_logits=False)),
     ]
 
 
@@ -218,7 +226,7 @@ def _figures(compiled) -> dict:
 
 def _constants(kwargs) -> str:
     """The launch's compile-time choices that tell its instantiations apart."""
-    keep = ("FWD", "CLASS_MAP", "CE", "BLOCK_C", "BLOCK_M", "BLOCK")
+    keep = ("FWD", "CLASS_MAP", "CE", "COUNT", "BLOCK_C", "BLOCK_M", "BLOCK")
     return " ".join(f"{k}={kwargs[k]}" for k in keep if k in kwargs)
 
 
@@ -249,7 +257,10 @@ def collect() -> list:
             figures = _figures(_compile(kernel, args, kwargs))
             figures["per_item"] = round(figures["loop_instructions"] / _items_per_warp(kwargs),
                                         2)
-            records.append({"arch": f"sm_{ARCH}", "case": case, "family": kernel.__name__,
+            # a statistics pass that counts too is a family of its own: the loss's pass is
+            # held to its figures whether or not the counts' variant meets them
+            family = kernel.__name__ + ("+counts" if kwargs.get("COUNT") else "")
+            records.append({"arch": f"sm_{ARCH}", "case": case, "family": family,
                             "kernel": f"{kernel.__name__} {str(dtype).replace('torch.', '')} "
                                       f"{_constants(kwargs)}", **figures})
     return records

@@ -22,6 +22,9 @@ ROW_BLOCK = {"forward": 4096, "backward": 2048}
 ROW_WARPS = {"forward": 8, "backward": 4}
 # programs per multiprocessor the forward aims at (its partial sums grow with the count)
 PROGRAMS_PER_SM = {"forward": 4, "backward": 16}
+# tiles a statistics kernel counts into its int32 codes before it folds them into int64 totals
+# (kernels._count_code: below 128); tests lower it to fold at small sizes
+COUNT_FOLD = 127
 
 
 def next_power_of_2(v: int) -> int:

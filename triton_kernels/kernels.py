@@ -7,7 +7,10 @@ row_kernel       binary / multilabel: elementwise over a (sample, class) row.
 reduce_kernel    the fixed-order second stage over the programs' partial sums.
 finalize_kernel  the finalize step (csrc/finalize.h): from the partial sums to the loss and the
                  coefficients of its gradient, in one program.
-counts_kernel    the hard counts (tp, fp, tn, fn; SPEC section 11), where asked.
+counts_kernel    the hard counts (tp, fp, tn, fn; SPEC section 11), where asked and the
+                 statistics pass cannot count them (a multiclass input of probabilities with a
+                 dense target, which row_kernel reads a class at a time); elsewhere pixel_kernel
+                 and row_kernel count them in the statistics pass itself (COUNT).
 
 The gradient kernels read the gradient of the loss with respect to I and P of each pair as
 ``go * coef`` (softiou_math.h: pair_gradient).
@@ -83,19 +86,108 @@ def _ce_gradient(ce_ptr, go_ptr, n, ce_sn, gon, HAS_GO: tl.constexpr,
 
 
 @triton.jit
+def _class_map_keep(t, mask, C, ignore, HAS_IGNORE: tl.constexpr):
+    """The class map's values counted (SPEC section 11): loaded, in [0, C), not ignored."""
+    keep = mask & (t >= 0) & (t < C)
+    if HAS_IGNORE:
+        keep = keep & (t != ignore)
+    return keep
+
+
+@triton.jit
+def _hard_classes(x, t, mask2, mmask, C, ignore, CLASS_MAP: tl.constexpr,
+                  HAS_IGNORE: tl.constexpr, ACC: tl.constexpr):
+    """Multiclass, SPEC section 11 on a loaded [BLOCK_C, BLOCK_M] tile (as
+    csrc/cuda/kernels_counts.cu): per pixel (keep, predicted class, target class), [BLOCK_M].
+    x: the raw input; t: the class map [BLOCK_M] or the dense target's tile; mask2, mmask: the
+    elements and pixels loaded (any `other`). tl.argmax's ties go to the lowest index: torch.argmax's
+    first maximal class, of the input and of a dense target (a bool target cannot hold -inf)."""
+    pred = tl.argmax(tl.where(mask2, x, float("-inf")), axis=0, tie_break_left=True)
+    if CLASS_MAP:
+        keep = _class_map_keep(t, mmask, C, ignore, HAS_IGNORE)
+        true = t.to(tl.int32)  # (in range where kept)
+    else:
+        keep = mmask
+        true = tl.argmax(tl.where(mask2, t.to(ACC), float("-inf")), axis=0, tie_break_left=True)
+    return keep, pred.to(tl.int32), true.to(tl.int32)
+
+
+@triton.jit
+def _histograms(keep, pred, true, BLOCK_C: tl.constexpr):
+    """(tp, predicted, target) per class of one tile's pixels (_hard_classes), int64 [BLOCK_C]."""
+    tp = tl.histogram(true, BLOCK_C, mask=keep & (pred == true)).to(tl.int64)
+    predicted = tl.histogram(pred, BLOCK_C, mask=keep).to(tl.int64)
+    target = tl.histogram(true, BLOCK_C, mask=keep).to(tl.int64)
+    return tp, predicted, target
+
+
+@triton.jit
+def _hard_elements(x, t, c, mask, thr, C, ignore, CLASS_MAP: tl.constexpr,
+                   INT_TARGET: tl.constexpr, HAS_IGNORE: tl.constexpr, ACC: tl.constexpr):
+    """Binary and multilabel, SPEC section 11 per loaded element (as
+    csrc/cuda/kernels_counts.cu): (keep, pred, true), booleans. x: the raw input (pred: x > thr,
+    thr in input space); t: the class map's values broadcast against c (the classes of x's
+    elements; true: t == c), or the target's elements (an integer's 1, y > 0.5)."""
+    pred = x > thr
+    if CLASS_MAP:
+        keep = _class_map_keep(t, mask, C, ignore, HAS_IGNORE)
+        true = c == t
+    elif INT_TARGET:
+        keep = mask & ((t == 0) | (t == 1))
+        if HAS_IGNORE:
+            keep = keep & (t != ignore)
+        true = t == 1
+    else:
+        tv = t.to(ACC)
+        keep = mask
+        if HAS_IGNORE:
+            keep = keep & (tv != ignore)
+        true = tv > 0.5
+    return keep, pred, true
+
+
+@triton.jit
+def _count_code(keep, pred, true):
+    """An element's (tp, predicted, target, kept) as the 8-bit fields of one int32. The kernels
+    add an element's codes over at most COUNT_FOLD < 128 tiles (configs.COUNT_FOLD) before they
+    fold them into int64 totals: no field carries into the next, nor into the sign bit."""
+    code = (pred & true).to(tl.int32) + (pred.to(tl.int32) << 8) + (true.to(tl.int32) << 16) \
+        + (1 << 24)
+    return tl.where(keep, code, 0)
+
+
+@triton.jit
+def _field(code, field: tl.constexpr, AXIS: tl.constexpr):
+    return tl.sum(((code >> (8 * field)) & 255).to(tl.int64), axis=AXIS)
+
+
+@triton.jit
+def _add_counts(out, tp, predicted, true, kept, mask):
+    """(tp, fp, tn, fn) from the totals, added to out[0:4] (int64, zeroed by the caller: integer
+    additions, exact in any order)."""
+    tl.atomic_add(out + 0, tp, mask=mask)
+    tl.atomic_add(out + 1, predicted - tp, mask=mask)
+    tl.atomic_add(out + 2, kept - predicted - true + tp, mask=mask)
+    tl.atomic_add(out + 3, true - tp, mask=mask)
+
+
+@triton.jit
 def pixel_kernel(x_ptr, t_ptr, w_ptr, coef_ptr, go_ptr, out_ptr, gx_ptr, cw_ptr, ce_ptr,
-                 C, M, chunk, n_chunks,
+                 counts_ptr, C, M, chunk, n_chunks,
                  sxn, sxc, sxm, stn, stc, stm, swn, swm, sgn, sgc, sgm,
                  kn, kc, kk, gon, goc, ce_sn,
-                 sharp_hi, sharp_lo, ignore, ls_hi, ls_lo, pw_hi, pw_lo,
-                 FWD: tl.constexpr, CLASS_MAP: tl.constexpr, HAS_W: tl.constexpr,
+                 sharp_hi, sharp_lo, ignore, ls_hi, ls_lo, pw_hi, pw_lo, thr_hi, thr_lo,
+                 FWD: tl.constexpr, COUNT: tl.constexpr, COUNT_FOLD: tl.constexpr,
+                 MULTICLASS: tl.constexpr,
+                 CLASS_MAP: tl.constexpr, HAS_W: tl.constexpr,
                  HAS_IGNORE: tl.constexpr, SOFTMAX: tl.constexpr, FROM_LOGITS: tl.constexpr,
                  USE_MIN: tl.constexpr, HAS_GO: tl.constexpr, CE: tl.constexpr,
                  HAS_CW: tl.constexpr, SQUARED: tl.constexpr, ACC: tl.constexpr,
                  BLOCK_C: tl.constexpr, BLOCK_M: tl.constexpr):
     """Forward: the partial sums of program pid at out[pid * (3C + 2)]: I, P, Y per class, then
-    the cross-entropy's numerator and denominator (CE). Backward: the gradient, with the
-    cross-entropy term's (CE)."""
+    the cross-entropy's numerator and denominator (CE); COUNT: the hard counts added to
+    counts[n] (MULTICLASS: argmax; else a multilabel class map, x > thr). Backward: the
+    gradient, with the cross-entropy term's (CE)."""
     pid = tl.program_id(0)
     n = (pid // n_chunks).to(tl.int64)
     k = (pid % n_chunks).to(tl.int64)
@@ -111,6 +203,13 @@ def pixel_kernel(x_ptr, t_ptr, w_ptr, coef_ptr, go_ptr, out_ptr, gx_ptr, cw_ptr,
     ce_den = tl.zeros([BLOCK_M], ACC)
     nbad = tl.zeros([BLOCK_M], tl.int32)
     sharp = _from_bits(sharp_hi, sharp_lo, ACC)
+    if COUNT:  # (MULTICLASS: histograms of the pixels' classes; else per-element codes)
+        thr = _from_bits(thr_hi, thr_lo, ACC)
+        code = tl.zeros([BLOCK_C, BLOCK_M], tl.int32)
+        n_tp = tl.zeros([BLOCK_C], tl.int64)
+        n_pred = tl.zeros([BLOCK_C], tl.int64)
+        n_true = tl.zeros([BLOCK_C], tl.int64)
+        n_kept = tl.zeros([BLOCK_C], tl.int64)
     if CE:  # the cross-entropy term's class weights and label smoothing
         ls = _from_bits(ls_hi, ls_lo, ACC)
         if HAS_CW:
@@ -168,6 +267,29 @@ def pixel_kernel(x_ptr, t_ptr, w_ptr, coef_ptr, go_ptr, out_ptr, gx_ptr, cw_ptr,
         ww = w[None, :]
         if CE:  # softiou_math.h: the term's weights q_k = c_k ((1 - eps) y_k + eps / C)
             q = tl.where(v2, cwv[:, None] * ((1.0 - ls) * y + ls / C), 0.0)
+        if COUNT:
+            if MULTICLASS:
+                if CLASS_MAP:
+                    keep, pred, true = _hard_classes(x, t, mask2, mmask, C, ignore, True,
+                                                     HAS_IGNORE, ACC)
+                else:
+                    keep, pred, true = _hard_classes(x, y, mask2, mmask, C, ignore, False,
+                                                     HAS_IGNORE, ACC)
+                h_tp, h_pred, h_true = _histograms(keep, pred, true, BLOCK_C)
+                n_tp += h_tp
+                n_pred += h_pred
+                n_true += h_true
+                n_kept += tl.sum(keep.to(tl.int64), axis=0)
+            else:  # a multilabel class map: x > thr per element
+                keep, pred, true = _hard_elements(x, t[None, :], c64[:, None], mask2, thr, C,
+                                                  ignore, True, False, HAS_IGNORE, ACC)
+                code += _count_code(keep, pred, true)
+                if (m0 - m_begin) // BLOCK_M % COUNT_FOLD == COUNT_FOLD - 1:
+                    n_tp += _field(code, 0, 1)
+                    n_pred += _field(code, 1, 1)
+                    n_true += _field(code, 2, 1)
+                    n_kept += _field(code, 3, 1)
+                    code = tl.zeros([BLOCK_C, BLOCK_M], tl.int32)
         if FWD:
             accI += tl.where(v2, ww * _intersection(p, y, USE_MIN), 0.0)
             accP += tl.where(v2, ww * _power_term(p, SQUARED), 0.0)
@@ -209,21 +331,30 @@ def pixel_kernel(x_ptr, t_ptr, w_ptr, coef_ptr, go_ptr, out_ptr, gx_ptr, cw_ptr,
         tl.store(row + c64 * 3 + 2, Y, mask=cmask)
         tl.store(row + C * 3, tl.sum(ce_num, axis=0))
         tl.store(row + C * 3 + 1, tl.sum(ce_den, axis=0))
+        if COUNT:
+            if not MULTICLASS:
+                n_tp += _field(code, 0, 1)
+                n_pred += _field(code, 1, 1)
+                n_true += _field(code, 2, 1)
+                n_kept += _field(code, 3, 1)
+            _add_counts(counts_ptr + (n * C + c64) * 4, n_tp, n_pred, n_true, n_kept, cmask)
 
 
 @triton.jit
 def row_kernel(x_ptr, t_ptr, w_ptr, coef_ptr, go_ptr, out_ptr, gx_ptr, cw_ptr, ce_ptr,
-               C, M, chunk, n_chunks,
+               counts_ptr, C, M, chunk, n_chunks,
                sxn, sxc, sxm, stn, stc, stm, swn, swm, sgn, sgc, sgm,
                kn, kc, kk, gon, goc, ce_sn,
-               sharp_hi, sharp_lo, ignore, ls_hi, ls_lo, pw_hi, pw_lo,
-               FWD: tl.constexpr, INT_TARGET: tl.constexpr, CLASS_MAP: tl.constexpr,
+               sharp_hi, sharp_lo, ignore, ls_hi, ls_lo, pw_hi, pw_lo, thr_hi, thr_lo,
+               FWD: tl.constexpr, COUNT: tl.constexpr, COUNT_FOLD: tl.constexpr,
+               INT_TARGET: tl.constexpr, CLASS_MAP: tl.constexpr,
                HAS_W: tl.constexpr, HAS_IGNORE: tl.constexpr, SIGMOID: tl.constexpr,
                FROM_LOGITS: tl.constexpr, USE_MIN: tl.constexpr, HAS_GO: tl.constexpr,
                CE: tl.constexpr, HAS_CW: tl.constexpr, SQUARED: tl.constexpr,
                ACC: tl.constexpr, BLOCK: tl.constexpr):
     """Forward: the partial sums of program pid at out[pid * 5]: I, P, Y, then the binary
-    cross-entropy's numerator and denominator (CE). CLASS_MAP: a multilabel class map [N, M],
+    cross-entropy's numerator and denominator (CE); COUNT: the hard counts (x > thr) added to
+    counts[n, c] (binary and multilabel only). CLASS_MAP: a multilabel class map [N, M],
     y = [t == c] (SPEC section 10)."""
     pid = tl.program_id(0)
     r = (pid // n_chunks).to(tl.int64)
@@ -239,6 +370,13 @@ def row_kernel(x_ptr, t_ptr, w_ptr, coef_ptr, go_ptr, out_ptr, gx_ptr, cw_ptr, c
     ce_den = tl.zeros([BLOCK], ACC)
     nbad = tl.zeros([BLOCK], tl.int32)
     sharp = _from_bits(sharp_hi, sharp_lo, ACC)
+    if COUNT:
+        thr = _from_bits(thr_hi, thr_lo, ACC)
+        code = tl.zeros([BLOCK], tl.int32)
+        n_tp = tl.zeros([], tl.int64)
+        n_pred = tl.zeros([], tl.int64)
+        n_true = tl.zeros([], tl.int64)
+        n_kept = tl.zeros([], tl.int64)
     if CE:
         if HAS_CW:
             cw = tl.load(cw_ptr + c).to(ACC)
@@ -288,6 +426,7 @@ def row_kernel(x_ptr, t_ptr, w_ptr, coef_ptr, go_ptr, out_ptr, gx_ptr, cw_ptr, c
             y = tl.where(valid, t, 0).to(ACC)
         else:
             y = tl.load(t_ptr + n * stn + c * stc + m * stm, mask=mm, other=0).to(ACC)
+            t = y  # as loaded (the counts' target)
             valid = mm
             if HAS_IGNORE:  # per element (SPEC section 10)
                 valid = valid & (y != ignore)
@@ -298,6 +437,16 @@ def row_kernel(x_ptr, t_ptr, w_ptr, coef_ptr, go_ptr, out_ptr, gx_ptr, cw_ptr, c
             nbad += (w < 0).to(tl.int32)
         else:
             w = tl.full([BLOCK], 1.0, ACC)
+        if COUNT:
+            keep, pred, true = _hard_elements(x, t, c, mm, thr, C, ignore, CLASS_MAP, INT_TARGET,
+                                              HAS_IGNORE, ACC)
+            code += _count_code(keep, pred, true)
+            if (m0 - m_begin) // BLOCK % COUNT_FOLD == COUNT_FOLD - 1:
+                n_tp += _field(code, 0, 0)
+                n_pred += _field(code, 1, 0)
+                n_true += _field(code, 2, 0)
+                n_kept += _field(code, 3, 0)
+                code = tl.zeros([BLOCK], tl.int32)
         if FWD:
             accI += tl.where(valid, w * _intersection(p, y, USE_MIN), 0.0)
             accP += tl.where(valid, w * _power_term(p, SQUARED), 0.0)
@@ -326,6 +475,10 @@ def row_kernel(x_ptr, t_ptr, w_ptr, coef_ptr, go_ptr, out_ptr, gx_ptr, cw_ptr, c
         tl.store(base + 2, Y)
         tl.store(base + 3, tl.sum(ce_num, axis=0))
         tl.store(base + 4, tl.sum(ce_den, axis=0))
+        if COUNT:
+            _add_counts(counts_ptr + (n * C + c) * 4, n_tp + _field(code, 0, 0),
+                        n_pred + _field(code, 1, 0), n_true + _field(code, 2, 0),
+                        n_kept + _field(code, 3, 0), None)
 
 
 @triton.jit
@@ -387,56 +540,41 @@ def counts_kernel(x_ptr, t_ptr, out_ptr, C, M, chunk, n_chunks, sxn, sxc, sxm, s
     cmask = cs < C
     thr = _from_bits(thr_hi, thr_lo, ACC)
     tp = tl.zeros([BLOCK_C], tl.int64)
-    fp = tl.zeros([BLOCK_C], tl.int64)
-    tn = tl.zeros([BLOCK_C], tl.int64)
-    fn = tl.zeros([BLOCK_C], tl.int64)
+    predicted = tl.zeros([BLOCK_C], tl.int64)
+    target = tl.zeros([BLOCK_C], tl.int64)
+    kept = tl.zeros([BLOCK_C], tl.int64)
     for i in range(0, chunk, BLOCK_M):
         ms = m0 + i + tl.arange(0, BLOCK_M).to(tl.int64)
         mmask = (ms < M) & (i + tl.arange(0, BLOCK_M) < chunk)
         mask2 = cmask[:, None] & mmask[None, :]
         x = tl.load(x_ptr + n * sxn + cs[:, None] * sxc + ms[None, :] * sxm, mask=mask2,
                     other=float("-inf")).to(ACC)
-        if MULTICLASS:
-            # tl.argmax's ties go to the lowest index: torch.argmax's first maximal class
-            pred = cs[:, None] == tl.argmax(x, axis=0, tie_break_left=True)[None, :]
-        else:
-            pred = x > thr
         if CLASS_MAP:
             t = tl.load(t_ptr + n * stn + ms * stm, mask=mmask, other=-1).to(tl.int64)
-            keep = (t >= 0) & (t < C) & mmask
-            if HAS_IGNORE:
-                keep = keep & (t != ignore)
-            true = cs[:, None] == t[None, :]
-            keep = keep[None, :] & cmask[:, None]
-        elif MULTICLASS:  # a dense target's first maximal class
-            y = tl.load(t_ptr + n * stn + cs[:, None] * stc + ms[None, :] * stm, mask=mask2,
-                        other=0).to(ACC)
-            y = tl.where(mask2, y, float("-inf"))  # (a bool target cannot hold -inf)
-            true = cs[:, None] == tl.argmax(y, axis=0, tie_break_left=True)[None, :]
-            keep = mask2
         elif INT_TARGET:
             t = tl.load(t_ptr + n * stn + cs[:, None] * stc + ms[None, :] * stm, mask=mask2,
                         other=-1).to(tl.int64)
-            keep = mask2 & ((t == 0) | (t == 1))
-            if HAS_IGNORE:
-                keep = keep & (t != ignore)
-            true = t == 1
         else:
-            y = tl.load(t_ptr + n * stn + cs[:, None] * stc + ms[None, :] * stm, mask=mask2,
-                        other=0.0).to(ACC)
-            keep = mask2
-            if HAS_IGNORE:
-                keep = keep & (y != ignore)
-            true = y > 0.5
-        tp += tl.sum((keep & pred & true).to(tl.int64), axis=1)
-        fp += tl.sum((keep & pred & ~true).to(tl.int64), axis=1)
-        tn += tl.sum((keep & ~pred & ~true).to(tl.int64), axis=1)
-        fn += tl.sum((keep & ~pred & true).to(tl.int64), axis=1)
-    out = out_ptr + (n * C + cs) * 4
-    tl.atomic_add(out + 0, tp, mask=cmask)
-    tl.atomic_add(out + 1, fp, mask=cmask)
-    tl.atomic_add(out + 2, tn, mask=cmask)
-    tl.atomic_add(out + 3, fn, mask=cmask)
+            t = tl.load(t_ptr + n * stn + cs[:, None] * stc + ms[None, :] * stm, mask=mask2,
+                        other=0)
+        if MULTICLASS:
+            keep, pred, true = _hard_classes(x, t, mask2, mmask, C, ignore, CLASS_MAP,
+                                             HAS_IGNORE, ACC)
+            h_tp, h_pred, h_true = _histograms(keep, pred, true, BLOCK_C)
+            tp += h_tp
+            predicted += h_pred
+            target += h_true
+            kept += tl.sum(keep.to(tl.int64), axis=0)
+        else:
+            if CLASS_MAP:  # a multilabel class map
+                t = t[None, :]
+            keep, pred, true = _hard_elements(x, t, cs[:, None], mask2, thr, C, ignore,
+                                              CLASS_MAP, INT_TARGET, HAS_IGNORE, ACC)
+            tp += tl.sum((keep & pred & true).to(tl.int64), axis=1)
+            predicted += tl.sum((keep & pred).to(tl.int64), axis=1)
+            target += tl.sum((keep & true).to(tl.int64), axis=1)
+            kept += tl.sum(keep.to(tl.int64), axis=1)
+    _add_counts(out_ptr + (n * C + cs) * 4, tp, predicted, target, kept, cmask)
 
 
 # ---------------------------------------------------------------------------------------------

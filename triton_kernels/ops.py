@@ -136,13 +136,15 @@ def _prepare(input: Tensor, target: Tensor, weight: Optional[Tensor], mode: str)
 
 
 def _run(input, target, weight, o, coef=None, coef_strides=(0, 0, 1), grad_out=None,
-         grad_out_strides=(0, 0), ce=False, class_weight=None, ce_coef=None, ce_stride=0):
+         grad_out_strides=(0, 0), ce=False, class_weight=None, ce_coef=None, ce_stride=0,
+         counts=None):
     """One pass over checked inputs, with the statistics' options `o` (by name). The statistics
     pass (coef None): returns the per-program partial sums and their layout (part, n_chunks,
     pixel) for reduce_kernel; with ce, they hold the cross-entropy term's sums too. The gradient
     pass (coef given, with grad_out: the gradient of the loss as go * coef, see _pair_gradient;
     ce_coef: the cross-entropy term's gradient per sample, see _ce_gradient): returns the
-    gradient of the input, shaped like it (contiguous)."""
+    gradient of the input, shaped like it (contiguous). counts: the statistics pass adds the
+    hard counts to it ([N, C, 4] int64, zeros), where _counts_in_pass says it can."""
     mode, from_logits, sharpness = o["mode"], o["from_logits"], o["sharpness"]
     ignore_index = o["ignore_index"]
     fwd = coef is None
@@ -180,16 +182,20 @@ def _run(input, target, weight, o, coef=None, coef_strides=(0, 0, 1), grad_out=N
     grid = (rows * n_chunks,)
     part = torch.empty((rows * n_chunks * _partial_row(C, pixel),), dtype=acc,
                        device=input.device) if fwd else dummy
+    count = counts is not None and _counts_in_pass(mode, pixel)
     args = (x, t, w if w is not None else dummy, coef if coef is not None else dummy,
             grad_out if grad_out is not None else dummy, part, gx if gx is not None else dummy,
             cw if cw is not None else dummy, ce_coef if ce_coef is not None else dummy,
+            counts if count else dummy,
             C, M, chunk, n_chunks, sxn, sxc, sxm, stn, stc, stm, swn, swm, sgn, sgc, sgm,
             *coef_strides, *grad_out_strides, ce_stride, *_bits(sharpness),
             int(ignore_index) if ignore_index is not None else 0, *_bits(o["label_smoothing"]),
-            *_bits(o["ce_pos_weight"]))
+            *_bits(o["ce_pos_weight"]), *_bits(_count_threshold(o, input.dtype) if count else 0))
+    common.update(COUNT=count, COUNT_FOLD=configs.COUNT_FOLD if count else 1)
     if pixel:
         _launcher(pixel_kernel)[grid](*args, CLASS_MAP=class_map, SOFTMAX=softmax,
-                                      BLOCK_C=block_c, BLOCK_M=block_m, num_warps=warps, **common)
+                                      MULTICLASS=mode == "multiclass", BLOCK_C=block_c,
+                                      BLOCK_M=block_m, num_warps=warps, **common)
     else:
         _launcher(row_kernel)[grid](*args, INT_TARGET=not t.dtype.is_floating_point
                                     and t.dtype != torch.bool, CLASS_MAP=class_map,
@@ -252,11 +258,18 @@ def triton_stats(input: Tensor, target: Tensor, weight: Optional[Tensor] = None,
     if x.numel() == 0:
         return (torch.zeros((N, C, 3), dtype=acc, device=x.device),
                 torch.zeros((N, 2), dtype=acc, device=x.device), counts)
-    part, n_chunks, pixel = _run(x, t, w, o, ce=with_ce, class_weight=class_weight)
+    part, n_chunks, pixel = _run(x, t, w, o, ce=with_ce, class_weight=class_weight,
+                                 counts=counts if counting else None)
     stats, ce = _reduce(part, N, C, n_chunks, pixel, with_ce)
-    if counting:
+    if counting and not _counts_in_pass(o["mode"], pixel):
         _count(x, t, o, counts)
     return stats, ce, counts
+
+
+def _counts_in_pass(mode: str, pixel: bool) -> bool:
+    """Whether the statistics pass counts too: everywhere but in row_kernel on a multiclass input
+    (probabilities with a dense target), which it reads a class at a time: no argmax there."""
+    return pixel or mode != "multiclass"
 
 
 def _count_threshold(o, dtype) -> float:

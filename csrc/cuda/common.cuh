@@ -7,6 +7,7 @@
 #include <cuda_runtime.h>
 
 #include <cassert>
+#include <climits>
 #include <cstdint>
 #include <type_traits>
 
@@ -170,6 +171,8 @@ struct Launch {
   int64_t blocks_per_row;     // blocks per sample (pixel kernel) or per (sample, class) row
   const void* pixel;          // wide softmax: per pixel (max, 1/sum, dot) [N][M][3]
   void* partials;             // forward: [rows][blocks_per_row][kWarps][classes per row][3]
+  void* counts;               // forward, counts_in_stats: [N][C][4] uint64 (tp, predicted,
+                              // target, kept), zeroed; null: none
   bool vx, vt, vw, vg;        // 16-byte access allowed for input, target, weight, gradient
 };
 

@@ -6,11 +6,11 @@ namespace softiou {
 namespace cuda {
 namespace detail {
 // instantiated in kernels_f32.cu, kernels_f64.cu, kernels_f16.cu, kernels_bf16.cu
-#define SOFTIOU_DECLARE(S)                                                                        \
-  extern template cudaError_t run_input<S, true>(const KernelArgs&, void*, void*, void*, int,     \
-                                                 cudaStream_t);                                   \
-  extern template cudaError_t run_input<S, false>(const KernelArgs&, void*, void*, void*, int,    \
-                                                  cudaStream_t);
+#define SOFTIOU_DECLARE(S)                                                                   \
+  extern template cudaError_t run_input<S, true>(const KernelArgs&, void*, void*, void*, void*, \
+                                                 int, cudaStream_t);                           \
+  extern template cudaError_t run_input<S, false>(const KernelArgs&, void*, void*, void*, void*, \
+                                                  int, cudaStream_t);
 SOFTIOU_DECLARE(float)
 SOFTIOU_DECLARE(double)
 SOFTIOU_DECLARE(__half)
@@ -18,14 +18,17 @@ SOFTIOU_DECLARE(__nv_bfloat16)
 #undef SOFTIOU_DECLARE
 
 template <bool FWD>
-cudaError_t run(const KernelArgs& a, void* partials, void* pixel, void* out, int device,
-                cudaStream_t stream) {
+cudaError_t run(const KernelArgs& a, void* partials, void* pixel, void* out, void* counts,
+                int device, cudaStream_t stream) {
   switch (a.x_dtype) {
-    case DType::kFloat32: return run_input<float, FWD>(a, partials, pixel, out, device, stream);
-    case DType::kFloat64: return run_input<double, FWD>(a, partials, pixel, out, device, stream);
-    case DType::kFloat16: return run_input<__half, FWD>(a, partials, pixel, out, device, stream);
+    case DType::kFloat32:
+      return run_input<float, FWD>(a, partials, pixel, out, counts, device, stream);
+    case DType::kFloat64:
+      return run_input<double, FWD>(a, partials, pixel, out, counts, device, stream);
+    case DType::kFloat16:
+      return run_input<__half, FWD>(a, partials, pixel, out, counts, device, stream);
     case DType::kBFloat16:
-      return run_input<__nv_bfloat16, FWD>(a, partials, pixel, out, device, stream);
+      return run_input<__nv_bfloat16, FWD>(a, partials, pixel, out, counts, device, stream);
     default: return cudaErrorInvalidValue;
   }
 }
@@ -70,13 +73,19 @@ cudaError_t launch_ce_reduce(const void* partials, const Plan& plan, int64_t N, 
   return cudaGetLastError();
 }
 
-cudaError_t launch_stats(const KernelArgs& a, void* partials, void* pixel, void* out, int device,
-                         cudaStream_t stream) {
-  return run<true>(a, partials, pixel, out, device, stream);
+bool counts_in_stats(const KernelArgs& a, int device) { return counting_pass(a, device); }
+
+cudaError_t launch_stats(const KernelArgs& a, void* partials, void* pixel, void* out, void* counts,
+                         int device, cudaStream_t stream) {
+  if (counts == nullptr) return run<true>(a, partials, pixel, out, nullptr, device, stream);
+  cudaError_t err = cudaMemsetAsync(counts, 0, size_t(a.N * a.C * 4) * sizeof(int64_t), stream);
+  if (err == cudaSuccess) err = run<true>(a, partials, pixel, out, counts, device, stream);
+  if (err == cudaSuccess) err = finish_counts(counts, a.N * a.C, stream);
+  return err;
 }
 
 cudaError_t launch_backward(const KernelArgs& a, void* pixel, int device, cudaStream_t stream) {
-  return run<false>(a, nullptr, pixel, nullptr, device, stream);
+  return run<false>(a, nullptr, pixel, nullptr, nullptr, device, stream);
 }
 
 cudaError_t launch_finalize(const void* stats, int64_t s_n, int64_t s_c, const FinalizeArgs& f,

@@ -8,6 +8,8 @@
 //                            lanes, 32/V classes per lane in registers. The softmax max and sum are
 //                            butterflies over the K lanes: the logits are read from HBM once.
 //   row_kernel<FWD=true>     binary / multilabel: elementwise over (sample, class) rows.
+//   pixel_counting_kernel, row_counting_kernel: the same passes with the hard counts (SPEC
+//                            section 11) where asked, integers added with integer atomics.
 //   Each warp writes its partial sums to a workspace; reduce_kernel adds them in a fixed order.
 //   No float atomics anywhere: the result is bitwise the same run to run.
 // Gradient (one read, one write): the same kernels with FWD=false.

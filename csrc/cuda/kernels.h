@@ -24,14 +24,22 @@ struct Plan {
 };
 
 // Statistics: writes out[N][C][3] (accumulation dtype). `partials` and `pixel` must hold
-// plan.partial_elems and plan.pixel_elems accumulation-dtype elements.
+// plan.partial_elems and plan.pixel_elems accumulation-dtype elements. counts: null, or where
+// counts_in_stats(a) the hard counts as launch_counts writes them, from the same pass.
 Plan plan_stats(const KernelArgs& a, int device);
 cudaError_t launch_stats(const KernelArgs& a, void* partials, void* pixel, void* out,
-                         int device, cudaStream_t stream);
+                         void* counts, int device, cudaStream_t stream);
+// Whether the statistics pass counts too: a multiclass class map whose classes fit one pass of
+// the pixel kernel (no wide-softmax prepass), and the binary and multilabel rows. Elsewhere
+// (dense multiclass targets, the wide softmax, a multilabel class map of probabilities)
+// launch_counts reads the input again.
+bool counts_in_stats(const KernelArgs& a, int device);
 
 // The hard counts (SPEC section 11): out[N][C][4] int64 (tp, fp, tn, fn), with
 // a.count_threshold set (kernels_counts.cu).
 cudaError_t launch_counts(const KernelArgs& a, void* out, int device, cudaStream_t stream);
+// counts[pairs][4] from (tp, predicted, target, kept) to (tp, fp, tn, fn), in place.
+cudaError_t finish_counts(void* counts, int64_t pairs, cudaStream_t stream);
 
 // Gradient: writes a.grad_x. `pixel` must hold plan_backward(a).pixel_elems elements.
 Plan plan_backward(const KernelArgs& a, int device);

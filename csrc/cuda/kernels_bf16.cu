@@ -4,8 +4,10 @@
 namespace softiou {
 namespace cuda {
 namespace detail {
-template cudaError_t run_input<__nv_bfloat16, true>(const KernelArgs&, void*, void*, void*, int, cudaStream_t);
-template cudaError_t run_input<__nv_bfloat16, false>(const KernelArgs&, void*, void*, void*, int, cudaStream_t);
+template cudaError_t run_input<__nv_bfloat16, true>(const KernelArgs&, void*, void*, void*, void*,
+                                                    int, cudaStream_t);
+template cudaError_t run_input<__nv_bfloat16, false>(const KernelArgs&, void*, void*, void*, void*,
+                                                     int, cudaStream_t);
 }  // namespace detail
 }  // namespace cuda
 }  // namespace softiou

@@ -1,9 +1,9 @@
 // The hard counts of SPEC section 11 on CUDA (torch-free): per (sample, class) tp, fp, tn, fn.
 //
-// A kernel of its own, launched after the statistics pass on the same stream: it reads the input
-// a second time (the counts are not yet folded into the statistics kernels, whose redesign is
-// the GPU-kernels issue's). Integer counts with integer atomics: exact, so the result is the same
-// bitwise whatever the order of the additions (no float atomics anywhere).
+// A kernel of its own where the statistics pass does not count (kernels.h: counts_in_stats):
+// launched after it on the same stream, it reads the input a second time. Integer counts with
+// integer atomics: exact, so the result is the same bitwise whatever the order of the additions
+// (no float atomics anywhere).
 //
 // The prediction is made from the raw input (SPEC section 11): multiclass, the first maximal
 // class (torch.argmax's choice); binary/multilabel, x > a.count_threshold. The target: a class
@@ -138,7 +138,7 @@ __global__ void __launch_bounds__(kThreads) count_kernel(KernelArgs a,
 }
 
 // [tp, predicted, target, kept] -> [tp, fp, tn, fn], in place.
-__global__ void finish_counts(long long* counts, int64_t pairs) {
+__global__ void finish_counts_kernel(long long* counts, int64_t pairs) {
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < pairs;
        i += int64_t(gridDim.x) * blockDim.x) {
     long long* q = counts + i * 4;
@@ -169,11 +169,7 @@ cudaError_t run_counts(const KernelArgs& a, void* out, int device, cudaStream_t 
       a, static_cast<unsigned long long*>(out));
   err = cudaGetLastError();
   if (err != cudaSuccess) return err;
-  const int64_t pairs = a.N * a.C;
-  const int64_t blocks = (pairs + kThreads - 1) / kThreads;
-  finish_counts<<<unsigned(blocks < 1024 ? blocks : 1024), kThreads, 0, stream>>>(
-      static_cast<long long*>(out), pairs);
-  return cudaGetLastError();
+  return finish_counts(out, a.N * a.C, stream);
 }
 
 template <class S>
@@ -192,6 +188,13 @@ cudaError_t counts_for_input(const KernelArgs& a, void* out, int device, cudaStr
 }
 
 }  // namespace detail
+
+cudaError_t finish_counts(void* counts, int64_t pairs, cudaStream_t stream) {
+  const int64_t blocks = (pairs + detail::kThreads - 1) / detail::kThreads;
+  detail::finish_counts_kernel<<<unsigned(blocks < 1024 ? blocks : 1024), detail::kThreads, 0,
+                                 stream>>>(static_cast<long long*>(counts), pairs);
+  return cudaGetLastError();
+}
 
 cudaError_t launch_counts(const KernelArgs& a, void* out, int device, cudaStream_t stream) {
   cudaError_t err = cudaMemsetAsync(out, 0, size_t(a.N * a.C * 4) * sizeof(int64_t), stream);

@@ -118,6 +118,20 @@ inline Launch plan_launch(const KernelArgs& a, int device, bool fwd) {
   return L;
 }
 
+// Whether the statistics pass counts too (kernels.h: counts_in_stats): the pixel kernel a
+// multiclass class map in one class window, the row kernel the binary and multilabel rows (a
+// multilabel class map of probabilities is the pixel kernel's, and not counted there); and a
+// block's 32-bit counters cannot overflow.
+inline bool counting_pass(const KernelArgs& a, int device) {
+  if (a.N * a.C * a.M == 0) return false;
+  const bool multiclass = a.options.mode == Mode::kMulticlass;
+  const bool pixels = multiclass && a.class_map && pixel_mode(a) && !needs_prepass(a);
+  const bool rows = !multiclass && !pixel_mode(a);
+  if (!pixels && !rows) return false;
+  const Launch L = plan_launch(a, device, true);
+  return L.chunk * vec_width(a) < (int64_t(1) << 32);
+}
+
 // Dense targets reach the kernels as the input dtype, the accumulation dtype or bool (the glue
 // converts the others), integer targets as uint8/int32/int64.
 template <class S, class TT>
@@ -152,10 +166,35 @@ cudaError_t with_target(const KernelArgs& a, F& f) {
 }
 
 
+// The statistics passes that count too (counting_pass): a multiclass class map's pixels, the
+// binary and multilabel rows.
+template <class S, class TT, int V, bool CM, bool FWD>
+void launch_counting_pixels(const Launch& L, bool ce, int64_t grid, cudaStream_t stream) {
+  if constexpr (FWD && CM) {
+    if (ce) {
+      pixel_counting_kernel<S, TT, V, true>
+          <<<unsigned(grid), kPixelThreads<true>, 0, stream>>>(L);
+    } else {
+      pixel_counting_kernel<S, TT, V, false>
+          <<<unsigned(grid), kPixelThreads<true>, 0, stream>>>(L);
+    }
+  }
+}
+template <class S, class TT, int V, bool FWD>
+void launch_counting_rows(const Launch& L, bool ce, int64_t grid, cudaStream_t stream) {
+  if constexpr (FWD) {
+    if (ce) {
+      row_counting_kernel<S, TT, V, true><<<unsigned(grid), kThreads, 0, stream>>>(L);
+    } else {
+      row_counting_kernel<S, TT, V, false><<<unsigned(grid), kThreads, 0, stream>>>(L);
+    }
+  }
+}
+
 // All launches of one call for input dtype S: the statistics (FWD) or the gradient.
 template <class S, bool FWD>
-cudaError_t run_input(const KernelArgs& a, void* partials, void* pixel, void* out, int device,
-                      cudaStream_t stream) {
+cudaError_t run_input(const KernelArgs& a, void* partials, void* pixel, void* out, void* counts,
+                      int device, cudaStream_t stream) {
   auto f = [&](auto types) -> cudaError_t {
     using TT = typename decltype(types)::target;
     using A = typename Acc<S>::type;
@@ -163,6 +202,7 @@ cudaError_t run_input(const KernelArgs& a, void* partials, void* pixel, void* ou
     constexpr bool CM = IsInt<TT>::value;  // integer targets of the pixel kernel are class maps
     Launch L = plan_launch(a, device, FWD);
     L.partials = partials;
+    L.counts = counts;
     // the cross-entropy term: accumulated forward, or its gradient backward
     const bool ce = FWD ? a.ce : a.ce_coef != nullptr;
     int64_t grid = 0;
@@ -181,7 +221,9 @@ cudaError_t run_input(const KernelArgs& a, void* partials, void* pixel, void* ou
       for (int64_t c0 = 0; c0 < a.C; c0 += win) {
         L.c0 = c0;
         L.cw = a.C - c0 < win ? a.C - c0 : win;
-        if (ce) {
+        if (FWD && CM && counts != nullptr) {
+          launch_counting_pixels<S, TT, V, CM, FWD>(L, ce, grid, stream);
+        } else if (ce) {
           pixel_kernel<S, TT, V, CM, FWD, true>
               <<<unsigned(grid), kPixelThreads<FWD>, 0, stream>>>(L);
         } else {
@@ -191,7 +233,9 @@ cudaError_t run_input(const KernelArgs& a, void* partials, void* pixel, void* ou
       }
     } else {
       grid = a.N * a.C * L.blocks_per_row;
-      if (ce) {
+      if (FWD && counts != nullptr) {
+        launch_counting_rows<S, TT, V, FWD>(L, ce, grid, stream);
+      } else if (ce) {
         row_kernel<S, TT, V, FWD, true><<<unsigned(grid), kThreads, 0, stream>>>(L);
       } else {
         row_kernel<S, TT, V, FWD, false><<<unsigned(grid), kThreads, 0, stream>>>(L);

@@ -5,7 +5,8 @@
 // F.cross_entropy.
 //
 //   stats:          statistics kernel(s) + second stage (+ the cross-entropy's per-sample sums)
-//                   (+ the hard counts' kernel, with stat_scores)
+//                   (with stat_scores, the hard counts: in the statistics kernel where
+//                   cuda::counts_in_stats, else a counting kernel of their own)
 //   stats_backward: one gradient kernel
 //   finalize:       one kernel of one block
 #include <ATen/cuda/EmptyTensor.h>
@@ -51,7 +52,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> stats(const at::Tensor& input,
                                 at::kLong, input.device());
   const int dev = input.get_device();
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(dev);
-  if (counting) {  // (the pixels' checks are the statistics kernels')
+  const bool in_pass = counting && cuda::counts_in_stats(p.args, dev);
+  if (counting && !in_pass) {  // (the pixels' checks are the statistics kernels')
     C10_CUDA_CHECK(cuda::launch_counts(p.args, scores.data_ptr(), dev, stream));
   }
   if (p.empty) {
@@ -62,8 +64,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> stats(const at::Tensor& input,
   const cuda::Plan plan = cuda::plan_stats(p.args, dev);
   at::DataPtr partials = workspace(plan.partial_elems, p.acc);
   at::DataPtr pixel = workspace(plan.pixel_elems, p.acc);
-  C10_CUDA_CHECK(cuda::launch_stats(p.args, partials.get(), pixel.get(), out.data_ptr(), dev,
-                                    stream));
+  C10_CUDA_CHECK(cuda::launch_stats(p.args, partials.get(), pixel.get(), out.data_ptr(),
+                                    in_pass ? scores.data_ptr() : nullptr, dev, stream));
   if (p.args.ce) {  // the term's entries are in the partial sums
     C10_CUDA_CHECK(cuda::launch_ce_reduce(partials.get(), plan, p.N, to_dtype(p.acc),
                                           ce.data_ptr(), stream));

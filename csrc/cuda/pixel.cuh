@@ -13,8 +13,10 @@ namespace detail {
 // ---------------------------------------------------------------------------------------------
 // Multiclass: one pass over a sample's pixels, all classes of a pixel in the registers of K lanes
 // ---------------------------------------------------------------------------------------------
-template <class S, class TT, int V, bool CLASS_MAP, bool FWD, bool CE>
-__global__ void __launch_bounds__(kPixelThreads<FWD>, FWD ? 2 : 3) pixel_kernel(const Launch L) {
+// The pass of pixel_kernel and pixel_counting_kernel (COUNT: the statistics with the counts).
+template <class S, class TT, int V, bool CLASS_MAP, bool FWD, bool CE, bool COUNT>
+__device__ __forceinline__ void pixel_pass(const Launch& L) {
+  static_assert(!COUNT || (FWD && CLASS_MAP), "the counts: a statistics pass of a class map");
   using A = typename Acc<S>::type;
   constexpr int CPT = kClassesPerLane<V>;
   const KernelArgs& a = L.a;
@@ -53,6 +55,16 @@ __global__ void __launch_bounds__(kPixelThreads<FWD>, FWD ? 2 : 3) pixel_kernel(
 #define CE_Q(k, v, yy) (ce_class_weight<A>(a, L.c0 + SLOT(k)) * (ls_keep * (yy) + ls_spread))
   const S* xs = static_cast<const S*>(a.x) + n * a.x_sN + L.c0 * a.x_sC;
   const TT* ts = static_cast<const TT*>(a.t) + n * a.t_sN + (CLASS_MAP ? 0 : L.c0 * a.t_sC);
+  // the hard counts of a multiclass class map (COUNT, SPEC section 11; one class window:
+  // launch.cuh: counting_pass): per class the block's tp, predicted and target pixels in
+  // shared memory (fewer than 2^32 pixels a block), added to L.counts at the end; its kept
+  // pixels per lane
+  __shared__ unsigned block_counts[COUNT ? 3 * 32 * CPT : 1];
+  unsigned kept = 0;
+  if constexpr (COUNT) {
+    for (int i = threadIdx.x; i < 3 * cw; i += blockDim.x) block_counts[i] = 0u;
+    __syncthreads();
+  }
 
   constexpr int WARPS = kPixelThreads<FWD> / 32;
   for (int64_t base = begin; base < end; base += WARPS * G) {
@@ -94,6 +106,39 @@ __global__ void __launch_bounds__(kPixelThreads<FWD>, FWD ? 2 : 3) pixel_kernel(
       }
 #pragma unroll
       for (int v = 0; v < V; ++v) p[k][v] = to_acc<A>(raw[v]);
+    }
+    if constexpr (COUNT) {
+      // the first maximal class of each raw pixel (torch.argmax's): this lane's slots in class
+      // order, then a butterfly over the pixel's lanes, the lower class on ties. Pixel v is
+      // counted by lane j = v mod K.
+#pragma unroll
+      for (int v = 0; v < V; ++v) {
+        A best = neg_inf<A>();
+        int cls = INT_MAX;
+#pragma unroll
+        for (int k = 0; k < CPT; ++k) {
+          if (!LIVE(k)) break;
+          if (SLOT(k) < cw && (cls == INT_MAX || p[k][v] > best)) {
+            best = p[k][v];
+            cls = SLOT(k);
+          }
+        }
+        for (int off = G; off < 32; off <<= 1) {
+          const A other = shfl_xor(best, off);
+          const int other_cls = shfl_xor(cls, off);
+          if (other > best || (other == best && other_cls < cls)) {
+            best = other;
+            cls = other_cls;
+          }
+        }
+        const int y = tcls[v];
+        if (j == v % K && pv[v] && y >= 0 && y < cw) {
+          ++kept;
+          atomicAdd(&block_counts[cls * 3 + 1], 1u);
+          atomicAdd(&block_counts[y * 3 + 2], 1u);
+          if (cls == y) atomicAdd(&block_counts[y * 3 + 0], 1u);
+        }
+      }
     }
     if (!from_logits) {
 #pragma unroll
@@ -350,9 +395,35 @@ __global__ void __launch_bounds__(kPixelThreads<FWD>, FWD ? 2 : 3) pixel_kernel(
       row[a.C * 3 + 1] = ce_den;
     }
   }
+  if constexpr (COUNT) {  // integer additions: exact in any order
+    for (int off = 16; off > 0; off >>= 1) kept += shfl_xor(kept, off);
+    __syncthreads();
+    unsigned long long* out = static_cast<unsigned long long*>(L.counts) + n * a.C * 4;
+    for (int i = threadIdx.x; i < 3 * cw; i += blockDim.x) {
+      if (block_counts[i] != 0u) {
+        atomicAdd(out + (i / 3) * 4 + i % 3, static_cast<unsigned long long>(block_counts[i]));
+      }
+    }
+    if (lane == 0 && kept != 0u) {  // the warp's kept pixels count in every class
+      for (int64_t c = 0; c < a.C; ++c) {
+        atomicAdd(out + c * 4 + 3, static_cast<unsigned long long>(kept));
+      }
+    }
+  }
 #undef CE_Q
 #undef LIVE
 #undef SLOT
+}
+
+template <class S, class TT, int V, bool CLASS_MAP, bool FWD, bool CE>
+__global__ void __launch_bounds__(kPixelThreads<FWD>, FWD ? 2 : 3) pixel_kernel(const Launch L) {
+  pixel_pass<S, TT, V, CLASS_MAP, FWD, CE, false>(L);
+}
+
+// The statistics of a multiclass class map with its hard counts (launch.cuh: counting_pass).
+template <class S, class TT, int V, bool CE>
+__global__ void __launch_bounds__(kPixelThreads<true>, 2) pixel_counting_kernel(const Launch L) {
+  pixel_pass<S, TT, V, true, true, CE, true>(L);
 }
 
 // Softmax over many classes: per pixel, the maximum and 1/sum of the exponentials (online, one

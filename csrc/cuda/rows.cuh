@@ -11,8 +11,10 @@ namespace detail {
 // ---------------------------------------------------------------------------------------------
 // Binary / multilabel: elementwise over the (sample, class) rows
 // ---------------------------------------------------------------------------------------------
-template <class S, class TT, int V, bool FWD, bool CE>
-__global__ void __launch_bounds__(kThreads) row_kernel(const Launch L) {
+// The pass of row_kernel and row_counting_kernel (COUNT: the statistics with the counts).
+template <class S, class TT, int V, bool FWD, bool CE, bool COUNT>
+__device__ __forceinline__ void row_pass(const Launch& L) {
+  static_assert(!COUNT || FWD, "the counts: a statistics pass");
   using A = typename Acc<S>::type;
   const KernelArgs& a = L.a;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -34,6 +36,10 @@ __global__ void __launch_bounds__(kThreads) row_kernel(const Launch L) {
   const A cwc = CE ? ce_class_weight<A>(a, c) : A(0);
   const A pw = A(a.options.ce_pos_weight);
   A ce_num = A(0), ce_den = A(0);
+  // the hard counts (COUNT, SPEC section 11; launch.cuh: counting_pass): this lane's tp,
+  // predicted, target and kept elements (fewer than 2^32 elements a block)
+  const A thr = A(a.count_threshold);
+  unsigned n_tp = 0, n_pred = 0, n_true = 0, n_kept = 0;
   const S* xs = static_cast<const S*>(a.x) + n * a.x_sN + c * a.x_sC;
   const TT* ts = static_cast<const TT*>(a.t) + n * a.t_sN + (class_map ? 0 : c * a.t_sC);
 
@@ -82,6 +88,15 @@ __global__ void __launch_bounds__(kThreads) row_kernel(const Launch L) {
         sigmoid_and_slope(sigmoid_arg(x, sharp, from_logits), p, slope);
         dp_dx = slope * sigmoid_arg_dx(x, sharp, from_logits);
       }
+      if constexpr (COUNT) {  // the prediction x > thr in input space; y is 0 or 1 or dense
+        if (ok) {
+          const bool pred = x > thr, truth = y > A(0.5);
+          ++n_kept;
+          n_pred += pred;
+          n_true += truth;
+          n_tp += pred && truth;
+        }
+      }
       if constexpr (FWD) {
         if (ok) {
           accI += w[v] * intersection(p, y, use_min);
@@ -117,6 +132,21 @@ __global__ void __launch_bounds__(kThreads) row_kernel(const Launch L) {
         ce_den += shfl_xor(ce_den, off);
       }
     }
+    if constexpr (COUNT) {  // integer additions: exact in any order
+      for (int off = 1; off < 32; off <<= 1) {
+        n_tp += shfl_xor(n_tp, off);
+        n_pred += shfl_xor(n_pred, off);
+        n_true += shfl_xor(n_true, off);
+        n_kept += shfl_xor(n_kept, off);
+      }
+      if (lane == 0) {
+        unsigned long long* q = static_cast<unsigned long long*>(L.counts) + (n * a.C + c) * 4;
+        atomicAdd(q + 0, static_cast<unsigned long long>(n_tp));
+        atomicAdd(q + 1, static_cast<unsigned long long>(n_pred));
+        atomicAdd(q + 2, static_cast<unsigned long long>(n_true));
+        atomicAdd(q + 3, static_cast<unsigned long long>(n_kept));
+      }
+    }
     if (lane == 0) {
       A* out = static_cast<A*>(L.partials) +
                ((r * L.blocks_per_row + b) * kWarps + warp) * partial_row(a.C, false);
@@ -127,6 +157,17 @@ __global__ void __launch_bounds__(kThreads) row_kernel(const Launch L) {
       out[4] = ce_den;
     }
   }
+}
+
+template <class S, class TT, int V, bool FWD, bool CE>
+__global__ void __launch_bounds__(kThreads) row_kernel(const Launch L) {
+  row_pass<S, TT, V, FWD, CE, false>(L);
+}
+
+// The binary and multilabel statistics with their hard counts (launch.cuh: counting_pass).
+template <class S, class TT, int V, bool CE>
+__global__ void __launch_bounds__(kThreads) row_counting_kernel(const Launch L) {
+  row_pass<S, TT, V, true, CE, true>(L);
 }
 
 }  // namespace detail
