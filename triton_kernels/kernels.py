@@ -113,12 +113,17 @@ def _hard_classes(x, t, mask2, mmask, C, ignore, CLASS_MAP: tl.constexpr,
 
 
 @triton.jit
-def _histograms(keep, pred, true, BLOCK_C: tl.constexpr):
-    """(tp, predicted, target) per class of one tile's pixels (_hard_classes), int64 [BLOCK_C]."""
-    tp = tl.histogram(true, BLOCK_C, mask=keep & (pred == true)).to(tl.int64)
-    predicted = tl.histogram(pred, BLOCK_C, mask=keep).to(tl.int64)
-    target = tl.histogram(true, BLOCK_C, mask=keep).to(tl.int64)
-    return tp, predicted, target
+def _add_class_counts(tp, predicted, target, kept, x, t, mask2, mmask, C, ignore,
+                      CLASS_MAP: tl.constexpr, HAS_IGNORE: tl.constexpr, ACC: tl.constexpr,
+                      BLOCK_C: tl.constexpr):
+    """The multiclass totals (int64 [BLOCK_C]: tp, predicted, target, kept) plus one tile's
+    (_hard_classes), through histograms of the pixels' classes."""
+    keep, pred, true = _hard_classes(x, t, mask2, mmask, C, ignore, CLASS_MAP, HAS_IGNORE, ACC)
+    tp += tl.histogram(true, BLOCK_C, mask=keep & (pred == true)).to(tl.int64)
+    predicted += tl.histogram(pred, BLOCK_C, mask=keep).to(tl.int64)
+    target += tl.histogram(true, BLOCK_C, mask=keep).to(tl.int64)
+    kept += tl.sum(keep.to(tl.int64), axis=0)
+    return tp, predicted, target, kept
 
 
 @triton.jit
@@ -159,6 +164,25 @@ def _count_code(keep, pred, true):
 @triton.jit
 def _field(code, field: tl.constexpr, AXIS: tl.constexpr):
     return tl.sum(((code >> (8 * field)) & 255).to(tl.int64), axis=AXIS)
+
+
+@triton.jit
+def _fold_codes(code, tp, predicted, target, kept, AXIS: tl.constexpr):
+    """The totals plus the codes' fields, summed over AXIS (the elements of a class)."""
+    return (tp + _field(code, 0, AXIS), predicted + _field(code, 1, AXIS),
+            target + _field(code, 2, AXIS), kept + _field(code, 3, AXIS))
+
+
+@triton.jit
+def _add_codes(code, tp, predicted, target, kept, keep, pred, true, tile,
+               COUNT_FOLD: tl.constexpr, AXIS: tl.constexpr):
+    """One tile's elements added to the codes; after every COUNT_FOLD tiles (tile: its index in
+    the program) the codes folded into the totals and cleared."""
+    code += _count_code(keep, pred, true)
+    if tile % COUNT_FOLD == COUNT_FOLD - 1:
+        tp, predicted, target, kept = _fold_codes(code, tp, predicted, target, kept, AXIS)
+        code = tl.zeros_like(code)
+    return code, tp, predicted, target, kept
 
 
 @triton.jit
@@ -268,28 +292,20 @@ def pixel_kernel(x_ptr, t_ptr, w_ptr, coef_ptr, go_ptr, out_ptr, gx_ptr, cw_ptr,
         if CE:  # softiou_math.h: the term's weights q_k = c_k ((1 - eps) y_k + eps / C)
             q = tl.where(v2, cwv[:, None] * ((1.0 - ls) * y + ls / C), 0.0)
         if COUNT:
+            if CLASS_MAP:
+                tc = t
+            else:
+                tc = y
             if MULTICLASS:
-                if CLASS_MAP:
-                    keep, pred, true = _hard_classes(x, t, mask2, mmask, C, ignore, True,
-                                                     HAS_IGNORE, ACC)
-                else:
-                    keep, pred, true = _hard_classes(x, y, mask2, mmask, C, ignore, False,
-                                                     HAS_IGNORE, ACC)
-                h_tp, h_pred, h_true = _histograms(keep, pred, true, BLOCK_C)
-                n_tp += h_tp
-                n_pred += h_pred
-                n_true += h_true
-                n_kept += tl.sum(keep.to(tl.int64), axis=0)
+                n_tp, n_pred, n_true, n_kept = _add_class_counts(
+                    n_tp, n_pred, n_true, n_kept, x, tc, mask2, mmask, C, ignore, CLASS_MAP,
+                    HAS_IGNORE, ACC, BLOCK_C)
             else:  # a multilabel class map: x > thr per element
-                keep, pred, true = _hard_elements(x, t[None, :], c64[:, None], mask2, thr, C,
+                keep, pred, true = _hard_elements(x, tc[None, :], c64[:, None], mask2, thr, C,
                                                   ignore, True, False, HAS_IGNORE, ACC)
-                code += _count_code(keep, pred, true)
-                if (m0 - m_begin) // BLOCK_M % COUNT_FOLD == COUNT_FOLD - 1:
-                    n_tp += _field(code, 0, 1)
-                    n_pred += _field(code, 1, 1)
-                    n_true += _field(code, 2, 1)
-                    n_kept += _field(code, 3, 1)
-                    code = tl.zeros([BLOCK_C, BLOCK_M], tl.int32)
+                code, n_tp, n_pred, n_true, n_kept = _add_codes(
+                    code, n_tp, n_pred, n_true, n_kept, keep, pred, true,
+                    (m0 - m_begin) // BLOCK_M, COUNT_FOLD, 1)
         if FWD:
             accI += tl.where(v2, ww * _intersection(p, y, USE_MIN), 0.0)
             accP += tl.where(v2, ww * _power_term(p, SQUARED), 0.0)
@@ -333,10 +349,7 @@ def pixel_kernel(x_ptr, t_ptr, w_ptr, coef_ptr, go_ptr, out_ptr, gx_ptr, cw_ptr,
         tl.store(row + C * 3 + 1, tl.sum(ce_den, axis=0))
         if COUNT:
             if not MULTICLASS:
-                n_tp += _field(code, 0, 1)
-                n_pred += _field(code, 1, 1)
-                n_true += _field(code, 2, 1)
-                n_kept += _field(code, 3, 1)
+                n_tp, n_pred, n_true, n_kept = _fold_codes(code, n_tp, n_pred, n_true, n_kept, 1)
             _add_counts(counts_ptr + (n * C + c64) * 4, n_tp, n_pred, n_true, n_kept, cmask)
 
 
@@ -440,13 +453,9 @@ def row_kernel(x_ptr, t_ptr, w_ptr, coef_ptr, go_ptr, out_ptr, gx_ptr, cw_ptr, c
         if COUNT:
             keep, pred, true = _hard_elements(x, t, c, mm, thr, C, ignore, CLASS_MAP, INT_TARGET,
                                               HAS_IGNORE, ACC)
-            code += _count_code(keep, pred, true)
-            if (m0 - m_begin) // BLOCK % COUNT_FOLD == COUNT_FOLD - 1:
-                n_tp += _field(code, 0, 0)
-                n_pred += _field(code, 1, 0)
-                n_true += _field(code, 2, 0)
-                n_kept += _field(code, 3, 0)
-                code = tl.zeros([BLOCK], tl.int32)
+            code, n_tp, n_pred, n_true, n_kept = _add_codes(
+                code, n_tp, n_pred, n_true, n_kept, keep, pred, true, (m0 - m_begin) // BLOCK,
+                COUNT_FOLD, 0)
         if FWD:
             accI += tl.where(valid, w * _intersection(p, y, USE_MIN), 0.0)
             accP += tl.where(valid, w * _power_term(p, SQUARED), 0.0)
@@ -476,9 +485,8 @@ def row_kernel(x_ptr, t_ptr, w_ptr, coef_ptr, go_ptr, out_ptr, gx_ptr, cw_ptr, c
         tl.store(base + 3, tl.sum(ce_num, axis=0))
         tl.store(base + 4, tl.sum(ce_den, axis=0))
         if COUNT:
-            _add_counts(counts_ptr + (n * C + c) * 4, n_tp + _field(code, 0, 0),
-                        n_pred + _field(code, 1, 0), n_true + _field(code, 2, 0),
-                        n_kept + _field(code, 3, 0), None)
+            n_tp, n_pred, n_true, n_kept = _fold_codes(code, n_tp, n_pred, n_true, n_kept, 0)
+            _add_counts(counts_ptr + (n * C + c) * 4, n_tp, n_pred, n_true, n_kept, None)
 
 
 @triton.jit
@@ -558,13 +566,9 @@ def counts_kernel(x_ptr, t_ptr, out_ptr, C, M, chunk, n_chunks, sxn, sxc, sxm, s
             t = tl.load(t_ptr + n * stn + cs[:, None] * stc + ms[None, :] * stm, mask=mask2,
                         other=0)
         if MULTICLASS:
-            keep, pred, true = _hard_classes(x, t, mask2, mmask, C, ignore, CLASS_MAP,
-                                             HAS_IGNORE, ACC)
-            h_tp, h_pred, h_true = _histograms(keep, pred, true, BLOCK_C)
-            tp += h_tp
-            predicted += h_pred
-            target += h_true
-            kept += tl.sum(keep.to(tl.int64), axis=0)
+            tp, predicted, target, kept = _add_class_counts(tp, predicted, target, kept, x, t,
+                                                            mask2, mmask, C, ignore, CLASS_MAP,
+                                                            HAS_IGNORE, ACC, BLOCK_C)
         else:
             if CLASS_MAP:  # a multilabel class map
                 t = t[None, :]
