@@ -21,6 +21,7 @@ OPCHECK_INPUTS = [
     ("multilabel", "bool", dict(sharpness=0.5, intersection="min"), False, None),
 ]
 OPCHECK_IDS = [f"{m}-{k}" for m, k, *_ in OPCHECK_INPUTS]
+TRITON_DEVICES = [d for d, b in CASES if b == "triton"]
 
 
 def _stats_args(mode, kind, options, weighted, ignore, device, dtype=torch.float32, shape=(2, 4, 5, 7)):
@@ -112,19 +113,19 @@ def test_opcheck_loss(device, kwargs):
                           dict(kwargs, class_weight=cw, ignore_index=-1))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="triton_op on a GPU (the interpreter "
-                    "runs kernels eagerly and cannot be traced)")
+@pytest.mark.parametrize("device", TRITON_DEVICES)
 @pytest.mark.parametrize("mode,kind,options,weighted,ignore", OPCHECK_INPUTS, ids=OPCHECK_IDS)
-def test_opcheck_triton_ops(mode, kind, options, weighted, ignore):
+def test_opcheck_triton_ops(device, mode, kind, options, weighted, ignore):
+    """The Triton backend's operators: triton_ops on a GPU, custom operators under the
+    interpreter (triton_kernels/ops.py)."""
     from softiou_cuda.triton_kernels import ops as tops
-    args = _op_args(_stats_args(mode, kind, options, weighted, ignore, "cuda"))
+    args = _op_args(_stats_args(mode, kind, options, weighted, ignore, device))
     torch.library.opcheck(tops.triton_stats, args)
-    grad = torch.randn(args[0].shape[0], args[0].shape[1], 3, device="cuda")
+    grad = torch.randn(args[0].shape[0], args[0].shape[1], 3, device=device)
     torch.library.opcheck(tops.triton_stats_backward,
                           (grad, None, None, args[0].detach()) + args[1:])
 
 
-TRITON_DEVICES = [d for d, b in CASES if b == "triton"]
 # the opcheck inputs, and those of logits again with the cross-entropy term
 AUTOGRAD_INPUTS = [i + (0.0,) for i in OPCHECK_INPUTS] + [
     i + (0.5,) for i in OPCHECK_INPUTS if i[2].get("from_logits", True)]

@@ -6,7 +6,9 @@ operators' (csrc/ops/), so this module only checks the tensors (inputs.py) and l
 the kernels. Registered with ``torch.library.triton_op``, so that torch.compile sees the kernels.
 
 Under ``TRITON_INTERPRET=1`` the kernels run on CPU tensors (slowly) through Triton's interpreter;
-``wrap_triton`` is bypassed there.
+``wrap_triton`` is bypassed there, and the operators are plain custom operators (``custom_op``):
+AOTAutograd would trace into a triton_op's body, whose interpreted kernels cannot run on fake
+tensors, so that opcheck and torch.compile take them whole, with their fake kernels.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ _TYPES = {"Tensor": Tensor, "Tensor?": Optional[Tensor], "str": str, "bool": boo
 def _declared(phase: str):
     """Gives the decorated function the arguments of the phase's operator in the declaration
     (its tensors, then its options, with their types and defaults; the backend left out):
-    torch.library.triton_op infers the operator's schema from them. The function takes the
+    torch.library infers the operator's schema from them. The function takes the
     options as ``*options``, in that order."""
     op = next(o for o in declared.OPERATORS if o.name == phase)
     params = []
@@ -71,6 +73,10 @@ def _launcher(kernel):
     if _INTERPRET:
         return kernel
     return torch.library.wrap_triton(kernel)
+
+
+# how the operators are registered (see the module's docstring)
+_operator = torch.library.custom_op if _INTERPRET else torch.library.triton_op
 
 
 def _cdiv(a, b):
@@ -238,7 +244,7 @@ def _broadcast_stride(t: Tensor, d: int, extent: int, name: str) -> int:
     return 0 if t.shape[d] == 1 else t.stride(d)
 
 
-@torch.library.triton_op("softiou::triton_stats", mutates_args=())
+@_operator("softiou::triton_stats", mutates_args=())
 @_declared("stats")
 def triton_stats(input: Tensor, target: Tensor, weight: Optional[Tensor] = None,
                  class_weight: Optional[Tensor] = None,
@@ -329,7 +335,7 @@ def _reduce(part, N, C, n_chunks, pixel, with_ce):
     return stats, ce
 
 
-@torch.library.triton_op("softiou::triton_stats_backward", mutates_args=())
+@_operator("softiou::triton_stats_backward", mutates_args=())
 @_declared("stats_backward")
 def triton_stats_backward(grad_stats: Tensor, grad_ce: Optional[Tensor],
                           grad_out: Optional[Tensor], input: Tensor, target: Tensor,
@@ -404,7 +410,7 @@ def _keep_mask(classes, num_classes, device):
     return mask
 
 
-@torch.library.triton_op("softiou::triton_finalize", mutates_args=())
+@_operator("softiou::triton_finalize", mutates_args=())
 @_declared("finalize")
 def triton_finalize(stats: Tensor, ce: Optional[Tensor] = None,
                     class_weight: Optional[Tensor] = None,
