@@ -99,7 +99,7 @@ stage_benchbars() {
   SOFTIOU_COMMIT=${SOFTIOU_COMMIT:-unknown} timeout -k 5 ${QUICK_BENCH_CAP:-130} $PY -m bench \
     --device cuda --out "$WORK/bench" --tag "${BENCH_TAG:-h200}" --reps 10 --budget 1 \
     --cases "${QUICK_BENCH_CASES:-gpu-bar,call-256x256,classes-150}" \
-    --providers "${QUICK_BENCH_PROVIDERS:-softiou-cuda,softiou-triton,softiou-cuda-without-ce,cross_entropy+softiou-cuda,softiou-cuda-without-counts,softiou-cuda+torchmetrics,reference-eager,monai,kornia,smp,cross_entropy}" \
+    --providers "${QUICK_BENCH_PROVIDERS:-softiou-cuda,softiou-triton,softiou-cuda-without-ce,cross_entropy+softiou-cuda,softiou-cuda-without-counts,softiou-triton-without-counts,softiou-cuda+torchmetrics,reference-eager,monai,kornia,smp,cross_entropy}" \
     > "$WORK/bench.log" 2>&1
   log "bench (bar cases): rc=$? in $((SECONDS - t0)) s"
   sed -n '/^bars:/,/^}/p' "$WORK/bench.log" | tee -a "$WORK/summary.txt"
