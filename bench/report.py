@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 
 
 def _fmt_ms(rec, d):
@@ -21,6 +22,17 @@ def _get(results, case, provider):
 
 def _ms(r, d="forward+backward"):
     return r["timing"][d]["median_ms"] if r else None
+
+
+def paired_ratio(r, other, d="forward+backward"):
+    """The median over the rounds of r's time over other's in the same round, for two providers
+    timed in turn (bench.run: the ce and counts groups), or None: a drift of the machine's speed
+    between rounds falls on both sides of each ratio alike."""
+    a = r["timing"][d].get("rounds_ms") if r else None
+    b = other["timing"][d].get("rounds_ms") if other else None
+    if not a or not b or len(a) != len(b):
+        return None
+    return statistics.median(x / y for x, y in zip(a, b))
 
 
 def _per_call(res, device):
@@ -65,6 +77,7 @@ def _cross_entropy_group(res, device):
                 "fused_ms": f,
                 "softiou_alone_ms": _ms(alone) if alone else None,
                 "time_over_softiou_alone": (f / _ms(alone)) if alone else None,
+                "time_over_softiou_alone_paired": paired_ratio(me, alone),
                 "apart_ms": _ms(apart) if apart else None,
                 "time_over_apart": (f / _ms(apart)) if apart else None,
                 "time_over_peers": {r["provider"]: f / _ms(r) for r in res
@@ -93,6 +106,7 @@ def _counts_group(res, device):
             "loss_and_counts_ms": f,
             "loss_alone_ms": _ms(alone) if alone else None,
             "time_over_loss_alone": (f / _ms(alone)) if alone else None,
+            "time_over_loss_alone_paired": paired_ratio(me, alone),
             "loss_and_torchmetrics_ms": _ms(apart) if apart else None,
             "time_over_loss_and_torchmetrics": (f / _ms(apart)) if apart else None,
             "peak_extra_over_logits": me.get("peak_extra_over_input"),

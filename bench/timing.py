@@ -11,10 +11,12 @@ import torch
 
 
 def summarize(times_ms):
+    """Median and quantiles, and the times in the order they were taken (rounds_ms: round i of
+    providers timed in turn, for the ratios of report.paired_ratio)."""
     s = sorted(times_ms)
     q = lambda f: s[min(len(s) - 1, int(f * (len(s) - 1) + 0.5))]  # noqa: E731
     return {"median_ms": statistics.median(s), "p20_ms": q(0.2), "p80_ms": q(0.8),
-            "reps": len(s)}
+            "reps": len(s), "rounds_ms": list(times_ms)}
 
 
 class Timer:

@@ -58,6 +58,20 @@ def test_benchmark_counts_group(tmp_path):
     assert all(r["check"]["ok"] for r in timed.values())
     counts = report["bars"]["counts"]["quick-counts-cpu"]
     assert counts["time_over_loss_alone"] > 0 and counts["time_over_loss_and_torchmetrics"] > 0
+    assert counts["time_over_loss_alone_paired"] > 0
+
+
+def test_paired_ratio_is_the_median_of_the_rounds_ratios():
+    from bench.report import paired_ratio
+
+    def rec(times):
+        return {"timing": {"forward+backward": {"rounds_ms": times}}}
+    assert paired_ratio(rec([1.5, 3.0, 2.0]), rec([1.0, 1.0, 1.0])) == 2.0
+    # the machine 4x slower in rounds 3-4, and in round 5 for one side: 1.1 in four rounds of
+    # five, where the medians' ratio is 4.4 / 1.0
+    me, alone = rec([1.1, 1.1, 4.4, 4.4, 4.4]), rec([1.0, 1.0, 4.0, 4.0, 1.0])
+    assert paired_ratio(me, alone) == pytest.approx(1.1)
+    assert paired_ratio(me, rec([1.0])) is None and paired_ratio(me, None) is None
 
 
 def test_benchmark_channels_last_case():
