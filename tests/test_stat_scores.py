@@ -152,6 +152,31 @@ def test_fused_counts_ties_and_layouts(case):
         assert torch.equal(got.cpu(), reference.stat_scores(xi, ti, ignore_index=255))
 
 
+@pytest.mark.parametrize("sharpness", [1.0, 0.7])
+def test_loss_with_counts_ties_and_minus_infinity(case, sharpness):
+    """The prediction found beside the softmax's maximum (the CPU's search at sharpness 1 also
+    gives the maximum): integer logits with ties, classes at -inf and pixels at -inf in every
+    class; the loss and its gradient bitwise those without the counts, the counts the
+    reference's."""
+    device, backend = case
+    g = torch.Generator().manual_seed(5)
+    x = torch.randint(-2, 3, (2, 6, 4, 64), generator=g).float()
+    x[x == -2] = float("-inf")
+    x[0, :, 1, :5] = float("-inf")
+    t = torch.randint(0, 6, (2, 4, 64), generator=g)
+    x = x.to(device)
+    plain = x.clone().requires_grad_(True)
+    counted = x.clone().requires_grad_(True)
+    loss = softiou_cuda.soft_iou_loss(plain, t.to(device), sharpness=sharpness, backend=backend)
+    loss2, counts = softiou_cuda.soft_iou_loss(counted, t.to(device), sharpness=sharpness,
+                                               return_stat_scores=True, backend=backend)
+    assert torch.isfinite(loss) and torch.equal(loss, loss2)
+    (g1,) = torch.autograd.grad(loss, plain)
+    (g2,) = torch.autograd.grad(loss2, counted)
+    assert torch.equal(g1, g2)
+    assert torch.equal(counts.cpu(), reference.stat_scores(x.cpu(), t))
+
+
 # (mode, target kind, from_logits, ignore_index): each kernel and target path of the Triton
 # statistics pass that counts (pixel_kernel: multiclass through histograms, a multilabel class map
 # of probabilities through codes; row_kernel: binary and multilabel through codes)

@@ -23,10 +23,17 @@ inline bool Kernel<A, S, TT, CLASS_MAP>::logits_max(Tile<A>& tl, const S* xp, in
   const bool in_place = a.x_sM == 1 && cnt == kTile;
   if (in_place) {
     // the statistics pass asked for the hard counts: the prediction on the same read
-    if (a.counts != nullptr) {
-      logits_max_in_place<true>(tl, xp);
+    const bool unit = sharp == A(1);
+    if (a.counts == nullptr) {
+      unit ? logits_max_in_place<false, true>(tl, xp) : logits_max_in_place<false, false>(tl, xp);
+    } else if (unit) {
+      if constexpr (std::is_same<S, float>::value && std::is_same<A, float>::value) {
+        logits_argmax_f32(tl, xp);
+      } else {
+        logits_max_in_place<true, true>(tl, xp);
+      }
     } else {
-      logits_max_in_place<false>(tl, xp);
+      logits_max_in_place<true, false>(tl, xp);
     }
     return true;
   }
@@ -46,9 +53,10 @@ inline bool Kernel<A, S, TT, CLASS_MAP>::logits_max(Tile<A>& tl, const S* xp, in
 // the maxima stay in registers (a loop over the classes outside the pixels' would store and
 // reload them for every class). ARGMAX: also each pixel's first maximal class of the raw input
 // (strict >: the first stays, torch.argmax's choice), compared before the sharpness scales it
-// so that no rounding of the product moves the prediction.
+// so that no rounding of the product moves the prediction. UNIT (sharpness 1): l = 1 * x = x
+// exactly, without the product.
 template <class A, class S, class TT, bool CLASS_MAP>
-template <bool ARGMAX>
+template <bool ARGMAX, bool UNIT>
 inline void Kernel<A, S, TT, CLASS_MAP>::logits_max_in_place(Tile<A>& tl, const S* xp) const {
   A* mx = tl.aux;
   constexpr int kLanes = 32;
@@ -68,7 +76,7 @@ inline void Kernel<A, S, TT, CLASS_MAP>::logits_max_in_place(Tile<A>& tl, const 
       const S* row = xp + c * sC + t0;
       for (int j = 0; j < kLanes; ++j) {
         const A v = to_acc<A>(row[j]);
-        m[j] = max_(m[j], softmax_arg(v, sh, true));
+        m[j] = max_(m[j], UNIT ? v : softmax_arg(v, sh, true));
         if constexpr (ARGMAX) {
           const bool above = c == 0 || v > best[j];  // (as stat_scores.h's own search)
           best[j] = above ? v : best[j];
@@ -82,6 +90,44 @@ inline void Kernel<A, S, TT, CLASS_MAP>::logits_max_in_place(Tile<A>& tl, const 
     }
   }
   tl.has_pred = ARGMAX;
+}
+
+// ARGMAX and UNIT for float logits, in GCC vector types (their registers are named: the
+// autovectorised loop above keeps its arrays in memory when it searches without the separate
+// maximum, a store and a reload per class). At sharpness 1 the first maximal logit is the
+// softmax's maximum: one compare and two masked moves per vector and class, the maximum's own
+// instruction gone. The search starts from class 0's values (as the loop's c == 0 case), so a
+// pixel's maximum is that of the loop for every finite or infinite logit; a NaN, outside the
+// input's domain, makes that pixel's probabilities NaN either way.
+template <class A, class S, class TT, bool CLASS_MAP>
+inline void Kernel<A, S, TT, CLASS_MAP>::logits_argmax_f32(Tile<A>& tl, const float* xp) const {
+  typedef float F16 __attribute__((vector_size(64)));
+  typedef int32_t I16 __attribute__((vector_size(64)));
+  static_assert(kTile % 32 == 0, "two vectors of 16 pixels at a time");
+  const int64_t sC = a.x_sC;
+  for (int t0 = 0; t0 < kTile; t0 += 32) {
+    F16 b0, b1;
+    I16 p0 = I16{}, p1 = I16{};
+    std::memcpy(&b0, xp + t0, sizeof b0);
+    std::memcpy(&b1, xp + t0 + 16, sizeof b1);
+    for (int64_t c = 1; c < C; ++c) {
+      const float* row = xp + c * sC + t0;
+      F16 v0, v1;
+      std::memcpy(&v0, row, sizeof v0);
+      std::memcpy(&v1, row + 16, sizeof v1);
+      const I16 cc = I16{} + int32_t(c);
+      const I16 above0 = v0 > b0, above1 = v1 > b1;  // strict: the first maximal class stays
+      b0 = above0 ? v0 : b0;
+      b1 = above1 ? v1 : b1;
+      p0 = above0 ? cc : p0;
+      p1 = above1 ? cc : p1;
+    }
+    std::memcpy(tl.aux + t0, &b0, sizeof b0);
+    std::memcpy(tl.aux + t0 + 16, &b1, sizeof b1);
+    std::memcpy(tl.pred + t0, &p0, sizeof p0);
+    std::memcpy(tl.pred + t0 + 16, &p1, sizeof p1);
+  }
+  tl.has_pred = true;
 }
 
 // Softmax, second step: X = e = e^(l - shift), the shift from the maximum in tl.aux, and

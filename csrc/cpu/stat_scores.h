@@ -82,14 +82,15 @@ inline void Kernel<A, S, TT, CLASS_MAP>::count_classes(const Tile<A>& tl, const 
   // of the confusion matrix, or to row C of the rows
   static_assert(kTile % kCountCopies == 0, "whole rounds of copies per tile");
   if (confusion != nullptr) {  // one increment per pixel, in its (predicted, target) cell
+    // the cells' offsets first, in vectors, then the increments: no branch and no index
+    // arithmetic between two read-modify-writes
     const int32_t side = int32_t(C + 1), area = side * side;
-    for (int t = 0; t < kTile; t += kCountCopies) {
-      for (int u = 0; u < kCountCopies; ++u) {
-        const bool keep = tgt[t + u] >= 0 && t + u < cnt;
-        const int32_t cell = keep ? pred[t + u] * side + tgt[t + u] : area - 1;
-        confusion[u * area + cell] += 1;
-      }
+    int32_t cell[kTile];
+    for (int t = 0; t < kTile; ++t) {
+      const bool keep = tgt[t] >= 0 && t < cnt;
+      cell[t] = (keep ? pred[t] * side + tgt[t] : area - 1) + (t % kCountCopies) * area;
     }
+    for (int t = 0; t < kTile; ++t) confusion[cell[t]] += 1;
     return;
   }
   const int64_t copy = (C + 1) * 4;

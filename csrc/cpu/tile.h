@@ -275,8 +275,9 @@ struct Kernel {
 
   // softmax.h: the softmax over the classes
   bool logits_max(Tile<A>& tl, const S* xp, int cnt) const;
-  template <bool ARGMAX>
+  template <bool ARGMAX, bool UNIT>
   void logits_max_in_place(Tile<A>& tl, const S* xp) const;
+  void logits_argmax_f32(Tile<A>& tl, const float* xp) const;
   template <bool DSUM>
   void exp_and_sum(Tile<A>& tl, const S* xp, const A* gP, A* log_s = nullptr) const;
   template <bool FROM_INPUT, bool DSUM>
