@@ -146,7 +146,17 @@ __device__ __forceinline__ void store_group(T* p, int64_t sM, bool vec, int cnt,
     Pack<T, V> pk;
 #pragma unroll
     for (int v = 0; v < V; ++v) pk.v[v] = in[v];
-    *reinterpret_cast<Pack<T, V>*>(p) = pk;
+    if constexpr (sizeof(pk) == 16) {
+      // one 16-byte store in PTX: in the gradient kernels nvcc splits the aligned struct store
+      // into four 4-byte ones (the static report counts them), which a PTX vector store cannot
+      // become. No "memory" clobber: no kernel reads what it stores through this in a launch.
+      uint32_t b[4];
+      memcpy(b, &pk, sizeof b);
+      asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};" ::"l"(p), "r"(b[0]), "r"(b[1]),
+                   "r"(b[2]), "r"(b[3]));
+    } else {
+      *reinterpret_cast<Pack<T, V>*>(p) = pk;
+    }
   } else {
 #pragma unroll
     for (int v = 0; v < V; ++v)
