@@ -140,6 +140,52 @@ __device__ __forceinline__ void load_group(const T* p, int64_t sM, bool vec, int
   }
 }
 
+// A group as loaded, read with get(v) where it is used: a 2-byte type stays two to a 32-bit
+// word, so that both paths of the load end in the same words and nothing unpacks them before
+// the next load is issued (an unpack reads the loaded register: it waits for the load).
+template <class T, int V, bool WORDS = sizeof(T) == 2>
+struct Loaded {
+  T v[V];
+  __device__ __forceinline__ T get(int i) const { return v[i]; }
+};
+template <class T, int V>
+struct Loaded<T, V, true> {
+  static_assert(V % 2 == 0, "whole words");
+  uint32_t w[V / 2];
+  __device__ __forceinline__ T get(int i) const {
+    const uint16_t bits = uint16_t(w[i / 2] >> (16 * (i % 2)));
+    T t;
+    memcpy(&t, &bits, sizeof t);
+    return t;
+  }
+};
+
+template <int V, class T>
+__device__ __forceinline__ void load_group(const T* p, int64_t sM, bool vec, int cnt,
+                                           Loaded<T, V>& out) {
+  if constexpr (sizeof(T) == 2) {
+    if (vec && cnt == V) {
+      const Pack<uint32_t, V / 2> pk = *reinterpret_cast<const Pack<uint32_t, V / 2>*>(p);
+#pragma unroll
+      for (int i = 0; i < V / 2; ++i) out.w[i] = pk.v[i];
+    } else {  // a zero's bits are 0
+#pragma unroll
+      for (int i = 0; i < V / 2; ++i) out.w[i] = 0u;
+#pragma unroll
+      for (int v = 0; v < V; ++v) {
+        if (v < cnt) {
+          const T t = p[v * sM];
+          uint16_t bits;
+          memcpy(&bits, &t, sizeof bits);
+          out.w[v / 2] |= uint32_t(bits) << (16 * (v % 2));
+        }
+      }
+    }
+  } else {
+    load_group<V>(p, sM, vec, cnt, out.v);
+  }
+}
+
 template <int V, class T>
 __device__ __forceinline__ void store_group(T* p, int64_t sM, bool vec, int cnt, const T (&in)[V]) {
   if (vec && cnt == V) {

@@ -76,36 +76,55 @@ __device__ __forceinline__ void pixel_pass(const Launch& L) {
     A w[V];
     load_weights<V>(L, n, m0, cnt, w, bad);
 
+    // the class map's and the input's loads all issued before the first use of either: the
+    // class map's compares would otherwise wait for its load before the first logits load
+    TT traw[CLASS_MAP ? V : 1];
+    if constexpr (CLASS_MAP) load_group<V>(ts + m0 * a.t_sM, a.t_sM, L.vt, cnt, traw);
+    A p[CPT][V];  // input -> probabilities, in place
+    if constexpr (sizeof(S) == 2) {
+      // a 2-byte input: every slot's load before any unpacking (an unpack reads the loaded
+      // register: between two slots' loads it would make each wait for the one before)
+      Loaded<S, V> xraw[CPT];
+#pragma unroll
+      for (int k = 0; k < CPT; ++k) {
+        if (!LIVE(k)) break;
+        // an empty slot (SLOT(k) >= cw) reads nothing: a group of no pixels, zeros
+        load_group<V>(xs + (SLOT(k) < cw ? SLOT(k) : 0) * a.x_sC + m0 * a.x_sM, a.x_sM, L.vx,
+                      SLOT(k) < cw ? cnt : 0, xraw[k]);
+      }
+#pragma unroll
+      for (int k = 0; k < CPT; ++k) {
+        if (!LIVE(k)) break;
+#pragma unroll
+        for (int v = 0; v < V; ++v) p[k][v] = to_acc<A>(xraw[k].get(v));
+      }
+    } else {  // float, double: to_acc is no instruction, and nothing waits between the loads
+#pragma unroll
+      for (int k = 0; k < CPT; ++k) {
+        if (!LIVE(k)) break;
+        S raw[V];
+        if (SLOT(k) < cw) {
+          load_group<V>(xs + SLOT(k) * a.x_sC + m0 * a.x_sM, a.x_sM, L.vx, cnt, raw);
+        } else {
+#pragma unroll
+          for (int v = 0; v < V; ++v) raw[v] = zero<S>();
+        }
+#pragma unroll
+        for (int v = 0; v < V; ++v) p[k][v] = to_acc<A>(raw[v]);
+      }
+    }
     // class map: the pixel is kept (pv) and its class relative to the window (tcls)
     int tcls[V];
     bool pv[V];
     if constexpr (CLASS_MAP) {
-      TT raw[V];
-      load_group<V>(ts + m0 * a.t_sM, a.t_sM, L.vt, cnt, raw);
 #pragma unroll
       for (int v = 0; v < V; ++v) {
-        const int64_t c = int64_t(raw[v]);
+        const int64_t c = int64_t(traw[v]);
         const bool ignored = v >= cnt || is_ignored(a, c);
         if (!ignored && (c < 0 || c >= a.C)) bad |= kBadClass;
         pv[v] = !ignored;
         tcls[v] = int(c - L.c0);
       }
-    }
-
-    // input -> probabilities, in place
-    A p[CPT][V];
-#pragma unroll
-    for (int k = 0; k < CPT; ++k) {
-      if (!LIVE(k)) break;
-      S raw[V];
-      if (SLOT(k) < cw) {
-        load_group<V>(xs + SLOT(k) * a.x_sC + m0 * a.x_sM, a.x_sM, L.vx, cnt, raw);
-      } else {
-#pragma unroll
-        for (int v = 0; v < V; ++v) raw[v] = zero<S>();
-      }
-#pragma unroll
-      for (int v = 0; v < V; ++v) p[k][v] = to_acc<A>(raw[v]);
     }
     if constexpr (COUNT) {
       // the first maximal class of each raw pixel (torch.argmax's): this lane's slots in class
