@@ -89,6 +89,18 @@ def test_barriers_inside_loops_are_those_a_backward_branch_repeats():
     assert triton_report.loops(LOOP_SASS) == (4, 1, 3)
 
 
+def test_family_is_the_template_and_its_input_type():
+    f = perf_report.family
+    assert f("void softiou::cuda::detail::pixel_kernel<__nv_bfloat16, long, 8, true, false, "
+             "false>(softiou::cuda::detail::Launch)") == "pixel_kernel/bf16"
+    assert f("void softiou::cuda::detail::count_kernel<float, bool>(softiou::KernelArgs, "
+             "unsigned long long*)") == "count_kernel/f32"
+    assert f("void softiou::cuda::detail::reduce_kernel<double>(double const*)") == \
+        "reduce_kernel/f64"
+    assert f("void softiou::cuda::detail::finish_counts_kernel(long long*, long)") == \
+        "finish_counts_kernel"
+
+
 def test_family_worst_figures():
     records = [
         {"arch": "sm_90", "family": "k", "registers": 100, "spill_stores": 0, "spill_loads": 0,
@@ -128,8 +140,8 @@ def _report(kind):
 
 def over_budget(families: dict, budget: dict, key: str, extra=()) -> list:
     """What is over its budget: per family, registers, spill bytes and the `extra` figures
-    within budget[key][family]; a family that meets the targets is held to them, stores of 16
-    bytes included. A family without a budget is over it."""
+    within budget[key][family]; a family that meets the targets is held to them, a gradient
+    kernel's stores of 16 bytes included. A family without a budget is over it."""
     targets = budget["targets"]
     over = []
     for name, fam in sorted(families.items()):
@@ -139,7 +151,7 @@ def over_budget(families: dict, budget: dict, key: str, extra=()) -> list:
             continue
         if limit.get("meets_targets"):
             limit = dict(limit, registers=targets["registers"], spill_bytes=targets["spill_bytes"])
-            if fam["store_bytes"] and max(fam["store_bytes"]) < targets["store_bytes"]:
+            if not perf_report.stores_within_target(name, fam["store_bytes"]):
                 over.append(f"{name}: widest global store {max(fam['store_bytes'])} bytes, "
                             f"target {targets['store_bytes']}")
         for figure in ("registers", "spill_bytes") + tuple(extra):
@@ -153,7 +165,7 @@ def test_over_budget_names_each_figure():
     budget = {"targets": {"registers": 128, "spill_bytes": 0, "store_bytes": 16},
               "k": {"a": {"registers": 200, "spill_bytes": 8, "loop_barriers": 4,
                           "meets_targets": False},
-                    "b": {"registers": 100, "spill_bytes": 0, "loop_barriers": 0,
+                    "row_kernel/f32": {"registers": 100, "spill_bytes": 0, "loop_barriers": 0,
                           "meets_targets": True}}}
     fam = {"registers": 200, "spill_bytes": 8, "loop_barriers": 4, "store_bytes": [16]}
     assert over_budget({"a": fam}, budget, "k", ("loop_barriers",)) == []
@@ -161,10 +173,15 @@ def test_over_budget_names_each_figure():
         ["a: 5 loop barriers, budget 4"]
     assert over_budget({"a": dict(fam, loop_barriers=5)}, budget, "k") == []
     # a family that meets the targets is held to them, not to its own figures
-    assert over_budget({"b": dict(fam, registers=120, spill_bytes=0, store_bytes=[4])}, budget,
-                       "k") == ["b: widest global store 4 bytes, target 16"]
-    assert over_budget({"b": dict(fam, registers=129, spill_bytes=0)}, budget, "k") == \
-        ["b: 129 registers, budget 128"]
+    b = "row_kernel/f32"
+    assert over_budget({b: dict(fam, registers=120, spill_bytes=0, store_bytes=[4])}, budget,
+                       "k") == [f"{b}: widest global store 4 bytes, target 16"]
+    assert over_budget({b: dict(fam, registers=129, spill_bytes=0)}, budget, "k") == \
+        [f"{b}: 129 registers, budget 128"]
+    # the 16-byte store target is the gradient kernels': a second stage writes a few sums
+    budget["k"]["reduce_kernel/f32"] = budget["k"][b]
+    assert over_budget({"reduce_kernel/f32": dict(fam, registers=34, spill_bytes=0,
+                                                  store_bytes=[4])}, budget, "k") == []
     assert over_budget({"c": fam}, budget, "k") == ["c: no budget in tools/perf_budget.json (k)"]
 
 

@@ -24,8 +24,9 @@ using namespace ::softiou::math;
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
-// The pixel kernel's gradient keeps more values live per thread (about 170 registers): 128-thread
-// blocks fit three to a multiprocessor, 12 warps, where 256-thread blocks fit one, 8 warps.
+// The pixel kernel's gradient runs in 128-thread blocks, four to a multiprocessor at its bound of
+// 128 registers (16 warps, as two 256-thread blocks): a smaller block is a finer split of a
+// sample's pixels at the same occupancy.
 constexpr int kPixelThreadsBackward = 128;
 template <bool FWD>
 constexpr int kPixelThreads = FWD ? kThreads : kPixelThreadsBackward;

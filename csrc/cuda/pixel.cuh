@@ -37,13 +37,9 @@ __device__ __forceinline__ void pixel_pass(const Launch& L) {
 #define SLOT(k) (j + K * (k))
 #define LIVE(k) (K * (k) < cw)
 
-  A accI[CPT], accP[CPT], accY[CPT], gI[CPT], gP[CPT];
+  A accI[CPT], accP[CPT], accY[CPT];
 #pragma unroll
-  for (int k = 0; k < CPT; ++k) {
-    accI[k] = accP[k] = accY[k] = A(0);
-    gI[k] = gP[k] = A(0);
-    if (!FWD && SLOT(k) < cw) pair_gradient(a, n, L.c0 + SLOT(k), gI[k], gP[k]);
-  }
+  for (int k = 0; k < CPT; ++k) accI[k] = accP[k] = accY[k] = A(0);
   // the cross-entropy term (SPEC section 9; softiou_math.h), a template parameter: without it
   // the kernel keeps no register for it. Forward sums, backward gradient.
   constexpr bool ce = CE;
@@ -51,9 +47,29 @@ __device__ __forceinline__ void pixel_pass(const Launch& L) {
   const A ls_keep = A(1) - A(a.options.label_smoothing);
   const A ls_spread = A(a.options.label_smoothing) / A(a.C);
   A ce_num = A(0), ce_den = A(0);
+  // the window's per-class constants in shared memory rather than registers per slot (the
+  // compiler hoists them out of the pixel loop): the gradient's two coefficients (backward) and
+  // the cross-entropy's class weight. With them the live values fit 128 registers. Read through
+  // a volatile pointer at each use, so that they are not kept in registers between uses.
+  __shared__ A block_g[FWD ? 1 : 2 * 32 * CPT];
+  __shared__ A block_cw[CE ? 32 * CPT : 1];
+  if constexpr (!FWD || CE) {
+    for (int c = threadIdx.x; c < cw; c += blockDim.x) {
+      if constexpr (!FWD) pair_gradient(a, n, L.c0 + c, block_g[2 * c], block_g[2 * c + 1]);
+      if constexpr (CE) block_cw[c] = ce_class_weight<A>(a, L.c0 + c);
+    }
+    __syncthreads();
+  }
+  const volatile A* gIP = block_g;
+  const volatile A* cwv = block_cw;
   // the term's weight of slot k's class for pixel v: c_k ((1 - eps) y + eps / C)
-#define CE_Q(k, v, yy) (ce_class_weight<A>(a, L.c0 + SLOT(k)) * (ls_keep * (yy) + ls_spread))
+#define CE_Q(k, v, yy) (cwv[SLOT(k)] * (ls_keep * (yy) + ls_spread))
   const S* xs = static_cast<const S*>(a.x) + n * a.x_sN + L.c0 * a.x_sC;
+  // slot k's class row: this lane's first row plus k warp-uniform steps. Written so, the per-slot
+  // offsets are uniform values (uniform registers), not a 64-bit address per slot and lane.
+  const S* xj = xs + j * a.x_sC;
+  const int64_t x_step = int64_t(K) * a.x_sC;
+#define XROW(k) (xj + (k) * x_step)
   const TT* ts = static_cast<const TT*>(a.t) + n * a.t_sN + (CLASS_MAP ? 0 : L.c0 * a.t_sC);
   // the hard counts of a multiclass class map (COUNT, SPEC section 11; one class window:
   // launch.cuh: counting_pass): per class the block's tp, predicted and target pixels in
@@ -85,12 +101,16 @@ __device__ __forceinline__ void pixel_pass(const Launch& L) {
       // a 2-byte input: every slot's load before any unpacking (an unpack reads the loaded
       // register: between two slots' loads it would make each wait for the one before)
       Loaded<S, V> xraw[CPT];
+      const S* xrow = xj + m0 * a.x_sM;
 #pragma unroll
       for (int k = 0; k < CPT; ++k) {
         if (!LIVE(k)) break;
-        // an empty slot (SLOT(k) >= cw) reads nothing: a group of no pixels, zeros
-        load_group<V>(xs + (SLOT(k) < cw ? SLOT(k) : 0) * a.x_sC + m0 * a.x_sM, a.x_sM, L.vx,
-                      SLOT(k) < cw ? cnt : 0, xraw[k]);
+        // an empty slot (SLOT(k) >= cw) reads nothing: a group of no pixels, zeros. Its row
+        // address (past the window) is formed but never read. One address stepped from slot to
+        // slot: a valid address selected per slot, or each slot's own, is a 64-bit value per
+        // slot that the compiler hoists out of the loop and keeps in registers (spills at 128).
+        load_group<V>(xrow, a.x_sM, L.vx, SLOT(k) < cw ? cnt : 0, xraw[k]);
+        xrow += x_step;
       }
 #pragma unroll
       for (int k = 0; k < CPT; ++k) {
@@ -104,13 +124,35 @@ __device__ __forceinline__ void pixel_pass(const Launch& L) {
         if (!LIVE(k)) break;
         S raw[V];
         if (SLOT(k) < cw) {
-          load_group<V>(xs + SLOT(k) * a.x_sC + m0 * a.x_sM, a.x_sM, L.vx, cnt, raw);
+          load_group<V>(XROW(k) + m0 * a.x_sM, a.x_sM, L.vx, cnt, raw);
         } else {
 #pragma unroll
           for (int v = 0; v < V; ++v) raw[v] = zero<S>();
         }
 #pragma unroll
         for (int v = 0; v < V; ++v) p[k][v] = to_acc<A>(raw[v]);
+      }
+    }
+    // dense target of slot k, pixel v (the class map's is tcls[v] == SLOT(k)), loaded beside
+    // the input
+    A y[CLASS_MAP ? 1 : CPT][V];
+    if constexpr (!CLASS_MAP) {
+#pragma unroll
+      for (int k = 0; k < CPT; ++k) {
+        if (!LIVE(k)) break;
+        TT raw[V];
+        if (SLOT(k) < cw) {
+          load_group<V>(ts + j * a.t_sC + k * (int64_t(K) * a.t_sC) + m0 * a.t_sM, a.t_sM, L.vt,
+                        cnt, raw);
+        } else {
+#pragma unroll
+          for (int v = 0; v < V; ++v) raw[v] = zero<TT>();
+        }
+#pragma unroll
+        for (int v = 0; v < V; ++v) {
+          y[k][v] = to_acc<A>(raw[v]);
+          if (outside_unit_interval(y[k][v])) bad |= kBadDense;
+        }
       }
     }
     // class map: the pixel is kept (pv) and its class relative to the window (tcls)
@@ -171,6 +213,30 @@ __device__ __forceinline__ void pixel_pass(const Launch& L) {
     A dot_pix[V], lse[V], ce_Q[V], ce_QL[V];
 #pragma unroll
     for (int v = 0; v < V; ++v) dot_pix[v] = lse[v] = ce_Q[v] = ce_QL[v] = A(0);
+    // the cross-entropy's Q = sum_k q_k and (forward) QL = sum_k q_k l_k of each pixel: this
+    // lane's classes, then a butterfly over the lanes of the pixel (the wide path has them from
+    // the prepass). Before the softmax, while p holds the logits (the term takes logits only).
+    if (CE && softmax && !wide) {
+#pragma unroll
+      for (int k = 0; k < CPT; ++k) {
+        if (!LIVE(k)) break;
+        if (SLOT(k) >= cw) continue;
+#pragma unroll
+        for (int v = 0; v < V; ++v) {
+          const A yy = CLASS_MAP ? (tcls[v] == SLOT(k) ? A(1) : A(0)) : y[CLASS_MAP ? 0 : k][v];
+          const A q = CE_Q(k, v, yy);
+          ce_Q[v] += q;
+          if (FWD) ce_QL[v] += q * softmax_arg(p[k][v], sharp, true);
+        }
+      }
+#pragma unroll
+      for (int v = 0; v < V; ++v) {
+        for (int off = G; off < 32; off <<= 1) {
+          ce_Q[v] += shfl_xor(ce_Q[v], off);
+          if (FWD) ce_QL[v] += shfl_xor(ce_QL[v], off);
+        }
+      }
+    }
     if (softmax) {
       A mx[V], inv[V];
       if (wide) {
@@ -237,54 +303,8 @@ __device__ __forceinline__ void pixel_pass(const Launch& L) {
       }
     }
 
-    // dense target of slot k, pixel v (the class map's is tcls[v] == SLOT(k))
-    A y[CLASS_MAP ? 1 : CPT][V];
-    if constexpr (!CLASS_MAP) {
-#pragma unroll
-      for (int k = 0; k < CPT; ++k) {
-        if (!LIVE(k)) break;
-        TT raw[V];
-        if (SLOT(k) < cw) {
-          load_group<V>(ts + SLOT(k) * a.t_sC + m0 * a.t_sM, a.t_sM, L.vt, cnt, raw);
-        } else {
-#pragma unroll
-          for (int v = 0; v < V; ++v) raw[v] = zero<TT>();
-        }
-#pragma unroll
-        for (int v = 0; v < V; ++v) {
-          y[k][v] = to_acc<A>(raw[v]);
-          if (outside_unit_interval(y[k][v])) bad |= kBadDense;
-        }
-      }
-    }
     if (bad) report_bad_input(bad);
 
-    // the cross-entropy's Q = sum_k q_k and (forward) QL = sum_k q_k l_k of each pixel: this
-    // lane's classes, then a butterfly over the lanes of the pixel (the wide path has them from
-    // the prepass). The forward reads the logits again: the exponentials have replaced them.
-    if (CE && softmax && !wide) {
-#pragma unroll
-      for (int k = 0; k < CPT; ++k) {
-        if (!LIVE(k)) break;
-        if (SLOT(k) >= cw) continue;
-        S raw[V];
-        if (FWD) load_group<V>(xs + SLOT(k) * a.x_sC + m0 * a.x_sM, a.x_sM, L.vx, cnt, raw);
-#pragma unroll
-        for (int v = 0; v < V; ++v) {
-          const A yy = CLASS_MAP ? (tcls[v] == SLOT(k) ? A(1) : A(0)) : y[CLASS_MAP ? 0 : k][v];
-          const A q = CE_Q(k, v, yy);
-          ce_Q[v] += q;
-          if (FWD) ce_QL[v] += q * softmax_arg(to_acc<A>(raw[v]), sharp, true);
-        }
-      }
-#pragma unroll
-      for (int v = 0; v < V; ++v) {
-        for (int off = G; off < 32; off <<= 1) {
-          ce_Q[v] += shfl_xor(ce_Q[v], off);
-          if (FWD) ce_QL[v] += shfl_xor(ce_QL[v], off);
-        }
-      }
-    }
     // the forward's sums, once per pixel (slot 0; the first class window of the wide path)
     if (FWD && CE && softmax && j == 0 && L.c0 == 0) {
 #pragma unroll
@@ -327,7 +347,7 @@ __device__ __forceinline__ void pixel_pass(const Launch& L) {
   ((SLOT(k) < cw && (CLASS_MAP ? pv[v] : v < cnt))                                         \
        ? w[v] * grad_p(p[k][v],                                                             \
                        CLASS_MAP ? (tcls[v] == SLOT(k) ? A(1) : A(0)) : y[CLASS_MAP ? 0 : k][v], \
-                       gI[k], gP[k], use_min, squared)                                      \
+                       gIP[2 * SLOT(k)], gIP[2 * SLOT(k) + 1], use_min, squared)            \
        : A(0))
       A dot[V];
 #pragma unroll
@@ -348,7 +368,8 @@ __device__ __forceinline__ void pixel_pass(const Launch& L) {
           }
         }
       }
-      S* gx = static_cast<S*>(a.grad_x) + n * a.g_sN + L.c0 * a.g_sC + m0 * a.g_sM;
+      S* gx = static_cast<S*>(a.grad_x) + n * a.g_sN + (L.c0 + j) * a.g_sC + m0 * a.g_sM;
+      const int64_t g_step = int64_t(K) * a.g_sC;
 #pragma unroll
       for (int k = 0; k < CPT; ++k) {
         if (!LIVE(k)) break;
@@ -358,7 +379,7 @@ __device__ __forceinline__ void pixel_pass(const Launch& L) {
         for (int v = 0; v < V; ++v) fac[v] = sharp;
         if (softmax && !from_logits) {  // dl/dx = a/x: read x again (L1/L2), probability form only
           S raw[V];
-          load_group<V>(xs + SLOT(k) * a.x_sC + m0 * a.x_sM, a.x_sM, L.vx, cnt, raw);
+          load_group<V>(XROW(k) + m0 * a.x_sM, a.x_sM, L.vx, cnt, raw);
 #pragma unroll
           for (int v = 0; v < V; ++v) fac[v] = softmax_arg_dx(to_acc<A>(raw[v]), sharp, false);
         }
@@ -373,7 +394,7 @@ __device__ __forceinline__ void pixel_pass(const Launch& L) {
           }
           out[v] = Store<S>::from(d);
         }
-        store_group<V>(gx + SLOT(k) * a.g_sC, a.g_sM, L.vg, cnt, out);
+        store_group<V>(gx + k * g_step, a.g_sM, L.vg, cnt, out);
       }
 #undef GRAD
     }
@@ -430,12 +451,13 @@ __device__ __forceinline__ void pixel_pass(const Launch& L) {
     }
   }
 #undef CE_Q
+#undef XROW
 #undef LIVE
 #undef SLOT
 }
 
 template <class S, class TT, int V, bool CLASS_MAP, bool FWD, bool CE>
-__global__ void __launch_bounds__(kPixelThreads<FWD>, FWD ? 2 : 3) pixel_kernel(const Launch L) {
+__global__ void __launch_bounds__(kPixelThreads<FWD>, FWD ? 2 : 4) pixel_kernel(const Launch L) {
   pixel_pass<S, TT, V, CLASS_MAP, FWD, CE, false>(L);
 }
 
