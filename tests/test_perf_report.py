@@ -89,6 +89,13 @@ def test_barriers_inside_loops_are_those_a_backward_branch_repeats():
     assert triton_report.loops(LOOP_SASS) == (4, 1, 3)
 
 
+def test_sass_loop_size_per_function():
+    got = perf_report.parse_sass("\tcode for sm_90\n\t\tFunction : _Z3bazv\n" + LOOP_SASS
+                                 + "\t\tFunction : _Z3quxv\n" + SASS.split("_Z3barPf\n")[1])
+    assert got[("sm_90", "_Z3bazv")]["loop_instructions"] == 3
+    assert got[("sm_90", "_Z3quxv")]["loop_instructions"] == 0
+
+
 def test_family_is_the_template_and_its_input_type():
     f = perf_report.family
     assert f("void softiou::cuda::detail::pixel_kernel<__nv_bfloat16, long, 8, true, false, "

@@ -3,7 +3,9 @@
 Reads what tools/check_cuda_compile.sh leaves in build/cuda-compile-check/: each kernel source's
 ptxas log (`-Xptxas -v`: registers, stack frame, spill bytes per entry function and target) and
 its object file, whose SASS (the `cuobjdump` that ships with triton, or the toolkit's) gives the
-width of every global load and store. Writes perf-report.txt (a table per instantiation) and
+width of every global load and store, and the size of the longest loop in instructions (the
+code of every runtime path through it: a measure of a kernel's genericity, far above what one
+iteration executes). Writes perf-report.txt (a table per instantiation) and
 perf-report.json beside them, and prints the worst figures per kernel family for one target.
 
 The budgets the GPU kernels are being rebuilt to (docs/status.md): no spills, at most 128
@@ -82,8 +84,9 @@ def parse_ptxas(text: str) -> dict:
 
 
 def parse_sass(text: str) -> dict:
-    """{(arch, mangled name): {"loads": {bytes: count}, "stores": {bytes: count}}}."""
-    out, arch, name = {}, None, None
+    """{(arch, mangled name): {"loads": {bytes: count}, "stores": {bytes: count},
+    "loop_instructions": the longest loop's instructions (loops())}}."""
+    out, arch, name, lines = {}, None, None, collections.defaultdict(list)
     for line in text.splitlines():
         m = _CODE_FOR.search(line)
         if m:
@@ -96,12 +99,41 @@ def parse_sass(text: str) -> dict:
             continue
         if name is None or "/*" not in line:
             continue
+        lines[(arch, name)].append(line)
         m = _MEMORY.search(line.split(";")[0])
         if m:
             kind = "loads" if m.group(1).startswith("LD") else "stores"
             generic = "" if m.group(1).endswith("G") else "generic "
             out[(arch, name)][kind][f"{generic}{width(m.group(2))}"] += 1
+    for key, r in out.items():
+        r["loop_instructions"] = loops("\n".join(lines[key]))[2]
     return out
+
+
+_BARRIER = re.compile(r"\bBAR\.(SYNC|RED|ARV)\b")
+_ADDRESS = re.compile(r"/\*([0-9a-f]{4,})\*/")
+_BRANCH = re.compile(r"\bBRA\s+(?:`\()?(?:\.L_x_\d+\))?\s*0x([0-9a-f]+)")
+
+
+def loops(sass: str) -> tuple:
+    """(barriers, barriers in loops, instructions of the longest loop) of one kernel's SASS: the
+    BAR instructions, those inside a loop (at or after the target of a backward branch and
+    before the branch), and the longest such range in instructions (16 bytes each). A loop's
+    barrier is paid every iteration; the others once per program (its final reductions)."""
+    bars, ranges = [], []
+    for line in sass.splitlines():
+        a = _ADDRESS.search(line)
+        if not a:
+            continue
+        at = int(a.group(1), 16)
+        code = line[a.end():].split(";")[0]
+        if _BARRIER.search(code):
+            bars.append(at)
+        b = _BRANCH.search(code)
+        if b and int(b.group(1), 16) < at:
+            ranges.append((int(b.group(1), 16), at))
+    longest = max(((hi - lo) // 16 + 1 for lo, hi in ranges), default=0)
+    return len(bars), sum(any(lo <= at < hi for lo, hi in ranges) for at in bars), longest
 
 
 def demangle(names):
@@ -168,9 +200,10 @@ def collect(directory: str) -> list:
     names = demangle({name for _, name in ptxas})
     records = []
     for (arch, name), r in sorted(ptxas.items()):
-        mem = sass.get((arch, name), {"loads": {}, "stores": {}})
+        mem = sass.get((arch, name), {"loads": {}, "stores": {}, "loop_instructions": 0})
         records.append({"arch": arch, "kernel": names[name], "family": family(names[name]),
                         **r, "loads": dict(mem["loads"]), "stores": dict(mem["stores"]),
+                        "loop_instructions": mem["loop_instructions"],
                         "sass": (arch, name) in sass})
     return records
 
@@ -204,11 +237,12 @@ def write(records: list, directory: str, arch: str) -> dict:
     with open(os.path.join(directory, "perf-report.json"), "w") as f:
         json.dump({"arch": arch, "families": families, "kernels": records}, f, indent=1)
     with open(os.path.join(directory, "perf-report.txt"), "w") as f:
-        f.write("target  regs  stack  spill st/ld  global loads (bytes:count)  stores  kernel\n")
+        f.write("target  regs  stack  spill st/ld  loop  global loads (bytes:count)  stores  "
+                "kernel\n")
         for r in records:
             f.write(f"{r['arch']:7} {r['registers']:4} {r['stack']:6} "
-                    f"{r['spill_stores']:5}/{r['spill_loads']:<5} {_fmt(r['loads']):27} "
-                    f"{_fmt(r['stores']):10} {r['kernel']}\n")
+                    f"{r['spill_stores']:5}/{r['spill_loads']:<5} {r['loop_instructions']:5} "
+                    f"{_fmt(r['loads']):27} {_fmt(r['stores']):10} {r['kernel']}\n")
     return families
 
 

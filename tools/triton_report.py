@@ -27,7 +27,6 @@ import argparse
 import contextlib
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -41,30 +40,8 @@ ARCH = 90
 # multiprocessors of the target the launch grids are sized for (an H100/H200: 132)
 MULTIPROCESSORS = 132
 
-_BARRIER = re.compile(r"\bBAR\.(SYNC|RED|ARV)\b")
-_ADDRESS = re.compile(r"/\*([0-9a-f]{4,})\*/")
-_BRANCH = re.compile(r"\bBRA\s+(?:`\()?(?:\.L_x_\d+\))?\s*0x([0-9a-f]+)")
-
-
-def loops(sass: str) -> tuple:
-    """(barriers, barriers in loops, instructions of the longest loop) of one kernel's SASS: the
-    BAR instructions, those inside a loop (at or after the target of a backward branch and
-    before the branch), and the longest such range in instructions (16 bytes each). A loop's
-    barrier is paid every iteration; the others once per program (its final reductions)."""
-    bars, ranges = [], []
-    for line in sass.splitlines():
-        a = _ADDRESS.search(line)
-        if not a:
-            continue
-        at = int(a.group(1), 16)
-        code = line[a.end():].split(";")[0]
-        if _BARRIER.search(code):
-            bars.append(at)
-        b = _BRANCH.search(code)
-        if b and int(b.group(1), 16) < at:
-            ranges.append((int(b.group(1), 16), at))
-    longest = max(((hi - lo) // 16 + 1 for lo, hi in ranges), default=0)
-    return len(bars), sum(any(lo <= at < hi for lo, hi in ranges) for at in bars), longest
+# the loops of a kernel's SASS: tools/perf_report.py (shared with the CUDA kernels' report)
+loops = perf_report.loops
 
 
 def cases():
