@@ -71,6 +71,13 @@ inline int64_t class_window(const KernelArgs& a) {
   return needs_prepass(a) ? int64_t(32) * classes_per_lane(a) : a.C;
 }
 
+// The pixel kernels' common case, compiled as its own instantiation (pixel.cuh: BASIC): a class
+// map's softmax of logits in one class window, with the product intersection and p, y unsquared.
+inline bool basic_case(const KernelArgs& a) {
+  return a.class_map && a.prob == Prob::kSoftmax && a.options.from_logits && !needs_prepass(a) &&
+         !a.options.squared && a.options.intersection == Intersection::kProduct;
+}
+
 inline int lanes_per_group(int64_t classes, int cpt) {
   int K = 1;
   while (K < 32 && int64_t(K) * cpt < classes) K <<= 1;
@@ -166,18 +173,30 @@ cudaError_t with_target(const KernelArgs& a, F& f) {
 }
 
 
-// The statistics passes that count too (counting_pass): a multiclass class map's pixels, the
-// binary and multilabel rows.
-template <class S, class TT, int V, bool CM, bool FWD>
-void launch_counting_pixels(const Launch& L, bool ce, int64_t grid, cudaStream_t stream) {
-  if constexpr (FWD && CM) {
-    if (ce) {
-      pixel_counting_kernel<S, TT, V, true>
+// One pixel-kernel launch: with or without the cross-entropy term, the basic case (class maps
+// only) or the general kernel; COUNT: the statistics pass that counts too (counting_pass).
+template <class S, class TT, int V, bool CM, bool FWD, bool CE, bool COUNT>
+void launch_pixels(const Launch& L, bool basic, int64_t grid, cudaStream_t stream) {
+  if constexpr (COUNT && !(FWD && CM)) {
+    return;
+  } else if constexpr (COUNT) {
+    if (basic) {
+      pixel_counting_kernel<S, TT, V, CE, true>
           <<<unsigned(grid), kPixelThreads<true>, 0, stream>>>(L);
     } else {
-      pixel_counting_kernel<S, TT, V, false>
+      pixel_counting_kernel<S, TT, V, CE, false>
           <<<unsigned(grid), kPixelThreads<true>, 0, stream>>>(L);
     }
+  } else {
+    if constexpr (CM) {
+      if (basic) {
+        pixel_kernel<S, TT, V, CM, FWD, CE, true>
+            <<<unsigned(grid), kPixelThreads<FWD>, 0, stream>>>(L);
+        return;
+      }
+    }
+    pixel_kernel<S, TT, V, CM, FWD, CE, false>
+        <<<unsigned(grid), kPixelThreads<FWD>, 0, stream>>>(L);
   }
 }
 template <class S, class TT, int V, bool FWD>
@@ -217,18 +236,20 @@ cudaError_t run_input(const KernelArgs& a, void* partials, void* pixel, void* ou
         }
       }
       const int64_t win = class_window(a);
+      const bool basic = CM && basic_case(a);
       grid = a.N * L.blocks_per_row;
       for (int64_t c0 = 0; c0 < a.C; c0 += win) {
         L.c0 = c0;
         L.cw = a.C - c0 < win ? a.C - c0 : win;
-        if (FWD && CM && counts != nullptr) {
-          launch_counting_pixels<S, TT, V, CM, FWD>(L, ce, grid, stream);
+        const bool count = FWD && CM && counts != nullptr;
+        if (count && ce) {
+          launch_pixels<S, TT, V, CM, FWD, true, true>(L, basic, grid, stream);
+        } else if (count) {
+          launch_pixels<S, TT, V, CM, FWD, false, true>(L, basic, grid, stream);
         } else if (ce) {
-          pixel_kernel<S, TT, V, CM, FWD, true>
-              <<<unsigned(grid), kPixelThreads<FWD>, 0, stream>>>(L);
+          launch_pixels<S, TT, V, CM, FWD, true, false>(L, basic, grid, stream);
         } else {
-          pixel_kernel<S, TT, V, CM, FWD, false>
-              <<<unsigned(grid), kPixelThreads<FWD>, 0, stream>>>(L);
+          launch_pixels<S, TT, V, CM, FWD, false, false>(L, basic, grid, stream);
         }
       }
     } else {

@@ -14,9 +14,13 @@ namespace detail {
 // Multiclass: one pass over a sample's pixels, all classes of a pixel in the registers of K lanes
 // ---------------------------------------------------------------------------------------------
 // The pass of pixel_kernel and pixel_counting_kernel (COUNT: the statistics with the counts).
-template <class S, class TT, int V, bool CLASS_MAP, bool FWD, bool CE, bool COUNT>
+// BASIC: the common case (launch.cuh: basic_case) known at compile time, a class map's softmax of
+// logits in one class window with the product intersection and unsquared terms: the other
+// paths' code is not in the kernel, nor its registers (the general kernel serves the rest).
+template <class S, class TT, int V, bool CLASS_MAP, bool FWD, bool CE, bool COUNT, bool BASIC>
 __device__ __forceinline__ void pixel_pass(const Launch& L) {
   static_assert(!COUNT || (FWD && CLASS_MAP), "the counts: a statistics pass of a class map");
+  static_assert(!BASIC || CLASS_MAP, "the basic case: a class map");
   using A = typename Acc<S>::type;
   constexpr int CPT = kClassesPerLane<V>;
   const KernelArgs& a = L.a;
@@ -27,10 +31,11 @@ __device__ __forceinline__ void pixel_pass(const Launch& L) {
   const int64_t begin = b * L.chunk;
   const int64_t end = begin + L.chunk < L.groups ? begin + L.chunk : L.groups;
   const A sharp = A(a.options.sharpness);
-  const bool from_logits = a.options.from_logits, squared = a.options.squared;
-  const bool use_min = a.options.intersection == Intersection::kMin;
-  const bool softmax = a.prob == Prob::kSoftmax;
-  const bool wide = L.pixel != nullptr;
+  const bool from_logits = BASIC || a.options.from_logits;
+  const bool squared = !BASIC && a.options.squared;
+  const bool use_min = !BASIC && a.options.intersection == Intersection::kMin;
+  const bool softmax = BASIC || a.prob == Prob::kSoftmax;
+  const bool wide = !BASIC && L.pixel != nullptr;
   const int cw = int(L.cw);
   // class of slot k: c0 + j + K*k, present when j + K*k < cw. LIVE(k): slot k holds a class in
   // some lane of the warp; a warp-uniform test, so empty slots cost a branch, not their work
@@ -456,15 +461,15 @@ __device__ __forceinline__ void pixel_pass(const Launch& L) {
 #undef SLOT
 }
 
-template <class S, class TT, int V, bool CLASS_MAP, bool FWD, bool CE>
+template <class S, class TT, int V, bool CLASS_MAP, bool FWD, bool CE, bool BASIC>
 __global__ void __launch_bounds__(kPixelThreads<FWD>, FWD ? 2 : 4) pixel_kernel(const Launch L) {
-  pixel_pass<S, TT, V, CLASS_MAP, FWD, CE, false>(L);
+  pixel_pass<S, TT, V, CLASS_MAP, FWD, CE, false, BASIC>(L);
 }
 
 // The statistics of a multiclass class map with its hard counts (launch.cuh: counting_pass).
-template <class S, class TT, int V, bool CE>
+template <class S, class TT, int V, bool CE, bool BASIC>
 __global__ void __launch_bounds__(kPixelThreads<true>, 2) pixel_counting_kernel(const Launch L) {
-  pixel_pass<S, TT, V, true, true, CE, true>(L);
+  pixel_pass<S, TT, V, true, true, CE, true, BASIC>(L);
 }
 
 // Softmax over many classes: per pixel, the maximum and 1/sum of the exponentials (online, one
