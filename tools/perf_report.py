@@ -265,6 +265,12 @@ def main(argv=None):
               f"stores {f['store_bytes']}")
     print(f"  per instantiation: {os.path.join(args.directory, 'perf-report.txt')}")
     if args.write_budget:
+        failed = [os.path.basename(log)
+                  for log in sorted(glob.glob(os.path.join(args.directory, "kernels*.log")))
+                  if not parse_ptxas(open(log).read())]
+        if failed:  # a failed compile leaves a log of errors: its kernels would drop out
+            print(f"  budgets not written: no kernels in {', '.join(failed)}", file=sys.stderr)
+            return 1
         write_budget(families, args.arch)
     return 0
 

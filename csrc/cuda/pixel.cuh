@@ -139,27 +139,42 @@ __device__ __forceinline__ void pixel_pass(const Launch& L) {
       }
     }
     // dense target of slot k, pixel v (the class map's is tcls[v] == SLOT(k)), loaded beside
-    // the input
-    A y[CLASS_MAP ? 1 : CPT][V];
+    // the input, Y(k, v): a 2-byte target kept as loaded, two to a 32-bit word (half the
+    // registers) and converted where it is used; the others converted at the load
+    constexpr bool PACK_Y = sizeof(TT) == 2;
+    Loaded<TT, V> ypack[CLASS_MAP || !PACK_Y ? 1 : CPT];
+    A y[CLASS_MAP || PACK_Y ? 1 : CPT][V];
     if constexpr (!CLASS_MAP) {
 #pragma unroll
       for (int k = 0; k < CPT; ++k) {
         if (!LIVE(k)) break;
-        TT raw[V];
+        Loaded<TT, V> raw;
         if (SLOT(k) < cw) {
           load_group<V>(ts + j * a.t_sC + k * (int64_t(K) * a.t_sC) + m0 * a.t_sM, a.t_sM, L.vt,
                         cnt, raw);
         } else {
+          raw = Loaded<TT, V>{};  // zeros
+        }
+        if constexpr (PACK_Y) {
+          ypack[k] = raw;
+        } else {
 #pragma unroll
-          for (int v = 0; v < V; ++v) raw[v] = zero<TT>();
+          for (int v = 0; v < V; ++v) y[k][v] = to_acc<A>(raw.get(v));
         }
 #pragma unroll
-        for (int v = 0; v < V; ++v) {
-          y[k][v] = to_acc<A>(raw[v]);
-          if (outside_unit_interval(y[k][v])) bad |= kBadDense;
-        }
+        for (int v = 0; v < V; ++v)
+          if (outside_unit_interval(to_acc<A>(raw.get(v)))) bad |= kBadDense;
       }
     }
+    auto Y = [&](int k, int v) -> A {
+      if constexpr (CLASS_MAP) {
+        return A(0);  // not called: a class map's y is tcls[v] == SLOT(k)
+      } else if constexpr (PACK_Y) {
+        return to_acc<A>(ypack[k].get(v));
+      } else {
+        return y[k][v];
+      }
+    };
     // class map: the pixel is kept (pv) and its class relative to the window (tcls)
     int tcls[V];
     bool pv[V];
@@ -228,7 +243,7 @@ __device__ __forceinline__ void pixel_pass(const Launch& L) {
         if (SLOT(k) >= cw) continue;
 #pragma unroll
         for (int v = 0; v < V; ++v) {
-          const A yy = CLASS_MAP ? (tcls[v] == SLOT(k) ? A(1) : A(0)) : y[CLASS_MAP ? 0 : k][v];
+          const A yy = CLASS_MAP ? (tcls[v] == SLOT(k) ? A(1) : A(0)) : Y(k, v);
           const A q = CE_Q(k, v, yy);
           ce_Q[v] += q;
           if (FWD) ce_QL[v] += q * softmax_arg(p[k][v], sharp, true);
@@ -337,7 +352,7 @@ __device__ __forceinline__ void pixel_pass(const Launch& L) {
             }
           } else {
             if (SLOT(k) < cw && v < cnt) {
-              const A yy = y[CLASS_MAP ? 0 : k][v];
+              const A yy = Y(k, v);
               accI[k] += w[v] * intersection(p[k][v], yy, use_min);
               accP[k] += w[v] * power_term(p[k][v], squared);
               accY[k] += w[v] * power_term(yy, squared);
@@ -351,7 +366,7 @@ __device__ __forceinline__ void pixel_pass(const Launch& L) {
 #define GRAD(k, v)                                                                          \
   ((SLOT(k) < cw && (CLASS_MAP ? pv[v] : v < cnt))                                         \
        ? w[v] * grad_p(p[k][v],                                                             \
-                       CLASS_MAP ? (tcls[v] == SLOT(k) ? A(1) : A(0)) : y[CLASS_MAP ? 0 : k][v], \
+                       CLASS_MAP ? (tcls[v] == SLOT(k) ? A(1) : A(0)) : Y(k, v), \
                        gIP[2 * SLOT(k)], gIP[2 * SLOT(k) + 1], use_min, squared)            \
        : A(0))
       A dot[V];
@@ -394,7 +409,7 @@ __device__ __forceinline__ void pixel_pass(const Launch& L) {
           const A gv = GRAD(k, v);
           A d = softmax ? fac[v] * p[k][v] * (gv - dot[v]) : gv;
           if (CE && softmax && (CLASS_MAP ? pv[v] : v < cnt)) {  // + a gce w (Q p - q)
-            const A yy = CLASS_MAP ? (tcls[v] == SLOT(k) ? A(1) : A(0)) : y[CLASS_MAP ? 0 : k][v];
+            const A yy = CLASS_MAP ? (tcls[v] == SLOT(k) ? A(1) : A(0)) : Y(k, v);
             d += sharp * gce * w[v] * (ce_Q[v] * p[k][v] - CE_Q(k, v, yy));
           }
           out[v] = Store<S>::from(d);
