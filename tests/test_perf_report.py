@@ -99,7 +99,11 @@ def test_sass_loop_size_per_function():
 def test_family_is_the_template_and_its_input_type():
     f = perf_report.family
     assert f("void softiou::cuda::detail::pixel_kernel<__nv_bfloat16, long, 8, true, false, "
-             "false>(softiou::cuda::detail::Launch)") == "pixel_kernel/bf16"
+             "false, false>(softiou::cuda::detail::Launch)") == "pixel_kernel/bf16"
+    assert f("void softiou::cuda::detail::pixel_kernel<float, long, 4, true, false, false, "
+             "true>(softiou::cuda::detail::Launch)") == "pixel_kernel/f32+basic"
+    assert f("void softiou::cuda::detail::row_kernel<float, float, 4, true, true>"
+             "(softiou::cuda::detail::Launch)") == "row_kernel/f32"
     assert f("void softiou::cuda::detail::count_kernel<float, bool>(softiou::KernelArgs, "
              "unsigned long long*)") == "count_kernel/f32"
     assert f("void softiou::cuda::detail::reduce_kernel<double>(double const*)") == \

@@ -161,17 +161,24 @@ def stores_within_target(name: str, store_bytes: list) -> bool:
 _DTYPES = {"float": "f32", "double": "f64", "__half": "f16", "__nv_bfloat16": "bf16"}
 
 
+# the kernels whose last template argument is BASIC (csrc/cuda/pixel.cuh): the common case's
+# instantiations, a family of their own
+_BASIC_LAST = ("pixel_kernel", "pixel_counting_kernel")
+
+
 def family(demangled: str) -> str:
     """The kernel template's name and its first template argument, the input's type (the
     accumulation type's for the second stage): softiou::cuda::detail::pixel_kernel<float, long,
-    ...>(...) -> pixel_kernel/f32. Each dtype's build is held to its own budget: the targets are
-    met one dtype at a time (float32 and bfloat16 first)."""
+    ...>(...) -> pixel_kernel/f32, and pixel_kernel/f32+basic for the common case's kernels. Each
+    dtype's build is held to its own budget: the targets are met one dtype at a time (float32
+    and bfloat16 first), the common case first."""
     head = demangled.split("(")[0]
     name = head.split("<")[0].split("::")[-1].replace("void ", "").strip()
     if "<" not in head:
         return name
-    first = head.split("<", 1)[1].split(",")[0].rstrip(">").strip()
-    return f"{name}/{_DTYPES.get(first, first)}"
+    args = [x.strip() for x in head.split("<", 1)[1].rsplit(">", 1)[0].split(",")]
+    basic = "+basic" if name in _BASIC_LAST and args[-1] == "true" else ""
+    return f"{name}/{_DTYPES.get(args[0], args[0])}{basic}"
 
 
 def cuobjdump() -> str | None:

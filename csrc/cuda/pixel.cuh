@@ -55,7 +55,8 @@ __device__ __forceinline__ void pixel_pass(const Launch& L) {
   // the window's per-class constants in shared memory rather than registers per slot (the
   // compiler hoists them out of the pixel loop): the gradient's two coefficients (backward) and
   // the cross-entropy's class weight. With them the live values fit 128 registers. Read through
-  // a volatile pointer at each use, so that they are not kept in registers between uses.
+  // a volatile pointer once per slot where they are used, so that they are not kept in
+  // registers between uses.
   __shared__ A block_g[FWD ? 1 : 2 * 32 * CPT];
   __shared__ A block_cw[CE ? 32 * CPT : 1];
   if constexpr (!FWD || CE) {
@@ -67,8 +68,9 @@ __device__ __forceinline__ void pixel_pass(const Launch& L) {
   }
   const volatile A* gIP = block_g;
   const volatile A* cwv = block_cw;
-  // the term's weight of slot k's class for pixel v: c_k ((1 - eps) y + eps / C)
-#define CE_Q(k, v, yy) (cwv[SLOT(k)] * (ls_keep * (yy) + ls_spread))
+  // the term's weight of a class of weight ck for pixel v: c_k ((1 - eps) y + eps / C); ck read
+  // from shared memory once per slot where it is used (cwv[SLOT(k)])
+#define CE_Q(ck, yy) ((ck) * (ls_keep * (yy) + ls_spread))
   const S* xs = static_cast<const S*>(a.x) + n * a.x_sN + L.c0 * a.x_sC;
   // slot k's class row: this lane's first row plus k warp-uniform steps. Written so, the per-slot
   // offsets are uniform values (uniform registers), not a 64-bit address per slot and lane.
@@ -95,7 +97,12 @@ __device__ __forceinline__ void pixel_pass(const Launch& L) {
     unsigned bad = 0;
 
     A w[V];
-    load_weights<V>(L, n, m0, cnt, w, bad);
+    if constexpr (BASIC) {  // no pixel weights: 1, exact in every product
+#pragma unroll
+      for (int v = 0; v < V; ++v) w[v] = A(1);
+    } else {
+      load_weights<V>(L, n, m0, cnt, w, bad);
+    }
 
     // the class map's and the input's loads all issued before the first use of either: the
     // class map's compares would otherwise wait for its load before the first logits load
@@ -124,16 +131,25 @@ __device__ __forceinline__ void pixel_pass(const Launch& L) {
         for (int v = 0; v < V; ++v) p[k][v] = to_acc<A>(xraw[k].get(v));
       }
     } else {  // float, double: to_acc is no instruction, and nothing waits between the loads
+      // the basic kernel steps one address from slot to slot as above, the general kernel forms
+      // each slot's: the form with which ptxas fits each kernel in 128 registers with the
+      // fewest spills (docs/history.md)
+      const S* xrow = xj + m0 * a.x_sM;
 #pragma unroll
       for (int k = 0; k < CPT; ++k) {
         if (!LIVE(k)) break;
         S raw[V];
         if (SLOT(k) < cw) {
-          load_group<V>(XROW(k) + m0 * a.x_sM, a.x_sM, L.vx, cnt, raw);
+          if constexpr (BASIC) {
+            load_group<V>(xrow, a.x_sM, L.vx, cnt, raw);
+          } else {
+            load_group<V>(XROW(k) + m0 * a.x_sM, a.x_sM, L.vx, cnt, raw);
+          }
         } else {
 #pragma unroll
           for (int v = 0; v < V; ++v) raw[v] = zero<S>();
         }
+        if constexpr (BASIC) xrow += x_step;
 #pragma unroll
         for (int v = 0; v < V; ++v) p[k][v] = to_acc<A>(raw[v]);
       }
@@ -241,10 +257,11 @@ __device__ __forceinline__ void pixel_pass(const Launch& L) {
       for (int k = 0; k < CPT; ++k) {
         if (!LIVE(k)) break;
         if (SLOT(k) >= cw) continue;
+        const A ck = cwv[SLOT(k)];
 #pragma unroll
         for (int v = 0; v < V; ++v) {
           const A yy = CLASS_MAP ? (tcls[v] == SLOT(k) ? A(1) : A(0)) : Y(k, v);
-          const A q = CE_Q(k, v, yy);
+          const A q = CE_Q(ck, yy);
           ce_Q[v] += q;
           if (FWD) ce_QL[v] += q * softmax_arg(p[k][v], sharp, true);
         }
@@ -362,12 +379,12 @@ __device__ __forceinline__ void pixel_pass(const Launch& L) {
       }
     } else {
       // g = dL/dp is cheap: computed once for sum_c p_c g_c and again for the output, so that
-      // it needs no registers of its own
-#define GRAD(k, v)                                                                          \
+      // it needs no registers of its own. gi, gp: slot k's coefficients, read from shared
+      // memory once per slot at each of the two uses
+#define GRAD(k, v, gi, gp)                                                                  \
   ((SLOT(k) < cw && (CLASS_MAP ? pv[v] : v < cnt))                                         \
-       ? w[v] * grad_p(p[k][v],                                                             \
-                       CLASS_MAP ? (tcls[v] == SLOT(k) ? A(1) : A(0)) : Y(k, v), \
-                       gIP[2 * SLOT(k)], gIP[2 * SLOT(k) + 1], use_min, squared)            \
+       ? w[v] * grad_p(p[k][v], CLASS_MAP ? (tcls[v] == SLOT(k) ? A(1) : A(0)) : Y(k, v),  \
+                       gi, gp, use_min, squared)                                            \
        : A(0))
       A dot[V];
 #pragma unroll
@@ -376,8 +393,9 @@ __device__ __forceinline__ void pixel_pass(const Launch& L) {
 #pragma unroll
         for (int k = 0; k < CPT; ++k) {
           if (!LIVE(k)) break;
+          const A gi = gIP[2 * SLOT(k)], gp = gIP[2 * SLOT(k) + 1];
 #pragma unroll
-          for (int v = 0; v < V; ++v) dot[v] += p[k][v] * GRAD(k, v);
+          for (int v = 0; v < V; ++v) dot[v] += p[k][v] * GRAD(k, v, gi, gp);
         }
 #pragma unroll
         for (int v = 0; v < V; ++v) {
@@ -404,13 +422,14 @@ __device__ __forceinline__ void pixel_pass(const Launch& L) {
           for (int v = 0; v < V; ++v) fac[v] = softmax_arg_dx(to_acc<A>(raw[v]), sharp, false);
         }
         S out[V];
+        const A gi = gIP[2 * SLOT(k)], gp = gIP[2 * SLOT(k) + 1], ck = CE ? cwv[SLOT(k)] : A(0);
 #pragma unroll
         for (int v = 0; v < V; ++v) {
-          const A gv = GRAD(k, v);
+          const A gv = GRAD(k, v, gi, gp);
           A d = softmax ? fac[v] * p[k][v] * (gv - dot[v]) : gv;
           if (CE && softmax && (CLASS_MAP ? pv[v] : v < cnt)) {  // + a gce w (Q p - q)
             const A yy = CLASS_MAP ? (tcls[v] == SLOT(k) ? A(1) : A(0)) : Y(k, v);
-            d += sharp * gce * w[v] * (ce_Q[v] * p[k][v] - CE_Q(k, v, yy));
+            d += sharp * gce * w[v] * (ce_Q[v] * p[k][v] - CE_Q(ck, yy));
           }
           out[v] = Store<S>::from(d);
         }
