@@ -72,10 +72,12 @@ inline int64_t class_window(const KernelArgs& a) {
 }
 
 // The pixel kernels' common case, compiled as its own instantiation (pixel.cuh: BASIC): a class
-// map's softmax of logits in one class window, with the product intersection and p, y unsquared.
+// map's softmax of logits in one class window, without pixel weights, with the product
+// intersection and p, y unsquared.
 inline bool basic_case(const KernelArgs& a) {
   return a.class_map && a.prob == Prob::kSoftmax && a.options.from_logits && !needs_prepass(a) &&
-         !a.options.squared && a.options.intersection == Intersection::kProduct;
+         a.w == nullptr && !a.options.squared &&
+         a.options.intersection == Intersection::kProduct;
 }
 
 inline int lanes_per_group(int64_t classes, int cpt) {

@@ -15,8 +15,9 @@ namespace detail {
 // ---------------------------------------------------------------------------------------------
 // The pass of pixel_kernel and pixel_counting_kernel (COUNT: the statistics with the counts).
 // BASIC: the common case (launch.cuh: basic_case) known at compile time, a class map's softmax of
-// logits in one class window with the product intersection and unsquared terms: the other
-// paths' code is not in the kernel, nor its registers (the general kernel serves the rest).
+// logits in one class window without pixel weights, with the product intersection and unsquared
+// terms: the other paths' code is not in the kernel, nor its registers (the general kernel
+// serves the rest).
 template <class S, class TT, int V, bool CLASS_MAP, bool FWD, bool CE, bool COUNT, bool BASIC>
 __device__ __forceinline__ void pixel_pass(const Launch& L) {
   static_assert(!COUNT || (FWD && CLASS_MAP), "the counts: a statistics pass of a class map");
@@ -488,6 +489,14 @@ __device__ __forceinline__ void pixel_pass(const Launch& L) {
         atomicAdd(out + c * 4 + 3, static_cast<unsigned long long>(kept));
       }
     }
+  }
+  if constexpr (BASIC) {  // what the basic kernel took as constant is so (launch.cuh:
+    // basic_case); checked after the loop, where it holds no register through it
+    if (blockIdx.x == 0 && threadIdx.x == 0)
+      SOFTIOU_DEVICE_ASSERT(a.prob == Prob::kSoftmax && a.options.from_logits && a.w == nullptr &&
+                            !a.options.squared &&
+                            a.options.intersection == Intersection::kProduct &&
+                            L.pixel == nullptr);
   }
 #undef CE_Q
 #undef XROW
