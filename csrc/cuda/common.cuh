@@ -35,6 +35,13 @@ constexpr int kPixelThreads = FWD ? kThreads : kPixelThreadsBackward;
 __host__ __device__ inline int64_t partial_row(int64_t C, bool pixel) {
   return pixel ? C * 3 + 2 : 5;
 }
+// The options the basic pixel kernels take as constant (pixel.cuh: BASIC), one list for the
+// launch's choice (launch.cuh: basic_case) and the kernel's check of it: a softmax of logits,
+// no pixel weights, the product intersection, p and y unsquared.
+__host__ __device__ inline bool basic_options(const KernelArgs& a) {
+  return a.prob == Prob::kSoftmax && a.options.from_logits && a.w == nullptr &&
+         !a.options.squared && a.options.intersection == Intersection::kProduct;
+}
 // Values per pixel of the wide softmax's prepass: shift, 1/sum, sum_c p_c g_c, and the
 // cross-entropy's Q and QL.
 constexpr int kPixelValues = 5;

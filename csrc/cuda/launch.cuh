@@ -72,12 +72,9 @@ inline int64_t class_window(const KernelArgs& a) {
 }
 
 // The pixel kernels' common case, compiled as its own instantiation (pixel.cuh: BASIC): a class
-// map's softmax of logits in one class window, without pixel weights, with the product
-// intersection and p, y unsquared.
+// map in one class window with the basic options (common.cuh: basic_options).
 inline bool basic_case(const KernelArgs& a) {
-  return a.class_map && a.prob == Prob::kSoftmax && a.options.from_logits && !needs_prepass(a) &&
-         a.w == nullptr && !a.options.squared &&
-         a.options.intersection == Intersection::kProduct;
+  return a.class_map && basic_options(a) && !needs_prepass(a);
 }
 
 inline int lanes_per_group(int64_t classes, int cpt) {

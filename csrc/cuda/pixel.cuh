@@ -73,8 +73,8 @@ __device__ __forceinline__ void pixel_pass(const Launch& L) {
   // from shared memory once per slot where it is used (cwv[SLOT(k)])
 #define CE_Q(ck, yy) ((ck) * (ls_keep * (yy) + ls_spread))
   const S* xs = static_cast<const S*>(a.x) + n * a.x_sN + L.c0 * a.x_sC;
-  // slot k's class row: this lane's first row plus k warp-uniform steps. Written so, the per-slot
-  // offsets are uniform values (uniform registers), not a 64-bit address per slot and lane.
+  // slot k's class row: this lane's first row plus k steps of K rows (the same in every lane),
+  // not a 64-bit address per slot and lane that the compiler keeps through the loop.
   const S* xj = xs + j * a.x_sC;
   const int64_t x_step = int64_t(K) * a.x_sC;
 #define XROW(k) (xj + (k) * x_step)
@@ -493,10 +493,7 @@ __device__ __forceinline__ void pixel_pass(const Launch& L) {
   if constexpr (BASIC) {  // what the basic kernel took as constant is so (launch.cuh:
     // basic_case); checked after the loop, where it holds no register through it
     if (blockIdx.x == 0 && threadIdx.x == 0)
-      SOFTIOU_DEVICE_ASSERT(a.prob == Prob::kSoftmax && a.options.from_logits && a.w == nullptr &&
-                            !a.options.squared &&
-                            a.options.intersection == Intersection::kProduct &&
-                            L.pixel == nullptr);
+      SOFTIOU_DEVICE_ASSERT(basic_options(a) && L.pixel == nullptr);
   }
 #undef CE_Q
 #undef XROW
