@@ -55,13 +55,27 @@ def available(device: torch.device | str) -> tuple:
     names = []
     if kind == "cpu" and operators.HAS_EXTENSION:
         names.append("cpu")
-    if kind == "cuda" and operators.has_cuda_kernels():
+    if (kind == "cuda" and operators.has_cuda_kernels()) or (kind == "cpu" and _cuda_emulated):
         names.append("cuda")
     if (triton_installed() and operators.HAS_EXTENSION
             and (kind == "cuda" or (kind == "cpu" and triton_interpreting()))):
         names.append("triton")
     names.append("reference")
     return tuple(names)
+
+
+# For the tests: backend="cuda" on CPU tensors runs the CUDA kernels emulated on the CPU
+# (tools/cuda_emulation.py; set by use_cuda_emulation)
+_cuda_emulated = False
+
+
+def use_cuda_emulation(module) -> None:
+    """For the tests: ``backend="cuda"`` on CPU tensors runs the CUDA kernels' code emulated on
+    the CPU (``module``: the emulation tools/cuda_emulation.py builds), or stops (``None``)."""
+    global _cuda_emulated
+    operators._C._set_cuda_emulation(None if module is None else module.phases())
+    _cuda_emulated = module is not None
+    _resolved.clear()
 
 
 _warned = set()

@@ -206,8 +206,12 @@ __device__ __forceinline__ void store_group(T* p, int64_t sM, bool vec, int cnt,
       // become. No "memory" clobber: no kernel reads what it stores through this in a launch.
       uint32_t b[4];
       memcpy(b, &pk, sizeof b);
+#ifdef SOFTIOU_CUDA_EMULATION
+      memcpy(p, b, sizeof b);  // (emulation/emulation.h: the same bytes, stored on the host)
+#else
       asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};" ::"l"(p), "r"(b[0]), "r"(b[1]),
                    "r"(b[2]), "r"(b[3]));
+#endif
     } else {
       *reinterpret_cast<Pack<T, V>*>(p) = pk;
     }

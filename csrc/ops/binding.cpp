@@ -24,6 +24,7 @@
 
 #include "../cpu/isa.h"
 #include "library.h"
+#include "phases.h"
 
 namespace {
 
@@ -79,6 +80,18 @@ PyObject* has_cuda(PyObject*, PyObject*) {
 #else
   Py_RETURN_FALSE;
 #endif
+}
+
+// The CUDA kernels emulated on the CPU, for the tests: a capsule "softiou.Phases" from the
+// emulation's module (tools/cuda_emulation.py), or None to stop.
+PyObject* set_cuda_emulation(PyObject*, PyObject* arg) {
+  const softiou::Phases* phases = nullptr;
+  if (arg != Py_None) {
+    phases = static_cast<const softiou::Phases*>(PyCapsule_GetPointer(arg, "softiou.Phases"));
+    if (phases == nullptr) return nullptr;  // not such a capsule: the TypeError is set
+  }
+  softiou::set_cuda_emulation(phases);
+  Py_RETURN_NONE;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -194,6 +207,8 @@ PyMethodDef methods[] = {
     {"cpu_isas", cpu_isas, METH_NOARGS, "Instruction sets of the CPU kernels this processor runs."},
     {"_set_cpu_isa", set_cpu_isa, METH_O, "Switches the CPU kernels to another instruction set."},
     {"has_cuda", has_cuda, METH_NOARGS, "Whether the CUDA kernels were compiled in."},
+    {"_set_cuda_emulation", set_cuda_emulation, METH_O,
+     "backend='cuda' on CPU tensors runs the CUDA kernels' emulation (a capsule), or not (None)."},
     {"loss", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(loss)), METH_FASTCALL,
      "softiou::loss(input, target, weight, class_weight, *options, backend), or NotImplemented."},
     {nullptr, nullptr, 0, nullptr},

@@ -16,6 +16,8 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
+#include <atomic>
+
 #include "../generated/operators.h"
 #include "library.h"
 #include "phases.h"
@@ -38,6 +40,12 @@ const Phases* cuda_phases() { return nullptr; }  // built without the CUDA kerne
 #endif
 
 namespace {
+std::atomic<const Phases*> emulated_cuda{nullptr};
+}  // namespace
+void set_cuda_emulation(const Phases* phases) { emulated_cuda.store(phases); }
+const Phases* cuda_emulation() { return emulated_cuda.load(); }
+
+namespace {
 
 // The native kernels for `backend` on `device`, or nullptr where the Triton backend's operator
 // runs the phase; a clear error where neither can.
@@ -47,6 +55,7 @@ const Phases* native_phases(c10::string_view backend, const at::Device& device) 
   TORCH_CHECK_VALUE(b != Backend::kReference, "softiou: backend='reference' is the eager PyTorch ",
                     "reference, which the operators do not run: call softiou_cuda.soft_iou_loss");
   if (device.is_cpu()) {
+    if (b == Backend::kCuda && cuda_emulation() != nullptr) return cuda_emulation();
     TORCH_CHECK_VALUE(b != Backend::kCuda, "softiou: backend='cuda' cannot run on cpu tensors");
     return &cpu_phases();
   }

@@ -36,4 +36,9 @@ struct Phases {
 const Phases& cpu_phases();
 const Phases* cuda_phases();  // null where the CUDA kernels were not built
 
+// The CUDA kernels emulated on the CPU (csrc/cuda/emulation, built by tools/cuda_emulation.py
+// for the tests): once set, backend="cuda" on CPU tensors runs them. Null: not set.
+void set_cuda_emulation(const Phases* phases);
+const Phases* cuda_emulation();
+
 }  // namespace softiou

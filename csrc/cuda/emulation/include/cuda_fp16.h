@@ -1,0 +1,3 @@
+// The CUDA emulation's stand-in for <cuda_fp16.h> (../emulation.h).
+#pragma once
+#include "../emulation.h"

@@ -1,0 +1,3 @@
+// The CUDA emulation's stand-in for <cuda_runtime.h> (../emulation.h).
+#pragma once
+#include "../emulation.h"
