@@ -6,8 +6,10 @@ present, and ``cuda`` and ``triton`` on a GPU.
 """
 
 import atexit
+import contextlib
 import os
 import shutil
+import sys
 import tempfile
 
 # torch.compile's on-disk caches (Inductor, AOTAutograd) are keyed without the custom operators'
@@ -32,6 +34,34 @@ settings.register_profile(
     "default", max_examples=int(os.environ.get("SOFTIOU_HYPOTHESIS_EXAMPLES", "40")),
     deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
 settings.load_profile("default")
+
+# Where no GPU is present, the CUDA kernels' code runs emulated on the CPU (tools/cuda_emulation.py
+# builds it, csrc/cuda/emulation/emulation.h says what it checks): backend="cuda" on CPU tensors,
+# the case "cpu-cuda". SOFTIOU_CUDA_EMULATION=0 leaves it out.
+CUDA_EMULATED = (not torch.cuda.is_available() and softiou_cuda.operators.HAS_EXTENSION
+                 and os.environ.get("SOFTIOU_CUDA_EMULATION", "1") != "0")
+if CUDA_EMULATED:
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "tools"))
+    import cuda_emulation  # noqa: E402
+
+    softiou_cuda.route.use_cuda_emulation(cuda_emulation.load())
+
+
+def is_emulated(device, backend):
+    """The CUDA kernels' code on CPU tensors: their device-side asserts raise, with the kernels'
+    own messages (on a GPU one ends the process's CUDA context: test_cuda.py)."""
+    return device == "cpu" and backend == "cuda"
+
+
+@contextlib.contextmanager
+def without_cuda_emulation():
+    """backend="cuda" on CPU tensors as a user's installation has it: refused."""
+    softiou_cuda.route.use_cuda_emulation(None)
+    try:
+        yield
+    finally:
+        if CUDA_EMULATED:
+            softiou_cuda.route.use_cuda_emulation(cuda_emulation.load())
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 

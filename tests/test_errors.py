@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import softiou_cuda
-from conftest import CASES
+from conftest import CASES, is_emulated, without_cuda_emulation
 from softiou_cuda import reference
 
 ALL = [("cpu", "reference")] + CASES
@@ -34,6 +34,17 @@ def call(backend, *args, **kwargs):
 def raises(match, fn, *args, **kwargs):
     with pytest.raises((ValueError, RuntimeError, TypeError), match=match):
         fn(*args, **kwargs)
+
+
+def raises_device_assert(message, fn, *args, **kwargs):
+    """The CUDA kernels' device-side assert with its message (common.cuh: report_bad_input), as
+    their emulation on the CPU raises it."""
+    with pytest.raises(RuntimeError, match="device-side assert.*" + message):
+        fn(*args, **kwargs)
+
+
+BAD_CLASS = "target class index outside"
+BAD_INTEGER = "integer target not 0, 1 or ignore_index"
 
 
 BAD_OPTIONS = [
@@ -77,12 +88,14 @@ def test_dense_multiclass_target_takes_no_ignore_index(any_backend):
 
 def test_multilabel_class_map_out_of_range(any_backend):
     device, backend = any_backend
-    if backend == "cuda":
+    if device == "cuda" and backend == "cuda":
         pytest.skip("a device-side assert (test_cuda.py, in a process of its own)")
     x = torch.randn(2, 3, 4, 5, device=device)
     t = torch.randint(0, 3, (2, 4, 5), device=device)
     t[0, 0, 0] = 3
-    if backend == "triton":  # no device-side assert in Triton: the statistics are NaN
+    if is_emulated(device, backend):
+        raises_device_assert(BAD_CLASS, call, backend, x, t, mode="multilabel")
+    elif backend == "triton":  # no device-side assert in Triton: the statistics are NaN
         assert torch.isnan(call(backend, x, t, mode="multilabel"))
     else:
         raises("class", call, backend, x, t, mode="multilabel")
@@ -106,8 +119,9 @@ def test_bad_backend_name():
 
 def test_backend_for_the_wrong_device():
     x, t = _inputs("cpu")
-    raises(re.escape("backend='cuda' cannot run on cpu"), softiou_cuda.soft_iou_loss, x, t,
-           backend="cuda")
+    with without_cuda_emulation():
+        raises(re.escape("backend='cuda' cannot run on cpu"), softiou_cuda.soft_iou_loss, x, t,
+               backend="cuda")
 
 
 def test_bad_shapes_and_dtypes(any_backend):
@@ -152,6 +166,7 @@ def test_process_group_needs_pooled_statistics():
            process_group=object())
 
 
+# (what the error says, the options, the corruption of valid inputs)
 BAD_VALUES = [
     ("class index 7", dict(), lambda x, t, w: (x, t.index_fill(1, torch.tensor([1]), 7), w)),
     ("class index -3", dict(), lambda x, t, w: (x, t.index_fill(1, torch.tensor([1]), -3), w)),
@@ -169,17 +184,26 @@ BAD_VALUES = [
 ]
 
 
+# what the CUDA kernels' device-side assert says for each
+DEVICE_ASSERT = {"class index 7": BAD_CLASS, "class index -3": BAD_CLASS, "weight": "weight < 0",
+                 "outside \\[0, 1\\]": "input outside \\[0, 1\\] with from_logits=False",
+                 "holds 2": BAD_INTEGER, "dense target holds": "dense target outside \\[0, 1\\]"}
+
+
 @pytest.mark.parametrize("match,options,corrupt", BAD_VALUES, ids=[m[:12] for m, _, _ in BAD_VALUES])
 def test_bad_values(any_backend, match, options, corrupt):
-    """Out-of-range values: a ValueError from the reference and the CPU kernels; the Triton
-    kernels, which have no always-on device assert, return NaN statistics."""
+    """Out-of-range values: a ValueError from the reference and the CPU kernels, a device-side
+    assert from the CUDA kernels; the Triton kernels, which have no always-on device assert,
+    return NaN statistics."""
     device, backend = any_backend
     if device == "cuda" and backend == "cuda":
         pytest.skip("the CUDA kernels stop with a device-side assert (test_cuda.py)")
     x, t = _inputs("cpu")
     w = torch.rand(2, 4, 5) + 0.1
     x, t, w = (v.to(device) for v in corrupt(x, t, w))
-    if backend == "triton":
+    if is_emulated(device, backend):
+        raises_device_assert(DEVICE_ASSERT[match], call, backend, x, t, w, **options)
+    elif backend == "triton":
         loss = call(backend, x, t, w, **options)
         assert torch.isnan(loss).item()
     else:
@@ -204,6 +228,9 @@ def test_binary_target_values_in_full_tiles(any_backend, dtype, bad, ignore):
     t_bad[1, 0, 2, 17] = bad
     if device == "cuda" and backend == "cuda":
         pass  # a device-side assert, which ends the process's CUDA context: test_cuda.py
+    elif is_emulated(device, backend):
+        raises_device_assert(BAD_INTEGER, call, backend, x, t_bad, mode="binary",
+                             ignore_index=ignore)
     elif backend == "triton":
         assert torch.isnan(call(backend, x, t_bad, mode="binary", ignore_index=ignore))
     else:
@@ -223,12 +250,14 @@ def test_binary_target_values_in_full_tiles(any_backend, dtype, bad, ignore):
 def test_ignore_index_is_not_out_of_range(any_backend):
     """A value equal to ignore_index is ignored; any other out-of-range value is an error."""
     device, backend = any_backend
-    if backend == "cuda":
+    if device == "cuda" and backend == "cuda":
         pytest.skip("the CUDA kernels stop with a device-side assert (test_cuda.py)")
     x, t = _inputs(device)
     t[0, 0, 0] = 255
     assert torch.isfinite(call(backend, x, t, ignore_index=255))
-    if backend == "triton":
+    if is_emulated(device, backend):
+        raises_device_assert(BAD_CLASS, call, backend, x, t, ignore_index=254)
+    elif backend == "triton":
         assert torch.isnan(call(backend, x, t, ignore_index=254))
     else:
         raises("class index 255, outside \\[0, 3\\) and not ignore_index=254", call, backend,

@@ -1,0 +1,202 @@
+"""The CUDA kernels' code on the CPU (tools/cuda_emulation.py; what it checks and what it cannot:
+csrc/cuda/emulation/emulation.h).
+
+The backend grids of the other files run the emulated kernels as the case "cpu-cuda" on their
+small inputs, where a sample is one block's one iteration. Here: inputs of several blocks per
+sample and several iterations per block, with and without tails and 16-byte groups, the general
+and the basic kernels, the wide softmax's class windows, the hard counts, another multiprocessor
+count (another cut into blocks), against the float64 reference; and the rewriting of the CUDA
+sources the emulation compiles.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import softiou_cuda
+from conftest import CUDA_EMULATED
+from helpers import assert_matches_reference, make_inputs
+from softiou_cuda import reference
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+import cuda_emulation  # noqa: E402
+
+needs_emulation = pytest.mark.skipif(not CUDA_EMULATED,
+                                     reason="the emulation runs where no GPU is present")
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
+
+# (options, weighted, ignore_index): the basic kernels (a class map, the default options), with
+# the cross-entropy, and the general kernel's options
+PIXEL_OPTIONS = [
+    (dict(), False, None),
+    (dict(ce_weight=1.0, label_smoothing=0.1), False, None),
+    (dict(squared=True), False, None),
+    (dict(intersection="min", ce_weight=0.5), True, -1),
+    (dict(from_logits=False), False, -1),
+    (dict(sharpness=2.0), True, None),
+]
+
+
+def _ids(options):
+    return ",".join(f"{k}={v}" for k, v in options.items()) or "defaults"
+
+
+# [1, 19, 96, 96]: 16-byte groups, several blocks of several iterations per sample;
+# [2, 19, 37, 41]: no 16-byte group (a row of 1517 pixels), a tail in every block's last group
+@needs_emulation
+@pytest.mark.parametrize("shape", [(1, 19, 96, 96), (2, 19, 37, 41)], ids=["vec", "tails"])
+@pytest.mark.parametrize("options,weighted,ignore", PIXEL_OPTIONS,
+                         ids=[_ids(o) + f"-w{int(w)}-i{int(i is not None)}"
+                              for o, w, i in PIXEL_OPTIONS])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d)[6:])
+def test_pixel_kernels_over_many_blocks(shape, options, weighted, ignore, dtype):
+    x, t, w = make_inputs("multiclass", "map-int64", dtype, "cpu", shape,
+                          from_logits=options.get("from_logits", True), ignore_index=ignore,
+                          weight=weighted, seed=shape[-1])
+    assert_matches_reference(x, t, w, "cuda", mode="multiclass", ignore_index=ignore, **options)
+
+
+@needs_emulation
+@pytest.mark.parametrize("kind", ["map-uint8", "map-int32", "onehot-float", "soft-float",
+                                  "onehot-bool"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=lambda d: str(d)[6:])
+def test_pixel_kernels_of_each_target_kind(kind, dtype):
+    x, t, w = make_inputs("multiclass", kind, dtype, "cpu", (2, 7, 48, 64), seed=7)
+    assert_matches_reference(x, t, w, "cuda", mode="multiclass", ce_weight=0.5)
+
+
+@needs_emulation
+@pytest.mark.parametrize("C,dtype", [(300, torch.float32), (150, torch.bfloat16),
+                                     (70, torch.float64)], ids=["f32-300", "bf16-150", "f64-70"])
+@pytest.mark.parametrize("ce", [False, True], ids=["iou", "iou+ce"])
+def test_wide_softmax_in_class_windows(C, dtype, ce):
+    """More classes than one pass holds: the prepass, then one launch per class window."""
+    x, t, w = make_inputs("multiclass", "map-int64", dtype, "cpu", (2, C, 12, 20),
+                          ignore_index=-1, weight=True, seed=C)
+    assert_matches_reference(x, t, w, "cuda", mode="multiclass", ignore_index=-1,
+                             ce_weight=1.0 if ce else 0.0)
+
+
+@needs_emulation
+@pytest.mark.parametrize("mode,kind", [("binary", "uint8"), ("binary", "float"),
+                                       ("multilabel", "int64"), ("multilabel", "soft-float"),
+                                       ("multilabel", "map-classes")])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=lambda d: str(d)[6:])
+def test_row_kernels_over_many_blocks(mode, kind, dtype):
+    x, t, w = make_inputs(mode, kind, dtype, "cpu", (2, 5, 64, 72), weight=True, seed=3)
+    assert_matches_reference(x, t, w, "cuda", mode=mode, ce_weight=0.5)
+
+
+@needs_emulation
+def test_channels_last_and_sliced_inputs():
+    x, t, _ = make_inputs("multiclass", "map-int64", torch.float32, "cpu", (2, 19, 40, 48),
+                          seed=5)
+    for xi, ti in ((x.detach().to(memory_format=torch.channels_last), t),
+                   (x.detach()[..., 3:], t[..., 3:])):
+        assert_matches_reference(xi.requires_grad_(), ti, None, "cuda", ce_weight=1.0)
+
+
+@needs_emulation
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=lambda d: str(d)[6:])
+@pytest.mark.parametrize("C", [5, 19, 300])
+def test_counts_over_many_blocks(dtype, C):
+    """The hard counts, in the statistics pass (a block's counters in shared memory, added to
+    the totals with integer atomics) or, for the wide softmax, the counting kernel: exact."""
+    g = torch.Generator().manual_seed(C)
+    H, W = (64, 80) if C < 300 else (8, 30)
+    x = torch.randn(2, C, H, W, generator=g).to(dtype)
+    t = torch.randint(0, C, (2, H, W), generator=g)
+    t[1, :3] = 255
+    got = softiou_cuda.stat_scores(x, t, ignore_index=255, backend="cuda")
+    assert torch.equal(got, reference.stat_scores(x, t, ignore_index=255))
+
+
+_OTHER_CUT = r"""
+import sys, torch
+sys.path.insert(0, sys.argv[1])
+import cuda_emulation, softiou_cuda
+softiou_cuda.route.use_cuda_emulation(cuda_emulation.load())
+x, t = torch.load(sys.argv[2])
+x = x.requires_grad_()
+loss = softiou_cuda.soft_iou_loss(x, t, backend="cuda", ce_weight=1.0)
+loss.backward()
+torch.save((loss.detach(), x.grad), sys.argv[3])
+"""
+
+
+@needs_emulation
+def test_another_multiprocessor_count(tmp_path):
+    """The plan cuts a sample's pixels by the device's multiprocessor count: 7 (in a process of
+    its own: the count is read once) cuts them into other blocks, and the loss and gradient are
+    the reference's as with the tests' 2."""
+    x, t, _ = make_inputs("multiclass", "map-int64", torch.float32, "cpu", (3, 19, 50, 64),
+                          seed=11)
+    torch.save((x.detach(), t), tmp_path / "in.pt")
+    env = dict(os.environ, SOFTIOU_EMULATED_SMS="7")
+    done = subprocess.run([sys.executable, "-c", _OTHER_CUT, os.path.join(ROOT, "tools"),
+                           str(tmp_path / "in.pt"), str(tmp_path / "out.pt")],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    loss, grad = torch.load(tmp_path / "out.pt")
+    xr = x.detach().double().requires_grad_()
+    want = reference.soft_iou_loss(xr, t, ce_weight=1.0)
+    (want_grad,) = torch.autograd.grad(want, xr)
+    torch.testing.assert_close(loss.double(), want.detach(), rtol=2e-5, atol=2e-6)
+    torch.testing.assert_close(grad.double(), want_grad, rtol=2e-4,
+                               atol=2e-5 * want_grad.abs().max().item())
+
+
+def test_launches_rewritten():
+    src = ("  pixel_kernel<S, TT, V, CM, FWD, CE, true>\n"
+           "      <<<unsigned(grid), kPixelThreads<FWD>, 0, stream>>>(L);\n"
+           "  detail::finish<<<unsigned(b < 1024 ? b : 1024), kThreads, 0,\n"
+           "                  stream>>>(p, n);\n"
+           "  ns::k<<<g, b>>>(a);\n")
+    assert cuda_emulation.rewrite(src) == (
+        "  ::softiou_emu::launch(&pixel_kernel<S, TT, V, CM, FWD, CE, true>, unsigned(grid), "
+        "kPixelThreads<FWD>, 0)(L);\n"
+        "  ::softiou_emu::launch(&detail::finish, unsigned(b < 1024 ? b : 1024), kThreads, 0)"
+        "(p, n);\n"
+        "  ::softiou_emu::launch(&ns::k, g, b, 0)(a);\n")
+
+
+def test_shared_memory_and_noinline_rewritten():
+    src = ("extern __shared__ unsigned long long counts[];\n"
+           "  __shared__ A sm[3][kThreads];\n"
+           "  __shared__ A a[FWD ? 1 : 2 * 32], b[kThreads];\n"
+           "static __device__ __noinline__ void f();\n")
+    assert cuda_emulation.rewrite(src) == (
+        "unsigned long long* counts = static_cast<unsigned long long*>("
+        "::softiou_emu::dynamic_shared());\n"
+        "  static A sm[3][kThreads]; ::softiou_emu::fresh_shared(sm, sizeof sm);\n"
+        "  static A a[FWD ? 1 : 2 * 32], b[kThreads]; ::softiou_emu::fresh_shared(a, sizeof a); "
+        "::softiou_emu::fresh_shared(b, sizeof b);\n"
+        "static __device__ __attribute__((noinline)) void f();\n")
+
+
+@pytest.mark.parametrize("src", ["k<<<g>>>(a);", "<<<g, b>>>(a);", "extern __shared__ float x[4];",
+                                 "__shared__ float x[4]"])
+def test_what_the_rewrite_cannot_read_is_an_error(src):
+    with pytest.raises(ValueError, match="launch|left after|shared memory"):
+        cuda_emulation.rewrite(src, "x.cu")
+
+
+def test_every_cuda_source_rewrites():
+    """Every launch in csrc/cuda is one the rewrite reads (the build would stop on one it
+    cannot); the counts of launches are the sources' own."""
+    total = 0
+    for base, _, names in os.walk(os.path.join(ROOT, "csrc", "cuda")):
+        for n in names:
+            if n.endswith((".cu", ".cuh")):
+                text = open(os.path.join(base, n)).read()
+                out = cuda_emulation.rewrite(text, n)
+                assert out.count("::softiou_emu::launch(") == text.count("<<<")
+                total += text.count("<<<")
+    assert total > 10
