@@ -12,6 +12,7 @@ sources the emulation compiles.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -151,6 +152,53 @@ def test_another_multiprocessor_count(tmp_path):
     torch.testing.assert_close(loss.double(), want.detach(), rtol=2e-5, atol=2e-6)
     torch.testing.assert_close(grad.double(), want_grad, rtol=2e-4,
                                atol=2e-5 * want_grad.abs().max().item())
+
+
+# The emulation's own checks, each on a kernel that breaks its rule (emulation/selftest.cu)
+@needs_emulation
+def test_a_kernel_that_keeps_the_rules_runs():
+    error, message, out = cuda_emulation.load().selftest("exchange")
+    assert (error, message) == ("no error", "")
+    assert out == [float((i + 1) % 64) for i in range(64)] * 2
+
+
+@needs_emulation
+def test_a_missing_barrier_reads_the_poison_in_every_block():
+    """Without its __syncthreads a thread reads its neighbour's slot before the neighbour writes
+    it: NaN, in the second block too (a block does not see the previous block's values)."""
+    error, _, out = cuda_emulation.load().selftest("exchange_without_barrier")
+    assert error == "no error"
+    for block in (0, 1):
+        row = out[block * 64:(block + 1) * 64]
+        assert all(v != v for v in row[:63]), row  # NaN
+        assert row[63] == 0.0  # slot 0, written before thread 63 runs
+
+
+@needs_emulation
+@pytest.mark.parametrize("kernel,error,message", [
+    ("divergent_barrier", "unspecified launch failure",
+     r"divergent __syncthreads: thread 1 at .*selftest\.cu:\d+, 1 thread\(s\) waiting at "
+     r".*selftest\.cu:\d+"),
+    ("shuffle_with_returned_lane", "unspecified launch failure",
+     r"a warp shuffle waits for a lane that has returned \(thread 5\)"),
+    ("deadlock", "unspecified launch failure", r"deadlock: every thread of the block waits"),
+    ("failing_assert", "device-side assert triggered",
+     r"selftest\.cu:\d+: failing_assert: device-side assert `selftest` failed"),
+])
+def test_a_broken_rule_stops_the_launch_with_its_reason(kernel, error, message):
+    module = cuda_emulation.load()
+    got_error, got_message, out = module.selftest(kernel)
+    assert got_error == error
+    assert re.search(message, got_message), got_message
+    assert set(out) == {-1.0}  # the launch stopped before any thread went past the break
+    # and the next one runs (the error was taken)
+    assert module.selftest("exchange")[:2] == ("no error", "")
+
+
+@needs_emulation
+def test_an_unknown_self_test_is_an_error():
+    with pytest.raises(ValueError, match="no self-test kernel named nope"):
+        cuda_emulation.load().selftest("nope")
 
 
 def test_launches_rewritten():

@@ -35,7 +35,7 @@ MODULE = "softiou_cuda_emulation"
 # the translation units, relative to csrc/
 UNITS = ["cuda/kernels.cu", "cuda/kernels_f32.cu", "cuda/kernels_f64.cu", "cuda/kernels_f16.cu",
          "cuda/kernels_bf16.cu", "cuda/kernels_counts.cu", "cuda/phases.cpp",
-         "cuda/emulation/emulation.cpp", "cuda/emulation/module.cpp"]
+         "cuda/emulation/emulation.cpp", "cuda/emulation/selftest.cu", "cuda/emulation/module.cpp"]
 # -O1: the tests' inputs are small and the build is in every CI run; the defines are the ones the
 # extension's nvcc build has (torch's), so the same code paths compile
 FLAGS = ["-std=c++20", "-O1", "-fPIC", "-fno-strict-aliasing", "-fvisibility=hidden",

@@ -19,6 +19,8 @@ constexpr size_t kStack = 256 * 1024;  // per thread: the kernels' arrays live o
 struct Barrier {
   int arrived = 0;
   uint64_t generation = 0;
+  const char* file = nullptr;  // __syncthreads: where the threads waiting now called it
+  unsigned line = 0;
 };
 
 struct Thread {
@@ -179,7 +181,18 @@ void fresh_shared(void* p, size_t bytes) {
 }
 uint64_t* warp_slots() { return g_block->warps[g_block->current->index.x / 32].slots; }
 
-void sync_block() { arrive(g_block->barrier, g_block->live); }
+void sync_block(const char* file, unsigned line) {
+  Barrier& bar = g_block->barrier;
+  if (bar.arrived == 0) {
+    bar.file = file;
+    bar.line = line;
+  } else if (bar.line != line || std::strcmp(bar.file, file) != 0) {
+    fail("divergent __syncthreads: thread " + std::to_string(g_block->current->index.x) +
+         " at " + file + ":" + std::to_string(line) + ", " + std::to_string(bar.arrived) +
+         " thread(s) waiting at " + bar.file + ":" + std::to_string(bar.line));
+  }
+  arrive(bar, g_block->live);
+}
 
 void sync_warp() {
   Block* b = g_block;

@@ -7,8 +7,8 @@
 // plain read-modify-writes and `__shared__` is a function-local static (one block at a time),
 // filled with 0xFF bytes (NaN) when a block starts using it.
 // What it checks beyond the values: a shuffle whose warp has exited lanes, threads that wait at
-// barriers no one else reaches (a deadlock; any __syncthreads counts as the block's one barrier,
-// wherever it is called), a device-side assert (the launch stops
+// barriers no one else reaches (a deadlock), a __syncthreads that the threads of a block reach at
+// different places in the source (divergent barriers), a device-side assert (the launch stops
 // and cudaGetLastError() says cudaErrorAssert, with the failed condition in
 // softiou_emu::last_error_message()). What it cannot show: timing, memory-ordering races,
 // the GPU's exp/log approximations (the kernels' host math is used: softiou_math.h without
@@ -59,7 +59,8 @@ const uint3& thread_index();
 const uint3& block_index();
 const dim3& block_dim();
 const dim3& grid_dim();
-void sync_block();             // __syncthreads
+// __syncthreads at file:line: every thread of a block must wait at the same one
+void sync_block(const char* file, unsigned line);
 void sync_warp();              // a barrier of the current warp's 32 lanes
 uint64_t* warp_slots();        // the current warp's 32 exchange slots
 void* dynamic_shared();        // the launch's dynamic shared memory
@@ -127,7 +128,7 @@ inline cudaError_t cudaMemsetAsync(void* p, int v, size_t n, cudaStream_t = null
 #define gridDim (::softiou_emu::grid_dim())
 #define __assert_fail ::softiou_emu::device_assert
 
-inline void __syncthreads() { softiou_emu::sync_block(); }
+#define __syncthreads() ::softiou_emu::sync_block(__FILE__, __LINE__)
 
 template <class T>
 T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {

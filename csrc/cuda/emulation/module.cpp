@@ -2,7 +2,14 @@
 // phases (../phases.cpp) compiled for the host, handed to softiou_cuda._C as a capsule.
 #include <Python.h>
 
+#include <vector>
+
 #include "../../ops/phases.h"
+#include "emulation.h"
+
+namespace softiou_emu_selftest {
+bool run(const char* name, std::vector<float>& out, cudaError_t& err);  // selftest.cu
+}
 
 namespace {
 
@@ -11,8 +18,29 @@ PyObject* phases(PyObject*, PyObject*) {
                        nullptr);
 }
 
+// selftest(name) -> (error, message, out): one of selftest.cu's kernels run; cudaGetErrorString
+// of its launch, the emulation's reason, and the 128 floats it wrote to.
+PyObject* selftest(PyObject*, PyObject* arg) {
+  const char* name = PyUnicode_AsUTF8(arg);
+  if (name == nullptr) return nullptr;
+  std::vector<float> out;
+  cudaError_t err = cudaSuccess;
+  if (!softiou_emu_selftest::run(name, out, err)) {
+    PyErr_Format(PyExc_ValueError, "no self-test kernel named %s", name);
+    return nullptr;
+  }
+  PyObject* values = PyList_New(Py_ssize_t(out.size()));
+  if (values == nullptr) return nullptr;
+  for (size_t i = 0; i < out.size(); ++i) {
+    PyList_SET_ITEM(values, Py_ssize_t(i), PyFloat_FromDouble(out[i]));
+  }
+  return Py_BuildValue("(ssN)", cudaGetErrorString(err),
+                       err == cudaSuccess ? "" : softiou_emu::last_error_message(), values);
+}
+
 PyMethodDef methods[] = {
     {"phases", phases, METH_NOARGS, "The emulated CUDA phases, as a capsule for softiou_cuda._C."},
+    {"selftest", selftest, METH_O, "Runs one of the emulation's self-test kernels (selftest.cu)."},
     {nullptr, nullptr, 0, nullptr},
 };
 
