@@ -11,6 +11,7 @@ sources the emulation compiles.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
@@ -162,22 +163,84 @@ def test_a_kernel_that_keeps_the_rules_runs():
     assert out == [float((i + 1) % 64) for i in range(64)] * 2
 
 
+@contextlib.contextmanager
+def thread_order(order):
+    module = cuda_emulation.load()
+    module.set_thread_order(order)
+    try:
+        yield module
+    finally:
+        module.set_thread_order("alternate")
+
+
 @needs_emulation
 def test_a_missing_barrier_reads_the_poison_in_every_block():
-    """Without its __syncthreads a thread reads its neighbour's slot before the neighbour writes
-    it: NaN, in the second block too (a block does not see the previous block's values)."""
-    error, _, out = cuda_emulation.load().selftest("exchange_without_barrier")
+    """Without its __syncthreads each thread reads its neighbour's slot s[t + 1]: in index order
+    before the neighbour writes it, NaN, in the second block too (a block does not see the
+    previous block's values); in reverse order only thread 63's read of slot 0 is early."""
+    with thread_order("forward") as module:
+        error, _, out = module.selftest("exchange_without_barrier")
     assert error == "no error"
     for block in (0, 1):
         row = out[block * 64:(block + 1) * 64]
         assert all(v != v for v in row[:63]), row  # NaN
         assert row[63] == 0.0  # slot 0, written before thread 63 runs
+    with thread_order("reverse") as module:
+        error, _, out = module.selftest("exchange_without_barrier")
+    assert error == "no error"
+    for block in (0, 1):
+        row = out[block * 64:(block + 1) * 64]
+        assert row[:63] == [float(i + 1) for i in range(63)]
+        assert row[63] != row[63]
+
+
+@needs_emulation
+def test_the_default_order_alternates_from_block_to_block():
+    module = cuda_emulation.load()
+    with pytest.raises(ValueError, match="thread order sideways"):
+        module.set_thread_order("sideways")
+    _, _, out = module.selftest("exchange_without_barrier")
+    early = [sum(v != v for v in out[b * 64:(b + 1) * 64]) for b in (0, 1)]
+    assert sorted(early) == [1, 63]  # one block in each order
+
+
+# Kernels whose results depended on the order of a block's threads would race on a GPU: every
+# kind of kernel, bitwise the same in both orders
+ORDER_CASES = [
+    ("multiclass", "map-int64", torch.float32, dict(ce_weight=1.0)),
+    ("multiclass", "map-uint8", torch.bfloat16, dict()),
+    ("multiclass", "soft-float", torch.float16, dict(squared=True)),
+    ("multilabel", "soft-float", torch.float32, dict(ce_weight=0.5)),
+    ("binary", "uint8", torch.bfloat16, dict()),
+]
+
+
+@needs_emulation
+@pytest.mark.parametrize("mode,kind,dtype,options", ORDER_CASES,
+                         ids=[f"{m}-{k}-{str(d)[6:]}" for m, k, d, _ in ORDER_CASES])
+def test_results_do_not_depend_on_the_threads_order(mode, kind, dtype, options):
+    x, t, w = make_inputs(mode, kind, dtype, "cpu", (2, 7, 40, 56), weight=True, seed=9)
+    got = {}
+    for order in ("forward", "reverse"):
+        with thread_order(order):
+            xi = x.detach().clone().requires_grad_()
+            loss = softiou_cuda.soft_iou_loss(xi, t, weight=w, mode=mode, backend="cuda",
+                                              **options)
+            loss.backward()
+            got[order] = (loss.detach(), xi.grad)
+    assert torch.equal(got["forward"][0], got["reverse"][0])
+    assert torch.equal(got["forward"][1], got["reverse"][1])
+    if mode == "multiclass" and kind.startswith("map"):
+        with thread_order("forward"):
+            fwd = softiou_cuda.stat_scores(x.detach(), t, backend="cuda")
+        with thread_order("reverse"):
+            assert torch.equal(softiou_cuda.stat_scores(x.detach(), t, backend="cuda"), fwd)
 
 
 @needs_emulation
 @pytest.mark.parametrize("kernel,error,message", [
     ("divergent_barrier", "unspecified launch failure",
-     r"divergent __syncthreads: thread 1 at .*selftest\.cu:\d+, 1 thread\(s\) waiting at "
+     r"divergent __syncthreads: thread \d+ at .*selftest\.cu:\d+, 1 thread\(s\) waiting at "
      r".*selftest\.cu:\d+"),
     ("shuffle_with_returned_lane", "unspecified launch failure",
      r"a warp shuffle waits for a lane that has returned \(thread 5\)"),

@@ -53,6 +53,7 @@ struct Block {
   std::unordered_map<void*, uint64_t> fresh;    // a shared array: the block that filled it
 };
 
+int g_order = 0;            // set_thread_order
 Block* g_block = nullptr;  // the block running (one launch at a time: g_launch)
 std::mutex g_launch;
 cudaError_t g_error = cudaSuccess;
@@ -75,16 +76,17 @@ void yield() {
   swapcontext(&b->current->context, &b->scheduler);
 }
 
-// Arrive at a barrier of `expected` threads; wait for the last of them.
+// Arrive at a barrier of `expected` threads; wait for the last of them. The last one yields too:
+// after a barrier the threads go on in the scheduler's order (set_thread_order), not the last
+// one first.
 void arrive(Barrier& bar, int expected) {
-  if (++bar.arrived == expected) {
-    bar.arrived = 0;
-    ++bar.generation;
-    return;
-  }
   Thread* t = g_block->current;
   t->waiting = &bar;
   t->generation = bar.generation;
+  if (++bar.arrived == expected) {
+    bar.arrived = 0;
+    ++bar.generation;
+  }
   yield();
 }
 
@@ -115,9 +117,11 @@ void run_block(Block& b) {
   for (Warp& w : b.warps) w.barrier = Barrier{};
   b.barrier = Barrier{};
   b.live = n;
+  const bool reverse = g_order == 2 || (g_order == 0 && b.serial % 2 == 0);
   while (b.live > 0 && !b.failed) {
     bool ran = false;
-    for (Thread& t : b.threads) {
+    for (int i = 0; i < n; ++i) {
+      Thread& t = b.threads[reverse ? n - 1 - i : i];
       if (t.done || !released(t)) continue;
       t.waiting = nullptr;
       b.current = &t;
@@ -156,6 +160,11 @@ int multiprocessors() {
     return v > 0 ? v : 2;
   }();
   return n;
+}
+
+void set_thread_order(int order) {
+  std::lock_guard<std::mutex> lock(g_launch);
+  g_order = order;
 }
 
 cudaError_t take_error() {

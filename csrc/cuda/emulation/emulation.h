@@ -12,8 +12,10 @@
 // and cudaGetLastError() says cudaErrorAssert, with the failed condition in
 // softiou_emu::last_error_message()). What it cannot show: timing, memory-ordering races,
 // the GPU's exp/log approximations (the kernels' host math is used: softiou_math.h without
-// __CUDA_ARCH__). A missing __syncthreads shows only where a thread reads what a later thread
-// writes (threads run in index order up to each barrier): the poisoned value, not a stale one.
+// __CUDA_ARCH__). A missing __syncthreads shows where a thread reads what a thread that runs
+// after it writes: the poisoned value, not a stale one. The threads of a block run in index
+// order, those of the next block run in the reverse order (set_thread_order), so that a read of
+// either neighbour's write is caught; a correct kernel's results do not depend on the order.
 #pragma once
 
 #include <assert.h>  // before the __assert_fail redirection below
@@ -69,6 +71,9 @@ void* dynamic_shared();        // the launch's dynamic shared memory
 void fresh_shared(void* p, size_t bytes);
 [[noreturn]] void device_assert(const char* cond, const char* file, unsigned line,
                                 const char* func);
+// The order a block's threads run in up to each barrier: 0 alternating from one block to the
+// next, over all launches (the default), 1 index order, 2 reverse.
+void set_thread_order(int order);
 // Runs body() for every thread of every block of the grid.
 void run_grid(dim3 grid, dim3 block, size_t shared, const std::function<void()>& body);
 

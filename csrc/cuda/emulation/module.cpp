@@ -2,6 +2,7 @@
 // phases (../phases.cpp) compiled for the host, handed to softiou_cuda._C as a capsule.
 #include <Python.h>
 
+#include <cstring>
 #include <vector>
 
 #include "../../ops/phases.h"
@@ -38,9 +39,26 @@ PyObject* selftest(PyObject*, PyObject* arg) {
                        err == cudaSuccess ? "" : softiou_emu::last_error_message(), values);
 }
 
+// set_thread_order("alternate" | "forward" | "reverse"): emulation.h's set_thread_order.
+PyObject* set_thread_order(PyObject*, PyObject* arg) {
+  const char* name = PyUnicode_AsUTF8(arg);
+  if (name == nullptr) return nullptr;
+  const char* names[] = {"alternate", "forward", "reverse"};
+  for (int i = 0; i < 3; ++i) {
+    if (std::strcmp(name, names[i]) == 0) {
+      softiou_emu::set_thread_order(i);
+      Py_RETURN_NONE;
+    }
+  }
+  PyErr_Format(PyExc_ValueError, "thread order %s: not alternate, forward or reverse", name);
+  return nullptr;
+}
+
 PyMethodDef methods[] = {
     {"phases", phases, METH_NOARGS, "The emulated CUDA phases, as a capsule for softiou_cuda._C."},
     {"selftest", selftest, METH_O, "Runs one of the emulation's self-test kernels (selftest.cu)."},
+    {"set_thread_order", set_thread_order, METH_O,
+     "The order a block's threads run in: alternate (from block to block), forward, reverse."},
     {nullptr, nullptr, 0, nullptr},
 };
 
