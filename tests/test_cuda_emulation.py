@@ -22,7 +22,7 @@ import torch
 
 import softiou_cuda
 from conftest import CUDA_EMULATED
-from helpers import assert_matches_reference, make_inputs
+from helpers import assert_matches_reference, fused_loss_and_grad, make_inputs
 from softiou_cuda import reference
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -223,11 +223,7 @@ def test_results_do_not_depend_on_the_threads_order(mode, kind, dtype, options):
     got = {}
     for order in ("forward", "reverse"):
         with thread_order(order):
-            xi = x.detach().clone().requires_grad_()
-            loss = softiou_cuda.soft_iou_loss(xi, t, weight=w, mode=mode, backend="cuda",
-                                              **options)
-            loss.backward()
-            got[order] = (loss.detach(), xi.grad)
+            got[order] = fused_loss_and_grad(x, t, w, "cuda", mode=mode, **options)
     assert torch.equal(got["forward"][0], got["reverse"][0])
     assert torch.equal(got["forward"][1], got["reverse"][1])
     if mode == "multiclass" and kind.startswith("map"):

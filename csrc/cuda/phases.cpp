@@ -45,11 +45,7 @@ cudaStream_t current_stream(int) { return nullptr; }
 at::Tensor new_empty(at::IntArrayRef sizes, at::ScalarType dtype, const at::Device&) {
   return at::empty(sizes, at::TensorOptions().dtype(dtype));
 }
-
-at::DataPtr workspace(int64_t elems, at::ScalarType acc) {
-  const size_t bytes = size_t(std::max<int64_t>(elems, 1)) * at::elementSize(acc);
-  return c10::GetCPUAllocator()->allocate(bytes);
-}
+c10::Allocator* workspace_allocator() { return c10::GetCPUAllocator(); }
 #else
 #define SOFTIOU_CUDA_CHECK(expr) C10_CUDA_CHECK(expr)
 using DeviceGuard = c10::cuda::CUDAGuard;
@@ -59,13 +55,15 @@ at::Tensor new_empty(at::IntArrayRef sizes, at::ScalarType dtype, const at::Devi
   return at::detail::empty_cuda(sizes, dtype, device, std::nullopt);
 }
 
+c10::Allocator* workspace_allocator() { return c10::cuda::CUDACachingAllocator::get(); }
+#endif
+
 // Scratch memory of one call, in accumulation-dtype elements, freed when the call returns (the
 // caching allocator keeps stream order: the kernels queued on this stream finish first).
 at::DataPtr workspace(int64_t elems, at::ScalarType acc) {
   const size_t bytes = size_t(std::max<int64_t>(elems, 1)) * at::elementSize(acc);
-  return c10::cuda::CUDACachingAllocator::get()->allocate(bytes);
+  return workspace_allocator()->allocate(bytes);
 }
-#endif
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> stats(const at::Tensor& input,
                                                      const at::Tensor& target,

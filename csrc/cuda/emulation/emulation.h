@@ -26,6 +26,7 @@
 #include <cstring>
 #include <functional>
 #include <tuple>
+#include <type_traits>
 #include <utility>
 
 // ---------------------------------------------------------------------------------------------
@@ -153,19 +154,11 @@ T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {
   return out;
 }
 
-// Integer atomics only (the kernels use no float atomics: a float overload would not compile).
-inline unsigned atomicAdd(unsigned* p, unsigned v) {
-  const unsigned old = *p;
-  *p = old + v;
-  return old;
-}
-inline int atomicAdd(int* p, int v) {
-  const int old = *p;
-  *p = old + v;
-  return old;
-}
-inline unsigned long long atomicAdd(unsigned long long* p, unsigned long long v) {
-  const unsigned long long old = *p;
+// Integer atomics only (the kernels use no float atomics: a float one does not compile). The
+// value converts to the pointee's type, as with CUDA's overloads.
+template <class T, class = std::enable_if_t<std::is_integral_v<T>>>
+T atomicAdd(T* p, std::type_identity_t<T> v) {
+  const T old = *p;
   *p = old + v;
   return old;
 }
