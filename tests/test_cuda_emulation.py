@@ -87,6 +87,22 @@ def test_wide_softmax_in_class_windows(C, dtype, ce):
 
 
 @needs_emulation
+@pytest.mark.parametrize("C,dtype", [(200, torch.float32), (100, torch.bfloat16),
+                                     (100, torch.float64)], ids=["f32-200", "bf16-100", "f64-100"])
+@pytest.mark.parametrize("weighted", [False, True], ids=["basic", "general"])
+def test_classes_of_one_basic_pass_in_general_windows(C, dtype, weighted):
+    """More classes than the general kernel's pass holds and fewer than the basic kernel's
+    (common.cuh: kClassesPerLane): without pixel weights the basic kernel in one pass, with them
+    the prepass and the general kernel's class windows; the cross-entropy with class weights and
+    label smoothing (the basic forward's Q from the class, not a sum over lanes)."""
+    x, t, w = make_inputs("multiclass", "map-int64", dtype, "cpu", (2, C, 12, 20),
+                          ignore_index=-1, weight=weighted, seed=C + weighted)
+    cw = torch.rand(C, generator=torch.Generator().manual_seed(C), dtype=torch.float64) + 0.5
+    assert_matches_reference(x, t, w, "cuda", mode="multiclass", ignore_index=-1,
+                             ce_weight=1.0, label_smoothing=0.1, class_weight=cw.float())
+
+
+@needs_emulation
 @pytest.mark.parametrize("mode,kind", [("binary", "uint8"), ("binary", "float"),
                                        ("multilabel", "int64"), ("multilabel", "soft-float"),
                                        ("multilabel", "map-classes")])

@@ -46,9 +46,13 @@ __host__ __device__ inline bool basic_options(const KernelArgs& a) {
 // cross-entropy's Q and QL.
 constexpr int kPixelValues = 5;
 
-// Classes each lane of the pixel kernel holds in registers: 32 input values (8 for float64).
-template <int V>
-constexpr int kClassesPerLane = 32 / V > 8 ? 8 : 32 / V;
+// Classes each lane of the pixel kernel holds in registers: in the basic kernel (pixel.cuh:
+// BASIC) 32 input values (8 in float64, two registers each), in the general kernel half as many,
+// whose other per-pixel state (weights, a dense target, the options' paths) would spill at 128
+// registers beside 32 values. A pass covers 32 lanes x these classes (launch.cuh:
+// class_window); more classes take the wide softmax's prepass and one launch per window.
+template <int V, bool BASIC>
+constexpr int kClassesPerLane = (V == 2 ? 8 : 32) / V / (BASIC ? 1 : 2);
 
 // A failed check stops the kernel like F.cross_entropy's does: "device-side assert triggered".
 // Independent of NDEBUG.

@@ -72,6 +72,9 @@ __global__ void __launch_bounds__(kThreads) count_kernel(KernelArgs a,
         } else {  // a dense target's first maximal class
           double best = target_value(t);
           y = 0;
+          // (the class loops are not unrolled: each step depends on the one before, and the
+          // unrolled copies of this kernel's many paths made ptxas spill)
+#pragma unroll 1
           for (int64_t c = 1; c < C; ++c) {
             const double v = target_value(t + c * a.t_sC);
             if (v > best) {
@@ -83,6 +86,7 @@ __global__ void __launch_bounds__(kThreads) count_kernel(KernelArgs a,
         if (y < 0) continue;
         A best = to_acc<A>(x[0]);
         int64_t pred = 0;
+#pragma unroll 1
         for (int64_t c = 1; c < C; ++c) {
           const A v = to_acc<A>(x[c * a.x_sC]);
           if (v > best) {  // strict: the first maximal class stays
@@ -95,6 +99,7 @@ __global__ void __launch_bounds__(kThreads) count_kernel(KernelArgs a,
         if (pred == y) atomicAdd(acc + y * 4 + 0, 1ull);
         ++kept;
       } else {
+#pragma unroll 1
         for (int64_t c = 0; c < C; ++c) {
           bool keep, y;
           if (a.class_map) {  // multilabel of a class map: y = [t == c]

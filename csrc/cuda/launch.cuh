@@ -49,13 +49,22 @@ inline bool vec_ok(const void* p, int esize, int V, int64_t sN, int64_t sC, int6
 }
 
 inline int vec_width(const KernelArgs& a) { return 16 / elem_size(a.x_dtype); }
-inline int classes_per_lane(const KernelArgs& a) {
+// Classes per lane of the basic or the general pixel kernel (common.cuh: kClassesPerLane).
+inline int classes_per_lane(const KernelArgs& a, bool basic) {
   switch (vec_width(a)) {
-    case 2: return kClassesPerLane<2>;
-    case 4: return kClassesPerLane<4>;
-    default: return kClassesPerLane<8>;
+    case 2: return basic ? kClassesPerLane<2, true> : kClassesPerLane<2, false>;
+    case 4: return basic ? kClassesPerLane<4, true> : kClassesPerLane<4, false>;
+    default: return basic ? kClassesPerLane<8, true> : kClassesPerLane<8, false>;
   }
 }
+
+// The pixel kernels' common case, compiled as its own instantiation (pixel.cuh: BASIC): a class
+// map with the basic options (common.cuh: basic_options) whose classes fit one pass of it.
+inline bool basic_case(const KernelArgs& a) {
+  return a.class_map && basic_options(a) && a.C <= 32 * classes_per_lane(a, true);
+}
+// Classes per lane of the kernel the call takes.
+inline int classes_per_lane(const KernelArgs& a) { return classes_per_lane(a, basic_case(a)); }
 
 // The pixel kernel when the classes of a pixel interact (softmax) or the target is a class map;
 // otherwise every element is independent and the row kernel runs.
@@ -69,12 +78,6 @@ inline bool needs_prepass(const KernelArgs& a) {
 // Classes one pixel-kernel launch covers: all of them, or windows of 32 lanes x CPT classes.
 inline int64_t class_window(const KernelArgs& a) {
   return needs_prepass(a) ? int64_t(32) * classes_per_lane(a) : a.C;
-}
-
-// The pixel kernels' common case, compiled as its own instantiation (pixel.cuh: BASIC): a class
-// map in one class window with the basic options (common.cuh: basic_options).
-inline bool basic_case(const KernelArgs& a) {
-  return a.class_map && basic_options(a) && !needs_prepass(a);
 }
 
 inline int lanes_per_group(int64_t classes, int cpt) {

@@ -23,7 +23,7 @@ __device__ __forceinline__ void pixel_pass(const Launch& L) {
   static_assert(!COUNT || (FWD && CLASS_MAP), "the counts: a statistics pass of a class map");
   static_assert(!BASIC || CLASS_MAP, "the basic case: a class map");
   using A = typename Acc<S>::type;
-  constexpr int CPT = kClassesPerLane<V>;
+  constexpr int CPT = kClassesPerLane<V, BASIC>;
   const KernelArgs& a = L.a;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int K = L.K, G = 32 / K;
@@ -69,9 +69,20 @@ __device__ __forceinline__ void pixel_pass(const Launch& L) {
   }
   const volatile A* gIP = block_g;
   const volatile A* cwv = block_cw;
+  // the window's sum of class weights (each thread the same order: the same value), for a class
+  // map's Q without a sum over the pixel's lanes (q_of_class); 0 without label smoothing, unused
+  A cw_sum = A(0);
+  if constexpr (CE && CLASS_MAP && FWD) {
+    if (a.options.label_smoothing != 0.0)
+      for (int c = 0; c < cw; ++c) cw_sum += cwv[c];
+  }
   // the term's weight of a class of weight ck for pixel v: c_k ((1 - eps) y + eps / C); ck read
   // from shared memory once per slot where it is used (cwv[SLOT(k)])
 #define CE_Q(ck, yy) ((ck) * (ls_keep * (yy) + ls_spread))
+  // the forward's Q = sum_k q_k of a kept pixel with a class map in one window: c_t (1 - eps) +
+  // eps / C sum_k c_k from its class t (ce_forward), which spares the per-pixel sums over lanes
+  // and their registers (the gradient, which reads Q once per slot, keeps the sums)
+  constexpr bool q_of_class = CLASS_MAP && FWD;
   const S* xs = static_cast<const S*>(a.x) + n * a.x_sN + L.c0 * a.x_sC;
   // slot k's class row: this lane's first row plus k steps of K rows (the same in every lane),
   // not a 64-bit address per slot and lane that the compiler keeps through the loop.
@@ -247,9 +258,30 @@ __device__ __forceinline__ void pixel_pass(const Launch& L) {
           if (SLOT(k) < cw && outside_unit_interval(p[k][v])) bad |= kBadProbability;
       }
     }
-    A dot_pix[V], lse[V], ce_Q[V], ce_QL[V];
+    A dot_pix[V], ce_Q[V], ce_QL[V];
 #pragma unroll
-    for (int v = 0; v < V; ++v) dot_pix[v] = lse[v] = ce_Q[v] = ce_QL[v] = A(0);
+    for (int v = 0; v < V; ++v) dot_pix[v] = ce_Q[v] = ce_QL[v] = A(0);
+    // the forward's cross-entropy sums of pixel v, given its lse = shift + log S: once per
+    // pixel (slot 0; the first class window of the wide path), added where lse is formed so
+    // that no per-pixel lse, Q or QL is kept after it
+    auto ce_forward = [&](int v, A lse) {
+      if constexpr (FWD && CE) {
+        if (j != 0 || L.c0 != 0) return;
+        if constexpr (CLASS_MAP) {
+          if (!pv[v]) return;
+          // the class's weight from shared memory in one window (the wide path's pixels have
+          // classes outside this window's)
+          const A ct = wide ? ce_class_weight<A>(a, int64_t(tcls[v]) + L.c0) : A(cwv[tcls[v]]);
+          const A Q = wide ? ce_Q[v] : ct * ls_keep + ls_spread * cw_sum;
+          ce_num += w[v] * (Q * lse - ce_QL[v]);
+          ce_den += w[v] * ct;
+        } else {
+          if (v >= cnt) return;
+          ce_num += w[v] * (ce_Q[v] * lse - ce_QL[v]);
+          ce_den += w[v];
+        }
+      }
+    };
     // the cross-entropy's Q = sum_k q_k and (forward) QL = sum_k q_k l_k of each pixel: this
     // lane's classes, then a butterfly over the lanes of the pixel (the wide path has them from
     // the prepass). Before the softmax, while p holds the logits (the term takes logits only).
@@ -263,14 +295,14 @@ __device__ __forceinline__ void pixel_pass(const Launch& L) {
         for (int v = 0; v < V; ++v) {
           const A yy = CLASS_MAP ? (tcls[v] == SLOT(k) ? A(1) : A(0)) : Y(k, v);
           const A q = CE_Q(ck, yy);
-          ce_Q[v] += q;
+          if (!q_of_class) ce_Q[v] += q;
           if (FWD) ce_QL[v] += q * softmax_arg(p[k][v], sharp, true);
         }
       }
 #pragma unroll
       for (int v = 0; v < V; ++v) {
         for (int off = G; off < 32; off <<= 1) {
-          ce_Q[v] += shfl_xor(ce_Q[v], off);
+          if (!q_of_class) ce_Q[v] += shfl_xor(ce_Q[v], off);
           if (FWD) ce_QL[v] += shfl_xor(ce_QL[v], off);
         }
       }
@@ -287,7 +319,7 @@ __device__ __forceinline__ void pixel_pass(const Launch& L) {
           if constexpr (ce) {  // the prepass's Q and QL, and lse = shift + log S
             ce_Q[v] = v < cnt ? px[v * kPixelValues + 3] : A(0);
             ce_QL[v] = v < cnt ? px[v * kPixelValues + 4] : A(0);
-            lse[v] = mx[v] - log_pos(inv[v] > A(0) ? inv[v] : A(1));
+            ce_forward(v, mx[v] - log_pos(inv[v] > A(0) ? inv[v] : A(1)));
           }
         }
 #pragma unroll
@@ -329,7 +361,7 @@ __device__ __forceinline__ void pixel_pass(const Launch& L) {
 #pragma unroll
         for (int v = 0; v < V; ++v) {
           for (int off = G; off < 32; off <<= 1) inv[v] += shfl_xor(inv[v], off);
-          if constexpr (ce) lse[v] = mx[v] + log_pos(inv[v] > A(0) ? inv[v] : A(1));
+          if constexpr (ce) ce_forward(v, mx[v] + log_pos(inv[v] > A(0) ? inv[v] : A(1)));
           inv[v] = softmax_inv_sum(inv[v]);
         }
 #pragma unroll
@@ -342,17 +374,6 @@ __device__ __forceinline__ void pixel_pass(const Launch& L) {
     }
 
     if (bad) report_bad_input(bad);
-
-    // the forward's sums, once per pixel (slot 0; the first class window of the wide path)
-    if (FWD && CE && softmax && j == 0 && L.c0 == 0) {
-#pragma unroll
-      for (int v = 0; v < V; ++v) {
-        const bool kept = CLASS_MAP ? pv[v] : v < cnt;
-        if (!kept) continue;
-        ce_num += w[v] * (ce_Q[v] * lse[v] - ce_QL[v]);
-        ce_den += CLASS_MAP ? w[v] * ce_class_weight<A>(a, int64_t(tcls[v]) + L.c0) : w[v];
-      }
-    }
 
     if constexpr (FWD) {
 #pragma unroll
@@ -514,9 +535,11 @@ __global__ void __launch_bounds__(kPixelThreads<true>, 2) pixel_counting_kernel(
 
 // Softmax over many classes: per pixel, the maximum and 1/sum of the exponentials (online, one
 // read), and for the gradient also sum_c p_c g_c, and with the cross-entropy term its Q and
-// (forward) QL (a second read). One thread per pixel; kPixelValues values per pixel.
+// (forward) QL (a second read). One thread per pixel; kPixelValues values per pixel. Four blocks
+// per multiprocessor (at most 64 registers), stated so that ptxas's register target is ours:
+// without a bound it chose fewer registers for the float64 cross-entropy forward and spilled.
 template <class S, class TT, bool CLASS_MAP, bool FWD, bool CE>
-__global__ void __launch_bounds__(kThreads) pixel_prepass(const Launch L) {
+__global__ void __launch_bounds__(kThreads, 4) pixel_prepass(const Launch L) {
   using A = typename Acc<S>::type;
   const KernelArgs& a = L.a;
   const int64_t idx = int64_t(blockIdx.x) * kThreads + threadIdx.x;

@@ -159,14 +159,19 @@ __device__ __forceinline__ void row_pass(const Launch& L) {
   }
 }
 
+// Three 256-thread blocks per multiprocessor (at most 80 registers), stated so that ptxas's
+// register target is ours: without a bound it chose fewer registers for some instantiations and
+// spilled.
+constexpr int kRowBlocksPerSM = 3;
+
 template <class S, class TT, int V, bool FWD, bool CE>
-__global__ void __launch_bounds__(kThreads) row_kernel(const Launch L) {
+__global__ void __launch_bounds__(kThreads, kRowBlocksPerSM) row_kernel(const Launch L) {
   row_pass<S, TT, V, FWD, CE, false>(L);
 }
 
 // The binary and multilabel statistics with their hard counts (launch.cuh: counting_pass).
 template <class S, class TT, int V, bool CE>
-__global__ void __launch_bounds__(kThreads) row_counting_kernel(const Launch L) {
+__global__ void __launch_bounds__(kThreads, kRowBlocksPerSM) row_counting_kernel(const Launch L) {
   row_pass<S, TT, V, true, CE, true>(L);
 }
 
