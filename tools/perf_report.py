@@ -282,30 +282,31 @@ def main(argv=None):
     return 0
 
 
-def write_budget(families: dict, arch: str, key: str = "families", extra=()):
-    """Each family's budget under `key` of tools/perf_budget.json: the lower of its old budget
-    and its figures now (new families take their figures), for registers, spill bytes and the
-    `extra` figures; a family within the targets is marked so, and held to them from then on.
-    The file's other keys stay as they are."""
+def write_budget(families: dict, arch: str, key: str = "families", extra=(), path=BUDGET):
+    """Each family's budget under `key` of tools/perf_budget.json: a family within the targets
+    is marked so and held to them from then on, its figures now recorded as they are; another
+    takes the lower of its old budget and its figures now (new families take their figures), for
+    registers, spill bytes and the `extra` figures. The file's other keys stay as they are."""
     budget = {"arch": arch, "targets": TARGETS}
-    if os.path.exists(BUDGET):
-        with open(BUDGET) as f:
+    if os.path.exists(path):
+        with open(path) as f:
             budget = json.load(f)
     old = budget.get(key, {})
     out = {}
     for name, fam in sorted(families.items()):
-        prev = old.get(name, {})
-        entry = {k: min(fam[k], prev.get(k, fam[k]))
-                 for k in ("registers", "spill_bytes") + tuple(extra)}
-        stores_ok = stores_within_target(name, fam["store_bytes"])
-        entry["meets_targets"] = (entry["registers"] <= TARGETS["registers"]
-                                  and entry["spill_bytes"] <= TARGETS["spill_bytes"] and stores_ok)
+        figures = ("registers", "spill_bytes") + tuple(extra)
+        meets = (fam["registers"] <= TARGETS["registers"]
+                 and fam["spill_bytes"] <= TARGETS["spill_bytes"]
+                 and stores_within_target(name, fam["store_bytes"]))
+        prev = {} if meets else old.get(name, {})
+        entry = {k: min(fam[k], prev.get(k, fam[k])) for k in figures}
+        entry["meets_targets"] = meets
         out[name] = entry
     budget[key] = out
-    with open(BUDGET, "w") as f:
+    with open(path, "w") as f:
         json.dump(budget, f, indent=1)
         f.write("\n")
-    print(f"  budgets written: {BUDGET} ({key})")
+    print(f"  budgets written: {path} ({key})")
 
 
 if __name__ == "__main__":
