@@ -69,20 +69,20 @@ __device__ __forceinline__ void pixel_pass(const Launch& L) {
   }
   const volatile A* gIP = block_g;
   const volatile A* cwv = block_cw;
-  // the window's sum of class weights (each thread the same order: the same value), for a class
-  // map's Q without a sum over the pixel's lanes (q_of_class); 0 without label smoothing, unused
+  // the forward's Q = sum_k q_k of a kept pixel with a class map in one window: c_t (1 - eps) +
+  // eps / C sum_k c_k from its class t (ce_forward), which spares the per-pixel sums over lanes
+  // and their registers (the gradient, which reads Q once per slot, keeps the sums)
+  constexpr bool q_of_class = CLASS_MAP && FWD;
+  // the window's sum of class weights for that Q (each thread the same order: the same value);
+  // 0 without label smoothing, where it is unused
   A cw_sum = A(0);
-  if constexpr (CE && CLASS_MAP && FWD) {
+  if constexpr (CE && q_of_class) {
     if (a.options.label_smoothing != 0.0)
       for (int c = 0; c < cw; ++c) cw_sum += cwv[c];
   }
   // the term's weight of a class of weight ck for pixel v: c_k ((1 - eps) y + eps / C); ck read
   // from shared memory once per slot where it is used (cwv[SLOT(k)])
 #define CE_Q(ck, yy) ((ck) * (ls_keep * (yy) + ls_spread))
-  // the forward's Q = sum_k q_k of a kept pixel with a class map in one window: c_t (1 - eps) +
-  // eps / C sum_k c_k from its class t (ce_forward), which spares the per-pixel sums over lanes
-  // and their registers (the gradient, which reads Q once per slot, keeps the sums)
-  constexpr bool q_of_class = CLASS_MAP && FWD;
   const S* xs = static_cast<const S*>(a.x) + n * a.x_sN + L.c0 * a.x_sC;
   // slot k's class row: this lane's first row plus k steps of K rows (the same in every lane),
   // not a 64-bit address per slot and lane that the compiler keeps through the loop.
