@@ -311,11 +311,18 @@ def main(argv=None):
     ap.add_argument("--tag", help="name of the result files (default: the device)")
     ap.add_argument("--tune-triton", action="store_true",
                     help="sweep the Triton launch configurations instead (GPU)")
+    ap.add_argument("--triton-pixel-layout", choices=["split", "in_thread"],
+                    help="the Triton multiclass kernel's tile layout in the timed calls "
+                         "(triton_kernels/configs.py: PIXEL_LAYOUT; default: the table's)")
     ap.add_argument("--memory-worker", nargs=2, metavar=("CASE", "PROVIDER"),
                     help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.memory_worker:
         return memory_worker(*args.memory_worker)
+    if args.triton_pixel_layout:
+        from softiou_cuda.triton_kernels import configs
+        configs.PIXEL_LAYOUT.update(forward=args.triton_pixel_layout,
+                                    backward=args.triton_pixel_layout)
     if args.tune_triton:
         from .tune import tune
         return tune(args)

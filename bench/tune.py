@@ -37,19 +37,32 @@ def tune(args):
     for case in SHAPE_CLASSES:
         for direction in ("forward", "backward"):
             if case.mode == "multiclass":
-                grid = itertools.product([2048, 4096, 8192], [4, 8])
-                tables = (configs.PIXEL_TILE_ELEMENTS, configs.PIXEL_WARPS)
+                # "split" tiles of `size` elements; "in_thread" (few enough classes)
+                # with `size` inputs per thread
+                grid = [("split", size, warps) for size in (2048, 4096, 8192) for warps in (4, 8)]
+                if case.C <= configs.IN_THREAD_CLASSES[direction]:
+                    grid += [("in_thread", size, warps) for size in (40, 80) for warps in (4, 8)]
+                tables = (configs.PIXEL_LAYOUT, configs.PIXEL_TILE_ELEMENTS, configs.PIXEL_WARPS,
+                          configs.PIXEL_THREAD_INPUTS)
             else:
-                grid = itertools.product([1024, 2048, 4096], [4, 8])
-                tables = (configs.ROW_BLOCK, configs.ROW_WARPS)
-            saved = (tables[0][direction], tables[1][direction])
-            for size, warps in grid:
-                tables[0][direction], tables[1][direction] = size, warps
+                grid = [(None, size, warps) for size in (1024, 2048, 4096) for warps in (4, 8)]
+                tables = (None, configs.ROW_BLOCK, configs.ROW_WARPS)
+            saved = [t[direction] if t is not None else None for t in tables]
+            for layout, size, warps in grid:
+                if layout is not None:
+                    tables[0][direction] = layout
+                    tables[3 if layout == "in_thread" else 1][direction] = size
+                else:
+                    tables[1][direction] = size
+                tables[2][direction] = warps
                 ms = _time(case, direction)
-                rows.append(dict(case=case.name, direction=direction, size=size, warps=warps, ms=ms))
-                print(f"{case.name:20s} {direction:9s} size={size:5d} warps={warps} {ms:8.3f} ms",
-                      flush=True)
-            tables[0][direction], tables[1][direction] = saved
+                rows.append(dict(case=case.name, direction=direction, layout=layout, size=size,
+                                 warps=warps, ms=ms))
+                print(f"{case.name:20s} {direction:9s} {layout or '':9s} size={size:5d} "
+                      f"warps={warps} {ms:8.3f} ms", flush=True)
+            for table, value in zip(tables, saved):
+                if table is not None:
+                    table[direction] = value
     best = {}
     for r in rows:
         k = (r["case"], r["direction"])
@@ -57,7 +70,8 @@ def tune(args):
             best[k] = r
     print("\nfastest per shape class:")
     for (c, d), r in best.items():
-        print(f"  {c:20s} {d:9s} size={r['size']} warps={r['warps']} {r['ms']:.3f} ms")
+        print(f"  {c:20s} {d:9s} {r['layout'] or '':9s} size={r['size']} warps={r['warps']} "
+              f"{r['ms']:.3f} ms")
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "triton-tuning.json"), "w") as f:
         json.dump({"gpu": torch.cuda.get_device_name(0), "rows": rows}, f, indent=1)

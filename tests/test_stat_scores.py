@@ -200,8 +200,9 @@ def test_triton_counts_fold_their_codes(monkeypatch, mode, kind, from_logits, ig
     monkeypatch.setattr(configs, "COUNT_FOLD", fold)
     # 3 tiles per program of 16 (the interpreter's programs_target) or more
     C = 1 if mode == "binary" else 3
-    block = configs.pixel_config(C, "forward")[1] if kind.startswith("map") or \
-        mode == "multiclass" else configs.row_config("forward")[0]
+    pixel = kind.startswith("map") or mode == "multiclass"
+    block = configs.pixel_block(configs.pixel_config(C, "forward", 4, heavy=True)) if pixel \
+        else configs.row_config("forward")[0]
     x, t, _ = make_inputs(mode, kind, torch.float32, device, (1, C, 40 * block - 5), from_logits,
                           ignore, seed=fold)
     got = softiou_cuda.stat_scores(x, t, mode=mode, from_logits=from_logits, ignore_index=ignore,

@@ -17,7 +17,8 @@
 #   that a capped run still names every test it ran, SIGINT at the cap so that pytest still
 #   reports the failures; QUICK_TEST_CAP=100); sanitize (memcheck and racecheck on the small
 #   case; QUICK_SANITIZE_CAP=60 each); benchbars (the GPU bar cases, 256x256 and C=150: softiou,
-#   the eager reference, the peers and F.cross_entropy; QUICK_BENCH_CAP=130).
+#   the eager reference, the peers and F.cross_entropy; QUICK_BENCH_CAP=130; then the Triton
+#   backend's bar cases with its multiclass kernel's candidate layout, QUICK_LAYOUT_CAP=40).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/device-results}
@@ -103,6 +104,15 @@ stage_benchbars() {
     > "$WORK/bench.log" 2>&1
   log "bench (bar cases): rc=$? in $((SECONDS - t0)) s"
   sed -n '/^bars:/,/^}/p' "$WORK/bench.log" | tee -a "$WORK/summary.txt"
+  # the Triton multiclass kernel's candidate layout (triton_kernels/configs.py: PIXEL_LAYOUT
+  # "in_thread"), on the same GPU: the default switches once it is faster here
+  t0=$SECONDS
+  SOFTIOU_COMMIT=${SOFTIOU_COMMIT:-unknown} timeout -k 5 ${QUICK_LAYOUT_CAP:-40} $PY -m bench \
+    --device cuda --out "$WORK/bench" --tag "${BENCH_TAG:-h200}-triton-in-thread" --reps 10 \
+    --budget 1 --no-memory --cases gpu-bar --providers softiou-triton \
+    --triton-pixel-layout in_thread > "$WORK/bench-in-thread.log" 2>&1
+  log "bench (bar cases, Triton in_thread layout): rc=$? in $((SECONDS - t0)) s"
+  sed -n '/^bars:/,/^}/p' "$WORK/bench-in-thread.log" | tee -a "$WORK/summary.txt"
 }
 
 stage_sanitize() {

@@ -57,11 +57,12 @@ def cases():
             _phases(ops, x, t, dict(_options(ops, mode="multiclass"), **extra))
         return run
 
-    def multilabel(dtype, C, hw):
+    def dense(dtype, C, hw, mode="multilabel"):
+        """A dense target (multilabel, or multiclass logits with a soft target)."""
         def run(ops):
             x = torch.empty((8, C) + hw, dtype=dtype, device="meta")
             t = torch.empty((8, C) + hw, dtype=dtype, device="meta")
-            _phases(ops, x, t, _options(ops, mode="multilabel"))
+            _phases(ops, x, t, _options(ops, mode=mode))
         return run
 
     def counts(dtype, C, hw, mode="multiclass", dense=False, **extra):
@@ -78,17 +79,35 @@ def cases():
                 ops._count(x, t, o, out)
         return run
 
+    def in_thread(run):
+        """A case with the multiclass kernel's "in_thread" layout (configs.PIXEL_LAYOUT), the
+        candidate that is not the default until a GPU has timed it."""
+        def with_layout(ops):
+            saved = dict(ops.configs.PIXEL_LAYOUT)
+            ops.configs.PIXEL_LAYOUT.update(forward="in_thread", backward="in_thread")
+            try:
+                run(ops)
+            finally:
+                ops.configs.PIXEL_LAYOUT.update(saved)
+        return with_layout
+
     bar = (1024, 2048)
-    return [
+    maps = [
         ("f32 C=19 int64 map", multiclass(torch.float32, 19, bar)),
         ("f32 C=19 uint8 map", multiclass(torch.float32, 19, bar, torch.uint8)),
         ("f32 C=19 int32 map", multiclass(torch.float32, 19, bar, torch.int32)),
         ("bf16 C=19 int64 map", multiclass(torch.bfloat16, 19, bar)),
         ("bf16 C=19 uint8 map", multiclass(torch.bfloat16, 19, bar, torch.uint8)),
         ("f32 C=19 + cross-entropy", multiclass(torch.float32, 19, bar, ce_weight=1.0)),
+    ]
+    candidates = maps + [
+        ("f32 C=5 dense target", dense(torch.float32, 5, bar, "multiclass")),
+        ("bf16 C=4 uint8 map", multiclass(torch.bfloat16, 4, bar, torch.uint8)),
+    ]
+    return [(f"in-thread {name}", in_thread(run)) for name, run in candidates] + maps + [
         ("f32 C=150 512x512", multiclass(torch.float32, 150, (512, 512))),
-        ("f32 multilabel C=19", multilabel(torch.float32, 19, bar)),
-        ("bf16 multilabel C=19", multilabel(torch.bfloat16, 19, bar)),
+        ("f32 multilabel C=19", dense(torch.float32, 19, bar)),
+        ("bf16 multilabel C=19", dense(torch.bfloat16, 19, bar)),
         ("f32 C=19 counts", counts(torch.float32, 19, bar)),
         ("f32 multilabel C=19 counts", counts(torch.float32, 19, bar, mode="multilabel")),
         ("f32 C=19 probabilities, dense, counts",
@@ -203,7 +222,8 @@ def _figures(compiled) -> dict:
 
 def _constants(kwargs) -> str:
     """The launch's compile-time choices that tell its instantiations apart."""
-    keep = ("FWD", "CLASS_MAP", "CE", "COUNT", "BLOCK_C", "BLOCK_M", "BLOCK")
+    keep = ("FWD", "CLASS_MAP", "CE", "COUNT", "BLOCK_C", "BLOCK_M", "BLOCK_R", "V", "IN_THREAD",
+            "BLOCK")
     return " ".join(f"{k}={kwargs[k]}" for k in keep if k in kwargs)
 
 
@@ -212,6 +232,8 @@ def _items_per_warp(kwargs) -> int:
     multiclass and counts kernels, elements for the row kernel. The loop's instructions over it
     are the warp instructions each costs."""
     warps = kwargs["num_warps"]
+    if "BLOCK_R" in kwargs:
+        return max(1, kwargs["BLOCK_R"] * kwargs["V"] // warps)
     if "BLOCK_M" in kwargs:
         return max(1, kwargs["BLOCK_M"] // warps)
     return max(1, kwargs["BLOCK"] // warps)
@@ -236,7 +258,8 @@ def collect() -> list:
                                         2)
             # a statistics pass that counts too is a family of its own: the loss's pass is
             # held to its figures whether or not the counts' variant meets them
-            family = kernel.__name__ + ("+counts" if kwargs.get("COUNT") else "")
+            family = kernel.__name__ + ("+counts" if kwargs.get("COUNT") else "") + \
+                ("/in_thread" if kwargs.get("IN_THREAD") else "")
             records.append({"arch": f"sm_{ARCH}", "case": case, "family": family,
                             "kernel": f"{kernel.__name__} {str(dtype).replace('torch.', '')} "
                                       f"{_constants(kwargs)}", **figures})

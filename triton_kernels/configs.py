@@ -14,9 +14,21 @@ import torch
 # The sweep on an H100 (bench/results/triton-tuning-h100.json, 2026-11-22): for C = 19 and 150 the
 # pixel kernel is fastest with 4 warps, 4096-element tiles forward and 8192 backward; the row
 # kernel with 4096 elements and 8 warps forward, 2048 and 4 warps backward.
-# pixel kernel: elements of the [BLOCK_C, BLOCK_M] tile and warps, by direction
+# pixel kernel: its tile's layout by direction (kernels.pixel_kernel). "split": a tile of about
+# PIXEL_TILE_ELEMENTS, laid out by Triton over lanes and warps, the classes too. "in_thread": a
+# thread holds every class of V pixels, up to PIXEL_THREAD_INPUTS inputs, where the classes are
+# at most IN_THREAD_CLASSES and the pass is not a heavy one (pixel_config); elsewhere "split".
+# "in_thread" meets the static budgets but for 28 spill bytes in one launch (no barrier in the
+# loop, at most 128 registers, 2.5x fewer instructions per pixel; tools/triton_report.py) and has
+# not run on a GPU: it becomes the default once a GPU has timed it against "split" (the device
+# check's bar cases time both; python -m bench --tune-triton sweeps it).
+PIXEL_LAYOUT = {"forward": "split", "backward": "split"}
 PIXEL_TILE_ELEMENTS = {"forward": 4096, "backward": 8192}
 PIXEL_WARPS = {"forward": 4, "backward": 4}
+PIXEL_THREAD_INPUTS = {"forward": 40, "backward": 40}
+# the most classes a thread holds at V = 2: their inputs and (forward) three accumulators each
+# within 128 registers; half as many in float64 (two registers a value)
+IN_THREAD_CLASSES = {"forward": 20, "backward": 24}
 # row kernel: elements per iteration and warps
 ROW_BLOCK = {"forward": 4096, "backward": 2048}
 ROW_WARPS = {"forward": 8, "backward": 4}
@@ -31,11 +43,36 @@ def next_power_of_2(v: int) -> int:
     return 1 << max(0, (int(v) - 1).bit_length())
 
 
-def pixel_config(num_classes: int, direction: str):
-    """(BLOCK_C, BLOCK_M, num_warps) of the multiclass kernel."""
+def split_config(num_classes: int, direction: str):
+    """(BLOCK_C, BLOCK_M, num_warps) of a [BLOCK_C, BLOCK_M] tile of about
+    PIXEL_TILE_ELEMENTS[direction] elements (the pixel kernel's "split" layout, counts_kernel)."""
     block_c = next_power_of_2(max(num_classes, 2))
     block_m = max(4, min(1024, PIXEL_TILE_ELEMENTS[direction] // block_c))
     return block_c, next_power_of_2(block_m), PIXEL_WARPS[direction]
+
+
+def pixel_config(num_classes: int, direction: str, element_size: int,
+                 heavy: bool = False) -> dict:
+    """The multiclass kernel's tile (kernels.pixel_kernel: BLOCK_C, BLOCK_R, V, IN_THREAD) and
+    its launch options, for an input of element_size bytes; heavy: a pass that keeps more per
+    element (the cross-entropy's forward, the hard counts)."""
+    block_c, block_m, warps = split_config(num_classes, direction)
+    most = IN_THREAD_CLASSES[direction] // (2 if element_size == 8 else 1)
+    if PIXEL_LAYOUT[direction] == "in_thread" and num_classes <= most and not heavy:
+        # V >= 2, at most 16 bytes: at V = 1 the pixel axis would be contiguous across the
+        # threads, and the layout pass would give a thread 16 bytes of it and the classes to
+        # the other warps. maxnreg: ptxas keeps to the 128 registers the budgets ask for.
+        v = 2
+        while 2 * v <= 16 // element_size and 2 * v * num_classes <= PIXEL_THREAD_INPUTS[direction]:
+            v *= 2
+        return dict(BLOCK_C=block_c, BLOCK_R=32 * warps, V=v, IN_THREAD=True, num_warps=warps,
+                    maxnreg=128)
+    return dict(BLOCK_C=block_c, BLOCK_R=block_m, V=1, IN_THREAD=False, num_warps=warps)
+
+
+def pixel_block(config: dict) -> int:
+    """The pixels of one tile of the multiclass kernel."""
+    return config["BLOCK_R"] * config["V"]
 
 
 def row_config(direction: str):

@@ -115,10 +115,14 @@ def _hard_classes(x, t, mask2, mmask, C, ignore, CLASS_MAP: tl.constexpr,
 @triton.jit
 def _add_class_counts(tp, predicted, target, kept, x, t, mask2, mmask, C, ignore,
                       CLASS_MAP: tl.constexpr, HAS_IGNORE: tl.constexpr, ACC: tl.constexpr,
-                      BLOCK_C: tl.constexpr):
+                      BLOCK_C: tl.constexpr, FLAT: tl.constexpr = False):
     """The multiclass totals (int64 [BLOCK_C]: tp, predicted, target, kept) plus one tile's
     (_hard_classes), through histograms of the pixels' classes."""
     keep, pred, true = _hard_classes(x, t, mask2, mmask, C, ignore, CLASS_MAP, HAS_IGNORE, ACC)
+    if FLAT:  # tl.histogram takes one axis of pixels
+        keep = tl.reshape(keep, [keep.numel])
+        pred = tl.reshape(pred, [pred.numel])
+        true = tl.reshape(true, [true.numel])
     tp += tl.histogram(true, BLOCK_C, mask=keep & (pred == true)).to(tl.int64)
     predicted += tl.histogram(pred, BLOCK_C, mask=keep).to(tl.int64)
     target += tl.histogram(true, BLOCK_C, mask=keep).to(tl.int64)
@@ -196,6 +200,58 @@ def _add_counts(out, tp, predicted, true, kept, mask):
 
 
 @triton.jit
+def _classes(v, IN_THREAD: tl.constexpr):
+    """A per-class value [BLOCK_C] broadcast against the pixel kernel's tile."""
+    if IN_THREAD:
+        return v[:, None, None]
+    else:
+        return v[:, None]
+
+
+@triton.jit
+def _pixels(v, IN_THREAD: tl.constexpr):
+    """A per-pixel value ([BLOCK_M], or [BLOCK_R, V] IN_THREAD) broadcast against the tile."""
+    if IN_THREAD:
+        return v[None, :, :]
+    else:
+        return v[None, :]
+
+
+@triton.jit
+def _sum_v(v, AXIS: tl.constexpr, IN_THREAD: tl.constexpr):
+    """The tile's values ([BLOCK_C, BLOCK_R, V], AXIS 2) or the per-pixel ones ([BLOCK_R, V],
+    AXIS 1) summed over the V pixels of a thread, in-thread; as they are in the other layout."""
+    if IN_THREAD:
+        return tl.sum(v, axis=AXIS)
+    else:
+        return v
+
+
+@triton.jit
+def _pixel_sum(v, IN_THREAD: tl.constexpr):
+    """The sum of a per-pixel accumulator."""
+    if IN_THREAD:
+        return tl.sum(tl.sum(v, axis=1), axis=0)
+    else:
+        return tl.sum(v, axis=0)
+
+
+@triton.jit
+def _per_pixel(ptr, m, mmask, c, IN_THREAD: tl.constexpr):
+    """A per-pixel input (the class map, the weight) at pixel offsets m. IN_THREAD: loaded
+    through a pointer of the tile's own shape, class row 0 alone unmasked, so that Triton's
+    layout pass gives it the input's layout: no conversion between layouts (shared memory and a
+    barrier pair) is left in the loop, and with the class rows in-thread and C a constant the
+    other rows are constant zeros, folded away."""
+    if IN_THREAD:
+        row0 = c[:, None, None] == 0
+        return tl.sum(tl.load(ptr + m[None, :, :] + c[:, None, None] * 0,
+                              mask=mmask[None, :, :] & row0, other=0), axis=0)
+    else:
+        return tl.load(ptr + m, mask=mmask, other=0)
+
+
+@triton.jit
 def pixel_kernel(x_ptr, t_ptr, w_ptr, coef_ptr, go_ptr, out_ptr, gx_ptr, cw_ptr, ce_ptr,
                  counts_ptr, C, M, chunk, n_chunks,
                  sxn, sxc, sxm, stn, stc, stm, swn, swm, sgn, sgc, sgm,
@@ -207,25 +263,45 @@ def pixel_kernel(x_ptr, t_ptr, w_ptr, coef_ptr, go_ptr, out_ptr, gx_ptr, cw_ptr,
                  HAS_IGNORE: tl.constexpr, SOFTMAX: tl.constexpr, FROM_LOGITS: tl.constexpr,
                  USE_MIN: tl.constexpr, HAS_GO: tl.constexpr, CE: tl.constexpr,
                  HAS_CW: tl.constexpr, SQUARED: tl.constexpr, ACC: tl.constexpr,
-                 BLOCK_C: tl.constexpr, BLOCK_M: tl.constexpr):
+                 BLOCK_C: tl.constexpr, BLOCK_R: tl.constexpr, V: tl.constexpr,
+                 IN_THREAD: tl.constexpr, CLASSES: tl.constexpr):
     """Forward: the partial sums of program pid at out[pid * (3C + 2)]: I, P, Y per class, then
     the cross-entropy's numerator and denominator (CE); COUNT: the hard counts added to
     counts[n] (MULTICLASS: argmax; else a multilabel class map, x > thr). Backward: the
-    gradient, with the cross-entropy term's (CE)."""
+    gradient, with the cross-entropy term's (CE).
+
+    A program loops over its chunk of pixels in tiles of all classes of BLOCK_M = BLOCK_R * V
+    pixels, in one of two layouts (configs.pixel_config):
+    - [BLOCK_C, BLOCK_M] (V = 1): Triton's layout pass spreads a tile of a few thousand
+      elements over lanes and warps as it sees fit, the classes too: a class reduction may go
+      through shared memory;
+    - IN_THREAD, [BLOCK_C, BLOCK_R, V] with BLOCK_R = 32 * num_warps: the layout pass gives the
+      V contiguous pixels to one thread (one load per class), the lanes and warps to BLOCK_R,
+      and leaves the classes in each thread, so that the softmax's class reductions are
+      in-thread; C = CLASSES is then a constant, so that the padded classes' code folds away.
+    The forward adds each tile, summed over V, into [BLOCK_C, BLOCK_R] accumulators and sums
+    them over the pixels at the end."""
+    BLOCK_M: tl.constexpr = BLOCK_R * V
+    if IN_THREAD:
+        C = CLASSES
     pid = tl.program_id(0)
     n = (pid // n_chunks).to(tl.int64)
     k = (pid % n_chunks).to(tl.int64)
     c = tl.arange(0, BLOCK_C)
     cmask = c < C
     c64 = c.to(tl.int64)
+    if IN_THREAD:
+        off = (tl.arange(0, BLOCK_R)[:, None] * V + tl.arange(0, V)[None, :]).to(tl.int64)
+    else:
+        off = tl.arange(0, BLOCK_M).to(tl.int64)
     m_begin = k * chunk
     m_end = tl.minimum(m_begin + chunk, M)
-    accI = tl.zeros([BLOCK_C, BLOCK_M], ACC)
-    accP = tl.zeros([BLOCK_C, BLOCK_M], ACC)
-    accY = tl.zeros([BLOCK_C, BLOCK_M], ACC)
-    ce_num = tl.zeros([BLOCK_M], ACC)
-    ce_den = tl.zeros([BLOCK_M], ACC)
-    nbad = tl.zeros([BLOCK_M], tl.int32)
+    accI = tl.zeros([BLOCK_C, BLOCK_R], ACC)
+    accP = tl.zeros([BLOCK_C, BLOCK_R], ACC)
+    accY = tl.zeros([BLOCK_C, BLOCK_R], ACC)
+    ce_num = tl.zeros(off.shape, ACC)
+    ce_den = tl.zeros(off.shape, ACC)
+    nbad = tl.zeros([BLOCK_R], tl.int32)  # one per row of the tile (_sum_v)
     sharp = _from_bits(sharp_hi, sharp_lo, ACC)
     if COUNT:  # (MULTICLASS: histograms of the pixels' classes; else per-element codes)
         thr = _from_bits(thr_hi, thr_lo, ACC)
@@ -246,51 +322,61 @@ def pixel_kernel(x_ptr, t_ptr, w_ptr, coef_ptr, go_ptr, out_ptr, gx_ptr, cw_ptr,
         if CE:
             gce = _ce_gradient(ce_ptr, go_ptr, n, ce_sn, gon, HAS_GO, ACC)
     for m0 in range(m_begin, m_end, BLOCK_M):
-        m = m0 + tl.arange(0, BLOCK_M).to(tl.int64)
+        m = m0 + off
         mmask = m < m_end
-        mask2 = cmask[:, None] & mmask[None, :]
-        x = tl.load(x_ptr + n * sxn + c64[:, None] * sxc + m[None, :] * sxm, mask=mask2,
+        cc = _classes(c64, IN_THREAD)
+        mask2 = _classes(cmask, IN_THREAD) & _pixels(mmask, IN_THREAD)
+        x = tl.load(x_ptr + n * sxn + cc * sxc + _pixels(m, IN_THREAD) * sxm, mask=mask2,
                     other=0.0).to(ACC)
         if not FROM_LOGITS:
-            nbad += tl.sum((_outside_unit_interval(x) & mask2).to(tl.int32), axis=0)
+            nbad += _sum_v(tl.sum((_outside_unit_interval(x) & mask2).to(tl.int32), axis=0), 1,
+                           IN_THREAD)
         # probabilities (softmax_arg, softmax_shift, softmax_exp, softmax_inv_sum)
         if SOFTMAX:
             if FROM_LOGITS:
                 l = sharp * x
             else:
                 l = sharp * tl.log(x)
-            l = tl.where(cmask[:, None], l, float("-inf"))
+            l = tl.where(_classes(cmask, IN_THREAD), l, float("-inf"))
             mx = tl.max(l, axis=0)
             mx = tl.where(mx == float("-inf"), 0.0, mx)  # softmax_shift
-            e = tl.exp(l - mx[None, :])  # softmax_exp
+            e = tl.exp(l - _pixels(mx, IN_THREAD))  # softmax_exp
             s = tl.sum(e, axis=0)
             inv = tl.where(s == 0, 0.0, 1.0 / s)
-            p = e * inv[None, :]
+            p = e * _pixels(inv, IN_THREAD)
         else:
             p = x
         # target and validity
         if CLASS_MAP:
-            t = tl.load(t_ptr + n * stn + m * stm, mask=mmask, other=0).to(tl.int64)
+            t = _per_pixel(t_ptr + n * stn, m * stm, mmask, c, IN_THREAD)
+            if IN_THREAD and t.dtype.primitive_bitwidth < 64:
+                t = t.to(tl.int32)  # (32-bit comparisons with the classes: fewer registers)
+            else:
+                t = t.to(tl.int64)
             valid = mmask
             if HAS_IGNORE:
                 valid = valid & (t != ignore)
-            nbad += (valid & ((t < 0) | (t >= C))).to(tl.int32)
-            y = (t[None, :] == c64[:, None]).to(ACC)
-            v2 = valid[None, :] & cmask[:, None]
+            nbad += _sum_v((valid & ((t < 0) | (t >= C))).to(tl.int32), 1, IN_THREAD)
+            if IN_THREAD:
+                y = (_pixels(t, IN_THREAD) == _classes(c, IN_THREAD)).to(ACC)
+            else:
+                y = (_pixels(t, IN_THREAD) == cc).to(ACC)
+            v2 = _pixels(valid, IN_THREAD) & _classes(cmask, IN_THREAD)
         else:
-            y = tl.load(t_ptr + n * stn + c64[:, None] * stc + m[None, :] * stm, mask=mask2,
+            y = tl.load(t_ptr + n * stn + cc * stc + _pixels(m, IN_THREAD) * stm, mask=mask2,
                         other=0).to(ACC)
-            nbad += tl.sum((_outside_unit_interval(y) & mask2).to(tl.int32), axis=0)
+            nbad += _sum_v(tl.sum((_outside_unit_interval(y) & mask2).to(tl.int32), axis=0), 1,
+                           IN_THREAD)
             valid = mmask
             v2 = mask2
         if HAS_W:
-            w = tl.load(w_ptr + n * swn + m * swm, mask=mmask, other=0.0).to(ACC)
-            nbad += (w < 0).to(tl.int32)
+            w = _per_pixel(w_ptr + n * swn, m * swm, mmask, c, IN_THREAD).to(ACC)
+            nbad += _sum_v((w < 0).to(tl.int32), 1, IN_THREAD)
         else:
-            w = tl.full([BLOCK_M], 1.0, ACC)
-        ww = w[None, :]
+            w = tl.full(off.shape, 1.0, ACC)
+        ww = _pixels(w, IN_THREAD)
         if CE:  # softiou_math.h: the term's weights q_k = c_k ((1 - eps) y_k + eps / C)
-            q = tl.where(v2, cwv[:, None] * ((1.0 - ls) * y + ls / C), 0.0)
+            q = tl.where(v2, _classes(cwv, IN_THREAD) * ((1.0 - ls) * y + ls / C), 0.0)
         if COUNT:
             if CLASS_MAP:
                 tc = t
@@ -299,42 +385,47 @@ def pixel_kernel(x_ptr, t_ptr, w_ptr, coef_ptr, go_ptr, out_ptr, gx_ptr, cw_ptr,
             if MULTICLASS:
                 n_tp, n_pred, n_true, n_kept = _add_class_counts(
                     n_tp, n_pred, n_true, n_kept, x, tc, mask2, mmask, C, ignore, CLASS_MAP,
-                    HAS_IGNORE, ACC, BLOCK_C)
+                    HAS_IGNORE, ACC, BLOCK_C, IN_THREAD)
             else:  # a multilabel class map: x > thr per element
-                keep, pred, true = _hard_elements(x, tc[None, :], c64[:, None], mask2, thr, C,
+                keep, pred, true = _hard_elements(x, _pixels(tc, IN_THREAD), cc, mask2, thr, C,
                                                   ignore, True, False, HAS_IGNORE, ACC)
+                if IN_THREAD:  # the codes as [BLOCK_C, BLOCK_M]
+                    keep = tl.reshape(keep, [BLOCK_C, BLOCK_M])
+                    pred = tl.reshape(pred, [BLOCK_C, BLOCK_M])
+                    true = tl.reshape(true, [BLOCK_C, BLOCK_M])
                 code, n_tp, n_pred, n_true, n_kept = _add_codes(
                     code, n_tp, n_pred, n_true, n_kept, keep, pred, true,
                     (m0 - m_begin) // BLOCK_M, COUNT_FOLD, 1)
         if FWD:
-            accI += tl.where(v2, ww * _intersection(p, y, USE_MIN), 0.0)
-            accP += tl.where(v2, ww * _power_term(p, SQUARED), 0.0)
-            accY += tl.where(v2, ww * _power_term(y, SQUARED), 0.0)
+            accI += _sum_v(tl.where(v2, ww * _intersection(p, y, USE_MIN), 0.0), 2, IN_THREAD)
+            accP += _sum_v(tl.where(v2, ww * _power_term(p, SQUARED), 0.0), 2, IN_THREAD)
+            accY += _sum_v(tl.where(v2, ww * _power_term(y, SQUARED), 0.0), 2, IN_THREAD)
             if CE:  # l = sum_k q_k (lse - l_k); denominator w c_t (class map) or w (dense)
                 lse = mx + tl.log(s)
-                ell = tl.sum(tl.where(v2, q * (lse[None, :] - l), 0.0), axis=0)
+                ell = tl.sum(tl.where(v2, q * (_pixels(lse, IN_THREAD) - l), 0.0), axis=0)
                 ce_num += tl.where(valid, w * ell, 0.0)
                 if CLASS_MAP:
-                    ce_den += tl.where(valid, w * tl.sum(tl.where(v2, cwv[:, None] * y, 0.0),
-                                                         axis=0), 0.0)
+                    ce_den += tl.where(valid, w * tl.sum(
+                        tl.where(v2, _classes(cwv, IN_THREAD) * y, 0.0), axis=0), 0.0)
                 else:
                     ce_den += tl.where(valid, w, 0.0)
         else:
             # grad_p, then the softmax backward with softmax_arg_dx
-            g = tl.where(v2, ww * _grad_p(p, y, gI[:, None], gP[:, None], USE_MIN, SQUARED), 0.0)
+            g = tl.where(v2, ww * _grad_p(p, y, _classes(gI, IN_THREAD), _classes(gP, IN_THREAD),
+                                          USE_MIN, SQUARED), 0.0)
             if SOFTMAX:
                 dot = tl.sum(p * g, axis=0)
                 if FROM_LOGITS:
-                    dx = sharp * p * (g - dot[None, :])
+                    dx = sharp * p * (g - _pixels(dot, IN_THREAD))
                 else:
                     fac = tl.where(x > 0, sharp / x, 0.0)
-                    dx = fac * p * (g - dot[None, :])
+                    dx = fac * p * (g - _pixels(dot, IN_THREAD))
             else:
                 dx = g
             if CE:  # + a gce w (Q p_k - q_k)
                 Q = tl.sum(q, axis=0)
-                dx += sharp * gce * tl.where(v2, ww * (Q[None, :] * p - q), 0.0)
-            tl.store(gx_ptr + n * sgn + c64[:, None] * sgc + m[None, :] * sgm,
+                dx += sharp * gce * tl.where(v2, ww * (_pixels(Q, IN_THREAD) * p - q), 0.0)
+            tl.store(gx_ptr + n * sgn + cc * sgc + _pixels(m, IN_THREAD) * sgm,
                      dx.to(gx_ptr.dtype.element_ty), mask=mask2)
     if FWD:
         I = tl.sum(accI, axis=1)
@@ -345,8 +436,8 @@ def pixel_kernel(x_ptr, t_ptr, w_ptr, coef_ptr, go_ptr, out_ptr, gx_ptr, cw_ptr,
         tl.store(row + c64 * 3, I, mask=cmask)
         tl.store(row + c64 * 3 + 1, P, mask=cmask)
         tl.store(row + c64 * 3 + 2, Y, mask=cmask)
-        tl.store(row + C * 3, tl.sum(ce_num, axis=0))
-        tl.store(row + C * 3 + 1, tl.sum(ce_den, axis=0))
+        tl.store(row + C * 3, _pixel_sum(ce_num, IN_THREAD))
+        tl.store(row + C * 3 + 1, _pixel_sum(ce_den, IN_THREAD))
         if COUNT:
             if not MULTICLASS:
                 n_tp, n_pred, n_true, n_kept = _fold_codes(code, n_tp, n_pred, n_true, n_kept, 1)

@@ -176,8 +176,9 @@ def _run(input, target, weight, o, coef=None, coef_strides=(0, 0, 1), grad_out=N
                   SQUARED=o["squared"], ACC=tl.float64 if acc == torch.float64 else tl.float32)
     target_programs = configs.programs_target(input.device, direction)
     if pixel:
-        block_c, block_m, warps = configs.pixel_config(C, direction)
-        rows, tile = N, block_m
+        config = configs.pixel_config(C, direction, input.element_size(),
+                                      heavy=(fwd and with_ce) or counts is not None)
+        rows, tile = N, configs.pixel_block(config)
     else:
         block, warps = configs.row_config(direction)
         rows, tile = N * C, block
@@ -200,8 +201,8 @@ def _run(input, target, weight, o, coef=None, coef_strides=(0, 0, 1), grad_out=N
     common.update(COUNT=count, COUNT_FOLD=configs.COUNT_FOLD if count else 1)
     if pixel:
         _launcher(pixel_kernel)[grid](*args, CLASS_MAP=class_map, SOFTMAX=softmax,
-                                      MULTICLASS=mode == "multiclass", BLOCK_C=block_c,
-                                      BLOCK_M=block_m, num_warps=warps, **common)
+                                      MULTICLASS=mode == "multiclass",
+                                      CLASSES=C if config["IN_THREAD"] else 0, **config, **common)
     else:
         _launcher(row_kernel)[grid](*args, INT_TARGET=not t.dtype.is_floating_point
                                     and t.dtype != torch.bool, CLASS_MAP=class_map,
@@ -302,7 +303,7 @@ def _count(input, target, o, out):
     mode = o["mode"]
     (x, sxn, sxc, sxm), (t, stn, stc, stm), _, N, C, M, acc, class_map = _prepare(
         input, target, None, mode)
-    block_c, block_m, warps = configs.pixel_config(C, "forward")
+    block_c, block_m, warps = configs.split_config(C, "forward")
     tiles = _cdiv(M, block_m)
     per_row = max(1, min(tiles, _cdiv(configs.programs_target(input.device, "forward"), N)))
     chunk = _cdiv(tiles, per_row) * block_m
