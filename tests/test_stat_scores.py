@@ -201,7 +201,7 @@ def test_triton_counts_fold_their_codes(monkeypatch, mode, kind, from_logits, ig
     # 3 tiles per program of 16 (the interpreter's programs_target) or more
     C = 1 if mode == "binary" else 3
     pixel = kind.startswith("map") or mode == "multiclass"
-    block = configs.pixel_block(configs.pixel_config(C, "forward", 4, heavy=True)) if pixel \
+    block = configs.pixel_block(configs.pixel_config(C, "forward", 4, split_only=True)) if pixel \
         else configs.row_config("forward")[0]
     x, t, _ = make_inputs(mode, kind, torch.float32, device, (1, C, 40 * block - 5), from_logits,
                           ignore, seed=fold)

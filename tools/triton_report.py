@@ -50,19 +50,20 @@ def cases():
     512x512), each forward (statistics) and backward (gradient)."""
     import torch
 
-    def multiclass(dtype, C, hw, target_dtype=torch.int64, **extra):
+    def multiclass(dtype, C, hw, target_dtype=torch.int64, class_weight=False, **extra):
         def run(ops):
             x = torch.empty((8, C) + hw, dtype=dtype, device="meta")
             t = torch.empty((8,) + hw, dtype=target_dtype, device="meta")
-            _phases(ops, x, t, dict(_options(ops, mode="multiclass"), **extra))
+            cw = torch.empty((C,), dtype=torch.float32, device="meta") if class_weight else None
+            _phases(ops, x, t, dict(_options(ops, mode="multiclass"), **extra), cw)
         return run
 
-    def dense(dtype, C, hw, mode="multilabel"):
+    def dense(dtype, C, hw, mode="multilabel", **extra):
         """A dense target (multilabel, or multiclass logits with a soft target)."""
         def run(ops):
             x = torch.empty((8, C) + hw, dtype=dtype, device="meta")
             t = torch.empty((8, C) + hw, dtype=dtype, device="meta")
-            _phases(ops, x, t, _options(ops, mode=mode))
+            _phases(ops, x, t, dict(_options(ops, mode=mode), **extra))
         return run
 
     def counts(dtype, C, hw, mode="multiclass", dense=False, **extra):
@@ -101,6 +102,12 @@ def cases():
         ("f32 C=19 + cross-entropy", multiclass(torch.float32, 19, bar, ce_weight=1.0)),
     ]
     candidates = maps + [
+        ("bf16 C=19 + cross-entropy", multiclass(torch.bfloat16, 19, bar, ce_weight=1.0)),
+        ("f32 C=19 + cross-entropy, class weights, smoothing",
+         multiclass(torch.float32, 19, bar, class_weight=True, ce_weight=1.0,
+                    label_smoothing=0.1)),
+        ("f32 C=19 dense target + cross-entropy",
+         dense(torch.float32, 19, bar, "multiclass", ce_weight=1.0)),
         ("f32 C=5 dense target", dense(torch.float32, 5, bar, "multiclass")),
         ("bf16 C=4 uint8 map", multiclass(torch.bfloat16, 4, bar, torch.uint8)),
     ]
@@ -121,17 +128,18 @@ def _options(ops, **given):
     return d.named(d.STATS_FIELDS + d.COUNTS_FIELDS, (), given)
 
 
-def _phases(ops, x, t, o):
-    """The statistics pass's launches, then the gradient pass's (coefficients of [N, C, 3])."""
+def _phases(ops, x, t, o, class_weight=None):
+    """The statistics pass's launches, then the gradient pass's (coefficients of [N, C, 3]);
+    class_weight: the cross-entropy's."""
     import torch
     ce = o.get("ce_weight", 0.0) > 0
-    ops._run(x, t, None, o, ce=ce)
+    ops._run(x, t, None, o, ce=ce, class_weight=class_weight)
     N, C = x.shape[0], x.shape[1]
     acc = ops.accumulation_dtype(x.dtype)
     coef = torch.empty((N, C, 3), dtype=acc, device="meta")
     ce_coef = torch.empty((N,), dtype=acc, device="meta") if ce else None
     ops._run(x, t, None, o, coef=coef, coef_strides=(C * 3, 3, 1),
-             grad_out=None, ce_coef=ce_coef, ce_stride=1)
+             grad_out=None, ce_coef=ce_coef, ce_stride=1, class_weight=class_weight)
 
 
 class _Launch:
@@ -256,9 +264,11 @@ def collect() -> list:
             figures = _figures(_compile(kernel, args, kwargs))
             figures["per_item"] = round(figures["loop_instructions"] / _items_per_warp(kwargs),
                                         2)
-            # a statistics pass that counts too is a family of its own: the loss's pass is
-            # held to its figures whether or not the counts' variant meets them
+            # a statistics pass that counts too, or sums the cross-entropy, is a family of its
+            # own: the loss's pass is held to its figures whether or not those variants meet
+            # them
             family = kernel.__name__ + ("+counts" if kwargs.get("COUNT") else "") + \
+                ("+ce" if kwargs.get("CE") and kwargs.get("FWD") else "") + \
                 ("/in_thread" if kwargs.get("IN_THREAD") else "")
             records.append({"arch": f"sm_{ARCH}", "case": case, "family": family,
                             "kernel": f"{kernel.__name__} {str(dtype).replace('torch.', '')} "

@@ -17,11 +17,12 @@ import torch
 # pixel kernel: its tile's layout by direction (kernels.pixel_kernel). "split": a tile of about
 # PIXEL_TILE_ELEMENTS, laid out by Triton over lanes and warps, the classes too. "in_thread": a
 # thread holds every class of V pixels, up to PIXEL_THREAD_INPUTS inputs, where the classes are
-# at most IN_THREAD_CLASSES and the pass is not a heavy one (pixel_config); elsewhere "split".
-# "in_thread" meets the static budgets but for 28 spill bytes in one launch (no barrier in the
-# loop, at most 128 registers, 2.5x fewer instructions per pixel; tools/triton_report.py) and has
-# not run on a GPU: it becomes the default once a GPU has timed it against "split" (the device
-# check's bar cases time both; python -m bench --tune-triton sweeps it).
+# at most IN_THREAD_CLASSES and the pass is not left to "split" (pixel_config); elsewhere
+# "split". "in_thread" has no barrier in its loop, at most 128 registers and 2.5-3x fewer
+# instructions per pixel, and spills in a few launches (the cross-entropy's most;
+# tools/triton_report.py, tools/perf_budget.json), and has not run on a GPU: it becomes the
+# default once a GPU has timed it against "split" (the device check's bar cases time both;
+# python -m bench --tune-triton sweeps it).
 PIXEL_LAYOUT = {"forward": "split", "backward": "split"}
 PIXEL_TILE_ELEMENTS = {"forward": 4096, "backward": 8192}
 PIXEL_WARPS = {"forward": 4, "backward": 4}
@@ -52,13 +53,15 @@ def split_config(num_classes: int, direction: str):
 
 
 def pixel_config(num_classes: int, direction: str, element_size: int,
-                 heavy: bool = False) -> dict:
+                 split_only: bool = False) -> dict:
     """The multiclass kernel's tile (kernels.pixel_kernel: BLOCK_C, BLOCK_R, V, IN_THREAD) and
-    its launch options, for an input of element_size bytes; heavy: a pass that keeps more per
-    element (the cross-entropy's forward, the hard counts)."""
+    its launch options, for an input of element_size bytes; split_only: a pass the in-thread
+    tile does not take (a statistics pass that counts too: its histograms of the pixels'
+    classes; the cross-entropy's forward on a dense target: its sums over the classes hold
+    the tile's d_k beside p_k, 768 bytes of spills at C = 19)."""
     block_c, block_m, warps = split_config(num_classes, direction)
     most = IN_THREAD_CLASSES[direction] // (2 if element_size == 8 else 1)
-    if PIXEL_LAYOUT[direction] == "in_thread" and num_classes <= most and not heavy:
+    if PIXEL_LAYOUT[direction] == "in_thread" and num_classes <= most and not split_only:
         # V >= 2, at most 16 bytes: at V = 1 the pixel axis would be contiguous across the
         # threads, and the layout pass would give a thread 16 bytes of it and the classes to
         # the other warps. maxnreg: ptxas keeps to the 128 registers the budgets ask for.

@@ -316,6 +316,7 @@ def pixel_kernel(x_ptr, t_ptr, w_ptr, coef_ptr, go_ptr, out_ptr, gx_ptr, cw_ptr,
             cwv = tl.load(cw_ptr + c64, mask=cmask, other=0.0).to(ACC)
         else:
             cwv = tl.where(cmask, 1.0, 0.0).to(ACC)
+        cw_total = tl.sum(cwv, axis=0)
     if not FWD:
         gI, gP = _pair_gradient(coef_ptr, go_ptr, n, c64, kn, kc, kk, gon, goc, cmask, HAS_GO,
                                 ACC)
@@ -340,7 +341,11 @@ def pixel_kernel(x_ptr, t_ptr, w_ptr, coef_ptr, go_ptr, out_ptr, gx_ptr, cw_ptr,
             l = tl.where(_classes(cmask, IN_THREAD), l, float("-inf"))
             mx = tl.max(l, axis=0)
             mx = tl.where(mx == float("-inf"), 0.0, mx)  # softmax_shift
-            e = tl.exp(l - _pixels(mx, IN_THREAD))  # softmax_exp
+            d = l - _pixels(mx, IN_THREAD)  # (<= 0)
+            if CE and FWD and CLASS_MAP and IN_THREAD:  # the cross-entropy's CD (below)
+                CD = tl.sum(tl.where(_classes(cmask, IN_THREAD), _classes(cwv, IN_THREAD) * d,
+                                     0.0), axis=0)
+            e = tl.exp(d)  # softmax_exp
             s = tl.sum(e, axis=0)
             inv = tl.where(s == 0, 0.0, 1.0 / s)
             p = e * _pixels(inv, IN_THREAD)
@@ -375,7 +380,8 @@ def pixel_kernel(x_ptr, t_ptr, w_ptr, coef_ptr, go_ptr, out_ptr, gx_ptr, cw_ptr,
         else:
             w = tl.full(off.shape, 1.0, ACC)
         ww = _pixels(w, IN_THREAD)
-        if CE:  # softiou_math.h: the term's weights q_k = c_k ((1 - eps) y_k + eps / C)
+        if CE and not (FWD and IN_THREAD):
+            # softiou_math.h: the term's weights q_k = c_k ((1 - eps) y_k + eps / C)
             q = tl.where(v2, _classes(cwv, IN_THREAD) * ((1.0 - ls) * y + ls / C), 0.0)
         if COUNT:
             if CLASS_MAP:
@@ -400,13 +406,47 @@ def pixel_kernel(x_ptr, t_ptr, w_ptr, coef_ptr, go_ptr, out_ptr, gx_ptr, cw_ptr,
             accI += _sum_v(tl.where(v2, ww * _intersection(p, y, USE_MIN), 0.0), 2, IN_THREAD)
             accP += _sum_v(tl.where(v2, ww * _power_term(p, SQUARED), 0.0), 2, IN_THREAD)
             accY += _sum_v(tl.where(v2, ww * _power_term(y, SQUARED), 0.0), 2, IN_THREAD)
-            if CE:  # l = sum_k q_k (lse - l_k); denominator w c_t (class map) or w (dense)
+            if CE and IN_THREAD:
+                # the cross-entropy of a pixel, l = sum_k q_k (lse - l_k) = Q log S -
+                # sum_k q_k d_k (d_k = l_k - shift <= 0): two sums of non-negative terms (no
+                # cancellation), through sums over the pixel's classes rather than a tile of
+                # q_k, which with l_k would be held beside p_k: CY = sum c_k y_k,
+                # CYD = sum c_k y_k d_k, CD = sum c_k d_k and W = sum c_k (a kept pixel: every
+                # class); Q = (1 - eps) CY + eps W / C and sum q_k d_k = (1 - eps) CYD +
+                # eps CD / C. A class map's CD is formed with the softmax, before the exp, so
+                # that d_k dies with it, and its CY = c_t and CYD = c_t d_t with x_t loaded
+                # again (the tile's own lines, in L1): picked from the tile, the class
+                # comparisons would be held across the exp (a hundred registers).
+                if CLASS_MAP:
+                    kt = valid & (t >= 0) & (t < C)
+                    tt = tl.where(kt, t, 0).to(tl.int64)
+                    xt = _per_pixel(x_ptr + n * sxn, tt * sxc + m * sxm, kt, c,
+                                    IN_THREAD).to(ACC)
+                    if FROM_LOGITS:
+                        lt = sharp * xt
+                    else:
+                        lt = sharp * tl.log(xt)
+                    if HAS_CW:
+                        CY = _per_pixel(cw_ptr, tt, kt, c, IN_THREAD).to(ACC)
+                    else:
+                        CY = tl.where(kt, 1.0, 0.0).to(ACC)
+                    CYD = CY * tl.where(kt, lt - mx, 0.0)
+                else:  # (configs.pixel_config leaves this pass to the other layout)
+                    cy = tl.where(v2, _classes(cwv, IN_THREAD) * y, 0.0)  # c_k y_k
+                    CY = tl.sum(cy, axis=0)
+                    CYD = tl.sum(cy * tl.where(v2, d, 0.0), axis=0)
+                    CD = tl.sum(tl.where(v2, _classes(cwv, IN_THREAD) * d, 0.0), axis=0)
+                Q = (1.0 - ls) * CY + cw_total * (ls / C)
+                ell = Q * tl.log(s) - ((1.0 - ls) * CYD + CD * (ls / C))
+            elif CE:  # l = sum_k q_k (lse - l_k)
                 lse = mx + tl.log(s)
                 ell = tl.sum(tl.where(v2, q * (_pixels(lse, IN_THREAD) - l), 0.0), axis=0)
+            if CE:  # denominator: w c_t (class map) or w (dense)
                 ce_num += tl.where(valid, w * ell, 0.0)
                 if CLASS_MAP:
-                    ce_den += tl.where(valid, w * tl.sum(
-                        tl.where(v2, _classes(cwv, IN_THREAD) * y, 0.0), axis=0), 0.0)
+                    if not IN_THREAD:
+                        CY = tl.sum(tl.where(v2, _classes(cwv, IN_THREAD) * y, 0.0), axis=0)
+                    ce_den += tl.where(valid, w * CY, 0.0)
                 else:
                     ce_den += tl.where(valid, w, 0.0)
         else:

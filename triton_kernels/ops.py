@@ -176,8 +176,9 @@ def _run(input, target, weight, o, coef=None, coef_strides=(0, 0, 1), grad_out=N
                   SQUARED=o["squared"], ACC=tl.float64 if acc == torch.float64 else tl.float32)
     target_programs = configs.programs_target(input.device, direction)
     if pixel:
-        config = configs.pixel_config(C, direction, input.element_size(),
-                                      heavy=(fwd and with_ce) or counts is not None)
+        config = configs.pixel_config(
+            C, direction, input.element_size(),
+            split_only=counts is not None or (fwd and with_ce and not class_map))
         rows, tile = N, configs.pixel_block(config)
     else:
         block, warps = configs.row_config(direction)
