@@ -342,7 +342,7 @@ def pixel_kernel(x_ptr, t_ptr, w_ptr, coef_ptr, go_ptr, out_ptr, gx_ptr, cw_ptr,
             mx = tl.max(l, axis=0)
             mx = tl.where(mx == float("-inf"), 0.0, mx)  # softmax_shift
             d = l - _pixels(mx, IN_THREAD)  # (<= 0)
-            if CE and FWD and CLASS_MAP and IN_THREAD:  # the cross-entropy's CD (below)
+            if CE and FWD and IN_THREAD:  # the cross-entropy's CD (below)
                 CD = tl.sum(tl.where(_classes(cmask, IN_THREAD), _classes(cwv, IN_THREAD) * d,
                                      0.0), axis=0)
             e = tl.exp(d)  # softmax_exp
@@ -413,29 +413,26 @@ def pixel_kernel(x_ptr, t_ptr, w_ptr, coef_ptr, go_ptr, out_ptr, gx_ptr, cw_ptr,
                 # q_k, which with l_k would be held beside p_k: CY = sum c_k y_k,
                 # CYD = sum c_k y_k d_k, CD = sum c_k d_k and W = sum c_k (a kept pixel: every
                 # class); Q = (1 - eps) CY + eps W / C and sum q_k d_k = (1 - eps) CYD +
-                # eps CD / C. A class map's CD is formed with the softmax, before the exp, so
-                # that d_k dies with it, and its CY = c_t and CYD = c_t d_t with x_t loaded
-                # again (the tile's own lines, in L1): picked from the tile, the class
-                # comparisons would be held across the exp (a hundred registers).
-                if CLASS_MAP:
-                    kt = valid & (t >= 0) & (t < C)
-                    tt = tl.where(kt, t, 0).to(tl.int64)
-                    xt = _per_pixel(x_ptr + n * sxn, tt * sxc + m * sxm, kt, c,
-                                    IN_THREAD).to(ACC)
-                    if FROM_LOGITS:
-                        lt = sharp * xt
-                    else:
-                        lt = sharp * tl.log(xt)
-                    if HAS_CW:
-                        CY = _per_pixel(cw_ptr, tt, kt, c, IN_THREAD).to(ACC)
-                    else:
-                        CY = tl.where(kt, 1.0, 0.0).to(ACC)
-                    CYD = CY * tl.where(kt, lt - mx, 0.0)
-                else:  # (configs.pixel_config leaves this pass to the other layout)
-                    cy = tl.where(v2, _classes(cwv, IN_THREAD) * y, 0.0)  # c_k y_k
-                    CY = tl.sum(cy, axis=0)
-                    CYD = tl.sum(cy * tl.where(v2, d, 0.0), axis=0)
-                    CD = tl.sum(tl.where(v2, _classes(cwv, IN_THREAD) * d, 0.0), axis=0)
+                # eps CD / C. CD is formed with the softmax, before the exp, so that d_k dies
+                # with it; a class map's CY = c_t and CYD = c_t d_t, with x_t loaded again
+                # (the tile's own lines, in L1): picked from the tile, the class comparisons
+                # would be held across the exp (a hundred registers). A dense target's sums
+                # would hold d_k beside p_k: that pass takes the other layout.
+                tl.static_assert(CLASS_MAP, "a dense target's cross-entropy forward takes the "
+                                 "other layout (configs.pixel_config)")
+                kt = _class_map_keep(t, mmask, C, ignore, HAS_IGNORE)
+                tt = tl.where(kt, t, 0).to(tl.int64)
+                xt = _per_pixel(x_ptr + n * sxn, tt * sxc + m * sxm, kt, c,
+                                IN_THREAD).to(ACC)
+                if FROM_LOGITS:
+                    lt = sharp * xt
+                else:
+                    lt = sharp * tl.log(xt)
+                if HAS_CW:
+                    CY = _per_pixel(cw_ptr, tt, kt, c, IN_THREAD).to(ACC)
+                else:
+                    CY = tl.where(kt, 1.0, 0.0).to(ACC)
+                CYD = CY * tl.where(kt, lt - mx, 0.0)
                 Q = (1.0 - ls) * CY + cw_total * (ls / C)
                 ell = Q * tl.log(s) - ((1.0 - ls) * CYD + CD * (ls / C))
             elif CE:  # l = sum_k q_k (lse - l_k)
